@@ -1,0 +1,41 @@
+"""One family of exceptions per layer; third-party errors are translated at the edges."""
+
+
+class WatcherdError(Exception):
+    """Base of every error watcherd raises on purpose."""
+
+
+class ConfigError(WatcherdError):
+    """The configuration is invalid. `problems` lists every (file, key, message) found."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]):
+        self.problems = problems
+        super().__init__("\n".join(f"{f}: {k}: {m}" for f, k, m in problems))
+
+
+class NodeError(WatcherdError):
+    """A node could not be reached or answered something unusable."""
+
+
+class NodeUnavailable(NodeError):
+    """The node's RPC endpoint did not answer (connection refused, timeout)."""
+
+
+class NodeProtocolError(NodeError):
+    """The node answered, but the answer is malformed or an RPC error."""
+
+
+class DecodeError(WatcherdError):
+    """Raw transaction or block bytes could not be decoded."""
+
+
+class StoreError(WatcherdError):
+    """The database refused an operation."""
+
+
+class InvoiceError(WatcherdError):
+    """A request about an invoice is invalid; `field` names the offending input."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
