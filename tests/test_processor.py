@@ -1,0 +1,169 @@
+"""The chain-agnostic core driven by a fake adapter: payments, blocks, reorgs, replacements, outbox rows."""
+
+import json
+
+import pytest
+
+from watcherd.chains.base import ChainBlock, ChainTx, Received
+from watcherd.chains.fake import FakeChain
+from watcherd.processor import Processor
+from watcherd.store import Cursor, Store
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def core(tmp_path):
+    store = await Store.open(tmp_path / "w.sqlite3")
+    chain = FakeChain(confirmations=2)
+    clock = Clock()
+    processor = Processor(store, {"fake": chain}, ["webhook"], clock=clock)
+    await processor.start()
+    await processor.set_cursor("fake", Cursor(100, "h100"))
+    yield processor, chain, clock
+    await store.close()
+
+
+def block(height, txs, parent=None):
+    return ChainBlock(height, f"h{height}", parent or f"h{height - 1}", tuple(txs))
+
+
+def tx(txid, key, amount, spent=(b"o1",), vout=0):
+    return ChainTx(txid, (Received(key, vout, amount),), spent)
+
+
+async def events(processor, invoice_id):
+    return [(e["type"], json.loads(e["payload"])["invoice"]["status"])
+            for e in await processor.store.events_for(invoice_id)]
+
+
+async def test_exact_payment_flow(core):
+    """unpaid -> processing on the mempool tx -> paid after the required confirmations, one event each."""
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1_500_000)
+    key = chain.derive(0)[1]
+    assert key in chain.watchlist.keys
+    await processor.tx_seen("fake", tx("t1", key, 1_500_000))
+    assert (await processor.invoice_json(inv["id"]))["status"] == "processing"
+    await processor.block_connected("fake", block(101, [tx("t1", key, 1_500_000)]))
+    assert (await processor.invoice_json(inv["id"]))["status"] == "processing"
+    await processor.block_connected("fake", block(102, []))
+    shown = await processor.invoice_json(inv["id"])
+    assert shown["status"] == "paid"
+    assert shown["payments"][0]["confirmations"] == 2 and shown["payments"][0]["status"] == "confirmed"
+    assert await events(processor, inv["id"]) == [
+        ("invoice.created", "unpaid"), ("invoice.processing", "processing"), ("invoice.paid", "paid"),
+    ]
+    assert await processor.store.cursor("fake") == Cursor(102, "h102")
+
+
+async def test_reorg_takes_paid_back_and_remines(core):
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1000)
+    key = chain.derive(0)[1]
+    await processor.block_connected("fake", block(101, [tx("t1", key, 1000)]))
+    await processor.block_connected("fake", block(102, []))
+    assert (await processor.invoice_json(inv["id"]))["status"] == "paid"
+    await processor.block_disconnected("fake", 102, "h102", Cursor(101, "h101"))
+    await processor.block_disconnected("fake", 101, "h101", Cursor(100, "h100"))
+    shown = await processor.invoice_json(inv["id"])
+    assert shown["status"] == "processing" and shown["payments"][0]["block_height"] is None
+    await processor.block_connected("fake", block(101, [tx("t1", key, 1000)], parent="h100"))
+    await processor.block_connected("fake", block(102, []))
+    assert [t for t, _ in await events(processor, inv["id"])] == [
+        "invoice.created", "invoice.processing", "invoice.paid", "invoice.processing", "invoice.paid"]
+
+
+async def test_rbf_replacement_counts_once(core):
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1000)
+    key = chain.derive(0)[1]
+    await processor.tx_seen("fake", tx("orig", key, 1000, spent=(b"coin",)))
+    await processor.tx_seen("fake", tx("bump", key, 1000, spent=(b"coin",)))
+    shown = await processor.invoice_json(inv["id"])
+    assert shown["amount_received_atomic"] == "1000"
+    assert {p["txid"]: p["status"] for p in shown["payments"]} == {"orig": "replaced", "bump": "pending"}
+    assert shown["status"] == "processing" and shown["exception"] is None
+
+
+async def test_double_spend_away_from_us(core):
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1000)
+    key = chain.derive(0)[1]
+    await processor.tx_seen("fake", tx("pay", key, 1000, spent=(b"coin",)))
+    # the conflicting tx pays someone else: the adapter passes it on because it spends a watched outpoint
+    assert chain.watchlist.conflicts("steal", [b"coin"]) == {"pay"}
+    await processor.block_connected("fake", block(101, [ChainTx("steal", (), (b"coin",))]))
+    shown = await processor.invoice_json(inv["id"])
+    assert (shown["status"], shown["exception"]) == ("unpaid", "double_spent")
+
+
+async def test_dropped_from_mempool(core):
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1000)
+    await processor.tx_seen("fake", tx("pay", chain.derive(0)[1], 1000))
+    await processor.mempool_synced("fake", {"pay", "other"})
+    assert (await processor.invoice_json(inv["id"]))["status"] == "processing"
+    await processor.mempool_synced("fake", {"other"})
+    assert (await processor.invoice_json(inv["id"]))["exception"] == "double_spent"
+
+
+async def test_underpaid_topup_overpaid_and_late(core):
+    processor, chain, clock = core
+    under = await processor.create_invoice("fake", 1000)
+    over = await processor.create_invoice("fake", 1000)
+    late = await processor.create_invoice("fake", 1000, expires_in=60)
+    k0, k1, k2 = (chain.derive(i)[1] for i in range(3))
+    await processor.tx_seen("fake", tx("a", k0, 400, spent=(b"x",)))
+    assert (await processor.invoice_json(under["id"]))["exception"] == "underpaid"
+    await processor.tx_seen("fake", tx("b", k0, 600, spent=(b"y",)))
+    await processor.tx_seen("fake", tx("c", k1, 1500, spent=(b"z",)))
+    clock.now += 120
+    assert await processor.expire_due() == 1
+    assert (await processor.invoice_json(late["id"]))["status"] == "expired"
+    await processor.tx_seen("fake", tx("d", k2, 1000, spent=(b"w",)))
+    await processor.block_connected("fake", block(101, [tx(t, k, a, spent=(s,)) for t, k, a, s in
+                                                        [("a", k0, 400, b"x"), ("b", k0, 600, b"y"),
+                                                         ("c", k1, 1500, b"z"), ("d", k2, 1000, b"w")]]))
+    await processor.block_connected("fake", block(102, []))
+    result = {i["id"]: (s["status"], s["exception"]) for i in (under, over, late)
+              if (s := await processor.invoice_json(i["id"]))}
+    assert result == {under["id"]: ("paid", None), over["id"]: ("paid", "overpaid"),
+                      late["id"]: ("paid", "paid_late")}
+
+
+async def test_outbox_rows_written_with_the_change(core):
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1000)
+    await processor.tx_seen("fake", tx("pay", chain.derive(0)[1], 1000))
+    due = await processor.store.due_deliveries("webhook", processor.clock())
+    # per-invoice order: only the oldest undelivered event of the invoice is due
+    assert [d.type for d in due] == ["invoice.created"]
+    async with processor.store.transaction():
+        await processor.store.mark_delivered("webhook", due[0].event_seq, 0)
+    due = await processor.store.due_deliveries("webhook", processor.clock())
+    assert [d.type for d in due] == ["invoice.processing"]
+    body = json.loads(due[0].payload)
+    assert body["id"] == due[0].event_id and body["invoice"]["id"] == inv["id"]
+    assert body["invoice"]["payments"][0]["amount_atomic"] == "1000"
+
+
+async def test_cancel(core):
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1000)
+    assert (await processor.cancel_invoice(inv["id"]))["status"] == "cancelled"
+    await processor.tx_seen("fake", tx("pay", chain.derive(0)[1], 1000))
+    assert (await processor.invoice_json(inv["id"]))["status"] == "invalid"
+
+
+async def test_addresses_never_reused_and_gap_warning(core, caplog):
+    processor, chain, _ = core
+    addresses = {(await processor.create_invoice("fake", 1))["address"] for _ in range(22)}
+    assert len(addresses) == 22
+    assert "22 consecutive issued addresses are unused" in caplog.text

@@ -1,0 +1,75 @@
+"""The small interface between chain adapters and the chain-agnostic core.
+
+An adapter turns node traffic into a few frozen values (a transaction seen, a block connected or
+disconnected) and hands them to the core; the core never knows which chain it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..processor import Processor
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An output of a transaction that pays a watched key."""
+
+    key: bytes
+    vout: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChainTx:
+    txid: str
+    received: tuple[Received, ...]
+    spent: tuple[bytes, ...] = ()  # opaque identifiers of what the tx consumes (outpoints): conflicts share one
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBlock:
+    height: int
+    hash: str
+    prev_hash: str
+    txs: tuple[ChainTx, ...]  # only the transactions that concern watched keys or watched spends
+
+
+@dataclass
+class Watchlist:
+    """What the adapter matches in memory: watched keys, and the spends of payments that still count.
+
+    `spends` maps a consumed outpoint to the paying txid that consumes it; another transaction consuming the
+    same outpoint is a conflict (double spend, RBF replacement) that replaces the payment.
+    """
+
+    keys: set[bytes] = field(default_factory=set)
+    spends: dict[bytes, str] = field(default_factory=dict)
+
+    def conflicts(self, txid: str, spent: Iterable[bytes]) -> set[str]:
+        return {other for o in spent if (other := self.spends.get(o)) is not None and other != txid}
+
+    def concerns(self, txid: str, received: bool, spent: Iterable[bytes]) -> bool:
+        return received or bool(self.conflicts(txid, spent))
+
+
+class ChainAdapter(Protocol):
+    name: str
+    asset: str
+    decimals: int
+    confirmations: int
+    underpaid_tolerance_percent: Decimal
+    invoice_expiry_seconds: int
+    watchlist: Watchlist
+
+    def derive(self, index: int) -> tuple[str, bytes]:
+        """The address for derivation index `index` and the watch key it is matched on."""
+
+    def payment_uri(self, address: str, amount: int) -> str: ...
+
+    async def run(self, processor: Processor) -> None:
+        """Follow the node forever: catch up from the cursor, then react to its feed; reconnect on loss."""

@@ -1,0 +1,132 @@
+"""The invoice state machine: pure functions of (invoice, payments, chain tip, now), no I/O.
+
+Status is never stored as a decision taken once: it is recomputed from the payments every time something
+changes (a transaction is seen, a block connects or disconnects, a payment is replaced, the clock passes the
+expiry). That makes reorgs and replacements ordinary: the same function that made an invoice `paid` takes it
+back when the facts change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+
+
+class Status(enum.StrEnum):
+    UNPAID = "unpaid"
+    PROCESSING = "processing"  # the full amount is seen, not yet with the required confirmations
+    PAID = "paid"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    INVALID = "invalid"  # cancelled, yet money arrived: needs a human
+
+
+class InvoiceException(enum.StrEnum):
+    UNDERPAID = "underpaid"
+    OVERPAID = "overpaid"
+    PAID_LATE = "paid_late"
+    DOUBLE_SPENT = "double_spent"
+
+
+class PaymentStatus(enum.StrEnum):
+    PENDING = "pending"  # seen, fewer than the required confirmations
+    CONFIRMED = "confirmed"  # has the chain's required confirmations
+    REPLACED = "replaced"  # double-spent, RBF-replaced or dropped: no longer counts
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    txid: str
+    vout: int
+    amount: int  # atomic units
+    first_seen_at: int  # unix seconds
+    block_height: int | None = None
+    replaced: bool = False
+
+    def confirmations(self, tip_height: int) -> int:
+        if self.block_height is None or self.replaced:
+            return 0
+        return max(0, tip_height - self.block_height + 1)
+
+    def status(self, tip_height: int, required: int) -> PaymentStatus:
+        if self.replaced:
+            return PaymentStatus.REPLACED
+        if self.confirmations(tip_height) >= required:
+            return PaymentStatus.CONFIRMED
+        return PaymentStatus.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What the invoice asks for; fixed when it is created."""
+
+    amount: int
+    expires_at: int
+    confirmations_required: int
+    underpaid_tolerance_percent: Decimal = Decimal(0)
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    status: Status
+    exception: InvoiceException | None
+    received: int  # every payment that still counts, confirmed or not
+    confirmed: int  # payments with the required confirmations
+
+
+def _covers(received: int, terms: Terms) -> bool:
+    """True when `received` pays the invoice, allowing the configured underpayment tolerance."""
+    if received >= terms.amount:
+        return True
+    tolerance = Fraction(terms.underpaid_tolerance_percent) / 100
+    return Fraction(received) >= Fraction(terms.amount) * (1 - tolerance)
+
+
+def _covered_after_expiry(live: Sequence[Payment], terms: Terms) -> bool:
+    """True when the money that made the invoice whole arrived after it expired."""
+    total = 0
+    for payment in sorted(live, key=lambda p: (p.first_seen_at, p.txid, p.vout)):
+        total += payment.amount
+        if _covers(total, terms):
+            return payment.first_seen_at >= terms.expires_at
+    return False
+
+
+def assess(terms: Terms, payments: Sequence[Payment], tip_height: int, now: float) -> Assessment:
+    live = [p for p in payments if not p.replaced]
+    received = sum(p.amount for p in live)
+    confirmed = sum(p.amount for p in live if p.confirmations(tip_height) >= terms.confirmations_required)
+
+    if terms.cancelled:
+        status = Status.INVALID if received else Status.CANCELLED
+    elif _covers(confirmed, terms):
+        status = Status.PAID
+    elif _covers(received, terms):
+        status = Status.PROCESSING
+    elif now >= terms.expires_at:
+        status = Status.EXPIRED
+    else:
+        status = Status.UNPAID
+
+    exception: InvoiceException | None = None
+    paying = status in (Status.PAID, Status.PROCESSING)
+    if status is Status.INVALID or (paying and _covered_after_expiry(live, terms)):
+        exception = InvoiceException.PAID_LATE
+    elif any(p.replaced for p in payments) and not paying:
+        exception = InvoiceException.DOUBLE_SPENT
+    elif received > terms.amount:
+        exception = InvoiceException.OVERPAID
+    elif 0 < received < terms.amount:
+        exception = InvoiceException.UNDERPAID
+    return Assessment(status, exception, received, confirmed)
+
+
+def event_type(before: Status | None, after: Status) -> str:
+    """`invoice.<status>` when the status moves, else `invoice.updated` (new payment, exception...)."""
+    if before is None:
+        return "invoice.created"
+    return f"invoice.{after}" if before != after else "invoice.updated"

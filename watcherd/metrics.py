@@ -1,0 +1,40 @@
+"""prometheus-client collectors: one module, so an SRE can read every metric watcherd exports here."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+NODE_TIP = Gauge("watcherd_node_tip_height", "Best block height reported by the node", ["chain"])
+PROCESSED_HEIGHT = Gauge("watcherd_processed_height", "Height of the last block committed", ["chain"])
+LAG = Gauge("watcherd_lag_blocks", "Node tip minus processed height", ["chain"])
+NODE_UP = Gauge("watcherd_node_up", "1 when the node's RPC answered on the last attempt", ["chain"])
+RECONNECTS = Counter("watcherd_feed_reconnects_total", "Feed (ZMQ/websocket) (re)connections", ["chain"])
+SEQUENCE_GAPS = Counter("watcherd_feed_sequence_gaps_total", "Gaps in the node feed's sequence", ["chain"])
+MALFORMED = Counter(
+    "watcherd_malformed_messages_total", "Node messages or RPC answers that could not be used", ["chain", "source"]
+)
+REORGS = Counter("watcherd_reorgs_total", "Chain reorganisations handled", ["chain"])
+REORG_DEPTH = Histogram(
+    "watcherd_reorg_depth_blocks", "Blocks disconnected per reorg", ["chain"], buckets=(1, 2, 3, 6, 10, 20, 100)
+)
+BLOCKS = Counter("watcherd_blocks_processed_total", "Blocks connected", ["chain"])
+TXS = Counter("watcherd_transactions_processed_total", "Transactions decoded and matched", ["chain", "source"])
+WATCHED_ADDRESSES = Gauge("watcherd_watched_addresses", "Addresses matched in memory", ["chain"])
+UNUSED_ADDRESS_RUN = Gauge(
+    "watcherd_unused_address_run",
+    "Newest issued addresses in a row that never received funds (wallet gap limit is usually 20)",
+    ["chain"],
+)
+EVENTS = Counter("watcherd_events_total", "Invoice events written to the outbox", ["chain", "type"])
+DELIVERED = Counter("watcherd_notifications_delivered_total", "Notifications delivered", ["transport"])
+DELIVERY_FAILURES = Counter(
+    "watcherd_notification_attempts_failed_total", "Failed delivery attempts", ["transport"]
+)
+DELIVERY_LATENCY = Histogram(
+    "watcherd_delivery_latency_seconds", "From state change to a 2xx answer", ["transport"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 15, 60, 300, 3600),
+)
+DETECTION_LATENCY = Histogram(
+    "watcherd_detection_latency_seconds", "From node notification to committed state", ["chain"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

@@ -1,0 +1,30 @@
+"""Money is integers (satoshi, wei, piconero); decimal strings exist only at the edges."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+
+def to_atomic(text: str, decimals: int) -> int:
+    """Parse a decimal string ("0.015") into atomic units; ValueError names what is wrong."""
+    if not isinstance(text, str):
+        raise ValueError("must be a decimal string, e.g. \"0.015\"")
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a decimal number") from None
+    if not value.is_finite():
+        raise ValueError(f"{text!r} is not a finite number")
+    atomic = value.scaleb(decimals)
+    if atomic != atomic.to_integral_value():
+        raise ValueError(f"{text!r} has more than {decimals} decimal places")
+    return int(atomic)
+
+
+def to_decimal_string(atomic: int, decimals: int) -> str:
+    """Format atomic units as a plain decimal string with no exponent and no trailing zeros."""
+    sign = "-" if atomic < 0 else ""
+    whole, frac = divmod(abs(atomic), 10**decimals)
+    if not decimals or not frac:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{str(frac).rjust(decimals, '0').rstrip('0')}"

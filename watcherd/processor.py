@@ -1,0 +1,328 @@
+"""The chain-agnostic core: applies what adapters saw to the store, one atomic transaction at a time.
+
+Each public coroutine is one SQLite transaction holding the facts (payments, cursor) AND their consequences
+(invoice status, outbox events), so a crash can never leave a status change without its notification or a
+cursor advanced past a block whose payments were not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from . import metrics
+from .chains.base import ChainAdapter, ChainBlock, ChainTx
+from .exceptions import InvoiceError
+from .invoices import PaymentStatus, Status, assess, event_type
+from .money import to_decimal_string
+from .store import Cursor, InvoiceRow, PaymentRow, Store
+
+log = logging.getLogger(__name__)
+
+GAP_LIMIT = 20  # wallets stop scanning after 20 unused addresses in a row (BIP44 gap limit)
+
+
+def iso(ts: int | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class Processor:
+    def __init__(
+        self, store: Store, chains: dict[str, ChainAdapter], transports: Iterable[str] = (),
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.chains = chains
+        self.transports = tuple(transports)
+        self.clock = clock
+        self.outbox_wakeup = asyncio.Event()
+        self.tips: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Load every chain's watched keys and live spends into memory."""
+        for name, chain in self.chains.items():
+            async with self.store.transaction():
+                await self.store.ensure_chain(name)
+            chain.watchlist.keys.update(await self.store.watch_keys(name))
+            for outpoint, txid in await self.store.spends(name):
+                chain.watchlist.spends[outpoint] = txid
+            cursor = await self.store.cursor(name)
+            self.tips[name] = cursor.height if cursor else 0
+            metrics.WATCHED_ADDRESSES.labels(name).set(len(chain.watchlist.keys))
+
+    # --- invoices -----------------------------------------------------------------------------------
+
+    async def create_invoice(
+        self, chain_name: str, amount: int, *, order_id: str | None = None, expires_in: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        chain = self.chains.get(chain_name)
+        if chain is None:
+            raise InvoiceError("chain", f"unknown chain {chain_name!r}; configured: {sorted(self.chains)}")
+        if amount <= 0:
+            raise InvoiceError("amount", "must be greater than zero")
+        now = int(self.clock())
+        async with self.store.transaction():
+            index = await self.store.allocate_address_index(chain_name)
+            address, key = chain.derive(index)
+            invoice = InvoiceRow(
+                id=new_id("inv"), chain=chain_name, asset=chain.asset, address=address, watch_key=key,
+                derivation_index=index, amount=amount, confirmations_required=chain.confirmations,
+                tolerance_percent=chain.underpaid_tolerance_percent, status=Status.UNPAID, exception=None,
+                order_id=order_id, metadata=metadata or {}, created_at=now,
+                expires_at=now + (expires_in if expires_in is not None else chain.invoice_expiry_seconds),
+                cancelled_at=None, paid_at=None, updated_at=now,
+            )
+            await self.store.insert_invoice(invoice)
+            await self._reassess(invoice.id, force_type="invoice.created")
+            unused = await self.store.unused_address_run(chain_name)
+        chain.watchlist.keys.add(key)
+        metrics.WATCHED_ADDRESSES.labels(chain_name).set(len(chain.watchlist.keys))
+        metrics.UNUSED_ADDRESS_RUN.labels(chain_name).set(unused)
+        if unused > GAP_LIMIT:
+            log.warning(
+                "%d consecutive issued addresses are unused: a wallet with gap limit %d would stop seeing "
+                "funds sent past them; raise the wallet's gap limit", unused, GAP_LIMIT,
+                extra={"chain": chain_name, "invoice_id": invoice.id},
+            )
+        self.outbox_wakeup.set()
+        return await self.invoice_json(invoice.id)  # type: ignore[return-value]
+
+    async def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
+        async with self.store.transaction():
+            invoice = await self.store.invoice(invoice_id)
+            if invoice is None:
+                raise KeyError(invoice_id)
+            if invoice.status not in (Status.UNPAID, Status.EXPIRED, Status.CANCELLED):
+                raise InvoiceError("status", f"an invoice that is {invoice.status} cannot be cancelled")
+            if invoice.cancelled_at is None:
+                await self.store.update_invoice(
+                    invoice_id, status=invoice.status, exception=invoice.exception, paid_at=invoice.paid_at,
+                    cancelled_at=int(self.clock()), digest=invoice.digest, now=int(self.clock()),
+                )
+                await self._reassess(invoice_id)
+        self.outbox_wakeup.set()
+        return await self.invoice_json(invoice_id)  # type: ignore[return-value]
+
+    async def invoice_json(self, invoice_id: str) -> dict[str, Any] | None:
+        invoice = await self.store.invoice(invoice_id)
+        if invoice is None:
+            return None
+        return self._render(invoice, await self.store.payments_for(invoice_id))
+
+    def _render(self, invoice: InvoiceRow, payments: list[PaymentRow]) -> dict[str, Any]:
+        chain = self.chains.get(invoice.chain)
+        decimals = chain.decimals if chain else 8
+        tip = self.tips.get(invoice.chain, 0)
+        required = invoice.confirmations_required
+        assessment = assess(invoice.terms, [p.payment for p in payments], tip, self.clock())
+        return {
+            "id": invoice.id,
+            "chain": invoice.chain,
+            "asset": invoice.asset,
+            "address": invoice.address,
+            "amount": to_decimal_string(invoice.amount, decimals),
+            "amount_atomic": str(invoice.amount),
+            "amount_received": to_decimal_string(assessment.received, decimals),
+            "amount_received_atomic": str(assessment.received),
+            "amount_confirmed": to_decimal_string(assessment.confirmed, decimals),
+            "amount_confirmed_atomic": str(assessment.confirmed),
+            "status": invoice.status.value,
+            "exception": invoice.exception,
+            "payment_uri": chain.payment_uri(invoice.address, invoice.amount) if chain else None,
+            "confirmations_required": required,
+            "order_id": invoice.order_id,
+            "metadata": invoice.metadata,
+            "created_at": iso(invoice.created_at),
+            "expires_at": iso(invoice.expires_at),
+            "paid_at": iso(invoice.paid_at),
+            "cancelled_at": iso(invoice.cancelled_at),
+            "payments": [
+                {
+                    "txid": p.payment.txid,
+                    "vout": p.payment.vout,
+                    "amount": to_decimal_string(p.payment.amount, decimals),
+                    "amount_atomic": str(p.payment.amount),
+                    "confirmations": p.payment.confirmations(tip),
+                    "block_height": p.payment.block_height,
+                    "block_hash": p.block_hash,
+                    "first_seen_at": iso(p.payment.first_seen_at),
+                    "confirmed_at": iso(p.confirmed_at),
+                    "status": p.payment.status(tip, required).value,
+                }
+                for p in payments
+            ],
+        }
+
+    async def _reassess(self, invoice_id: str, force_type: str | None = None) -> None:
+        """Recompute one invoice from its payments; on any visible change, store it and queue an event.
+
+        Must run inside a store transaction."""
+        invoice = await self.store.invoice(invoice_id)
+        if invoice is None:
+            return
+        now = int(self.clock())
+        tip = self.tips.get(invoice.chain, 0)
+        payments = await self.store.payments_for(invoice_id)
+        required = invoice.confirmations_required
+        for row in payments:
+            confirmed = row.payment.status(tip, required) is PaymentStatus.CONFIRMED
+            if confirmed != (row.confirmed_at is not None):
+                await self.store.set_payment_confirmed_at(
+                    invoice.chain, row.payment.txid, row.payment.vout, now if confirmed else None
+                )
+        payments = await self.store.payments_for(invoice_id)
+        assessment = assess(invoice.terms, [p.payment for p in payments], tip, now)
+        exception = assessment.exception.value if assessment.exception else None
+        digest = json.dumps(
+            [assessment.status, exception,
+             sorted((p.payment.txid, p.payment.vout, p.payment.status(tip, required)) for p in payments)]
+        )
+        if digest == invoice.digest and force_type is None:
+            return
+        paid_at = invoice.paid_at
+        if assessment.status is Status.PAID and invoice.status is not Status.PAID:
+            paid_at = now
+        elif assessment.status is not Status.PAID:
+            paid_at = None
+        await self.store.update_invoice(
+            invoice_id, status=assessment.status, exception=exception, paid_at=paid_at,
+            cancelled_at=invoice.cancelled_at, digest=digest, now=now,
+        )
+        type_ = force_type or event_type(invoice.status, assessment.status)
+        updated = await self.store.invoice(invoice_id)
+        assert updated is not None
+        body = self._render(updated, payments)
+        event_id = new_id("evt")
+        payload = json.dumps(
+            {"id": event_id, "type": type_, "created_at": iso(now), "invoice": body}, separators=(",", ":")
+        )
+        await self.store.add_event(
+            event_id, invoice_id, invoice.chain, type_, now, payload, self.transports, self.clock()
+        )
+        metrics.EVENTS.labels(invoice.chain, type_).inc()
+        log.info(
+            "invoice %s %s -> %s%s", invoice_id, invoice.status, assessment.status,
+            f" ({exception})" if exception else "",
+            extra={"invoice_id": invoice_id, "chain": invoice.chain, "event_id": event_id},
+        )
+
+    async def expire_due(self) -> int:
+        due = await self.store.expiring(int(self.clock()))
+        if due:
+            async with self.store.transaction():
+                for invoice_id in due:
+                    await self._reassess(invoice_id)
+            self.outbox_wakeup.set()
+        return len(due)
+
+    # --- what adapters report -----------------------------------------------------------------------
+
+    async def _apply_tx(self, chain: ChainAdapter, tx: ChainTx, block: ChainBlock | None) -> set[str]:
+        touched: set[str] = set()
+        for other in chain.watchlist.conflicts(tx.txid, tx.spent):
+            touched.update(await self.store.replace_tx(chain.name, other))
+            log.warning(
+                "payment tx %s replaced by conflicting tx %s", other, tx.txid,
+                extra={"chain": chain.name, "txid": other},
+            )
+        now = int(self.clock())
+        for output in tx.received:
+            invoice = await self.store.invoice_by_key(chain.name, output.key)
+            if invoice is None:
+                continue
+            await self.store.upsert_payment(
+                chain.name, invoice.id, tx.txid, output.vout, output.amount, now,
+                block.height if block else None, block.hash if block else None,
+            )
+            touched.add(invoice.id)
+            log.info(
+                "payment %s:%d of %d to invoice %s%s", tx.txid, output.vout, output.amount, invoice.id,
+                f" in block {block.height}" if block else " (unconfirmed)",
+                extra={"chain": chain.name, "txid": tx.txid, "invoice_id": invoice.id},
+            )
+        if tx.received and tx.spent:
+            await self.store.add_spends(chain.name, tx.txid, tx.spent)
+        return touched
+
+    def _refresh_spends(self, chain: ChainAdapter, tx: ChainTx) -> None:
+        for other in chain.watchlist.conflicts(tx.txid, tx.spent):
+            for outpoint in [o for o, t in chain.watchlist.spends.items() if t == other]:
+                del chain.watchlist.spends[outpoint]
+        if tx.received:
+            for outpoint in tx.spent:
+                chain.watchlist.spends[outpoint] = tx.txid
+
+    async def tx_seen(self, chain_name: str, tx: ChainTx) -> None:
+        """A transaction entered the mempool."""
+        chain = self.chains[chain_name]
+        async with self.store.transaction():
+            touched = await self._apply_tx(chain, tx, None)
+            for invoice_id in touched:
+                await self._reassess(invoice_id)
+        self._refresh_spends(chain, tx)
+        self.outbox_wakeup.set()
+
+    async def block_connected(self, chain_name: str, block: ChainBlock) -> None:
+        """A block joined the main chain on top of the cursor: record it and advance the cursor with it."""
+        chain = self.chains[chain_name]
+        async with self.store.transaction():
+            touched: set[str] = set()
+            for tx in block.txs:
+                touched |= await self._apply_tx(chain, tx, block)
+            await self.store.set_cursor(chain_name, Cursor(block.height, block.hash))
+            self.tips[chain_name] = block.height
+            touched.update(await self.store.invoices_maturing(chain_name))
+            for invoice_id in sorted(touched):
+                await self._reassess(invoice_id)
+        for tx in block.txs:
+            self._refresh_spends(chain, tx)
+        self.outbox_wakeup.set()
+
+    async def block_disconnected(self, chain_name: str, height: int, block_hash: str, parent: Cursor) -> None:
+        """The block at the cursor left the main chain: undo it and move the cursor to its parent."""
+        async with self.store.transaction():
+            touched = await self.store.unconfirm_block(chain_name, block_hash)
+            await self.store.set_cursor(chain_name, parent)
+            self.tips[chain_name] = parent.height
+            touched.extend(await self.store.invoices_maturing(chain_name))
+            for invoice_id in sorted(set(touched)):
+                await self._reassess(invoice_id)
+        log.warning(
+            "block %d %s disconnected (reorg)", height, block_hash, extra={"chain": chain_name}
+        )
+        self.outbox_wakeup.set()
+
+    async def set_cursor(self, chain_name: str, cursor: Cursor) -> None:
+        """Where a chain starts on its very first run (nothing was issued before it)."""
+        async with self.store.transaction():
+            await self.store.set_cursor(chain_name, cursor)
+        self.tips[chain_name] = cursor.height
+
+    async def mempool_synced(self, chain_name: str, mempool: set[str]) -> None:
+        """The node's whole mempool, read right after catching up to its tip: an unconfirmed payment that is
+        in neither a block nor the mempool was dropped or replaced by a conflict we never saw."""
+        chain = self.chains[chain_name]
+        dropped = [t for t in await self.store.unconfirmed_txids(chain_name) if t not in mempool]
+        if not dropped:
+            return
+        async with self.store.transaction():
+            touched: set[str] = set()
+            for txid in dropped:
+                log.warning("payment tx %s left the mempool unmined", txid, extra={"chain": chain_name, "txid": txid})
+                touched.update(await self.store.replace_tx(chain_name, txid))
+            for invoice_id in sorted(touched):
+                await self._reassess(invoice_id)
+        for outpoint in [o for o, t in chain.watchlist.spends.items() if t in dropped]:
+            del chain.watchlist.spends[outpoint]
+        self.outbox_wakeup.set()

@@ -1,0 +1,14 @@
+"""Reconnect loops are code, not scattered sleeps."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+
+def backoff(first: float = 0.5, cap: float = 30.0) -> Iterator[float]:
+    """Exponential delays with +-20% jitter, so many watchers don't hammer a node in lockstep."""
+    delay = first
+    while True:
+        yield delay * random.uniform(0.8, 1.2)
+        delay = min(cap, delay * 2)
