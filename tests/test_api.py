@@ -1,0 +1,99 @@
+"""The HTTP API as a billing system sees it: auth, validation naming the field, invoice JSON shape."""
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from watcherd.api import make_app
+from watcherd.chains.fake import FakeChain
+from watcherd.processor import Processor
+from watcherd.store import Cursor, Store
+
+TOKEN = "api-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def client(tmp_path):
+    store = await Store.open(tmp_path / "w.sqlite3")
+    processor = Processor(store, {"btc": FakeChain("btc")}, ["webhook"])
+    await processor.start()
+    await processor.set_cursor("btc", Cursor(1, "h1"))
+
+    async def readiness():
+        return {"ready": True}
+
+    async with TestClient(TestServer(make_app(processor, TOKEN, readiness))) as client:
+        yield client
+    await store.close()
+
+
+async def test_create_show_list_cancel(client):
+    response = await client.post("/v1/invoices", json={"chain": "btc", "amount": "0.015", "order_id": "A-1",
+                                                       "metadata": {"customer": 7}}, headers=AUTH)
+    assert response.status == 201
+    invoice = await response.json()
+    assert invoice["amount"] == "0.015" and invoice["amount_atomic"] == "1500000"
+    assert invoice["status"] == "unpaid" and invoice["exception"] is None and invoice["payments"] == []
+    assert invoice["payment_uri"].startswith("fake:") and invoice["expires_at"].endswith("Z")
+    assert response.headers["Location"] == f"/v1/invoices/{invoice['id']}"
+    assert set(invoice) >= {"id", "chain", "asset", "address", "amount", "amount_atomic", "status", "exception",
+                            "payment_uri", "expires_at", "payments", "order_id", "metadata"}
+
+    shown = await (await client.get(f"/v1/invoices/{invoice['id']}", headers=AUTH)).json()
+    assert shown == invoice
+    listed = await (await client.get("/v1/invoices?status=unpaid", headers=AUTH)).json()
+    assert [i["id"] for i in listed["invoices"]] == [invoice["id"]]
+    assert (await (await client.get("/v1/invoices?status=paid", headers=AUTH)).json())["invoices"] == []
+
+    cancelled = await client.post(f"/v1/invoices/{invoice['id']}/cancel", headers=AUTH)
+    assert cancelled.status == 200 and (await cancelled.json())["status"] == "cancelled"
+    events = await (await client.get(f"/v1/invoices/{invoice['id']}/events", headers=AUTH)).json()
+    assert [e["type"] for e in events["events"]] == ["invoice.created", "invoice.cancelled"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"chain": "btc", "amount": 0.015}, 400, "amount"),  # a JSON number loses precision
+        ({"chain": "btc", "amount": "abc"}, 400, "amount"),
+        ({"chain": "btc", "amount": "-1"}, 400, "amount"),
+        ({"chain": "btc", "amount": "0"}, 400, "amount"),
+        ({"chain": "btc", "amount": "0.000000001"}, 400, "amount"),  # below one satoshi
+        ({"chain": "btc", "amount": "NaN"}, 400, "amount"),
+        ({"chain": "btc"}, 400, "amount"),
+        ({"amount": "1"}, 400, "chain"),
+        ({"chain": "doge", "amount": "1"}, 422, "chain"),
+        ({"chain": "btc", "amount": "1", "expires_in": 0}, 400, "expires_in"),
+        ({"chain": "btc", "amount": "1", "metadata": []}, 400, "metadata"),
+        ({"chain": "btc", "amount": "1", "amout": "1"}, 400, "amout"),
+        ({"chain": "btc", "amount_atomic": "1.5"}, 400, "amount_atomic"),
+    ],
+)
+async def test_bad_input_names_the_field(client, body, status, field):
+    response = await client.post("/v1/invoices", json=body, headers=AUTH)
+    assert response.status == status
+    assert (await response.json())["error"]["field"] == field
+    listed = await (await client.get("/v1/invoices", headers=AUTH)).json()
+    assert listed["invoices"] == []  # nothing half-created
+
+
+async def test_auth_and_non_json(client):
+    assert (await client.get("/v1/invoices")).status == 401
+    wrong = await client.get("/v1/invoices", headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401 and (await wrong.json())["error"]["code"] == "unauthorized"
+    garbage = await client.post("/v1/invoices", data=b"{not json", headers=AUTH)
+    assert garbage.status == 400 and (await garbage.json())["error"]["code"] == "invalid_json"
+    missing = await client.get("/v1/invoices/inv_nope", headers=AUTH)
+    assert missing.status == 404 and (await missing.json())["error"]["field"] == "id"
+    unknown = await client.get("/v2/whatever", headers=AUTH)
+    assert unknown.status == 404 and "error" in await unknown.json()
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_amount_atomic_and_cancel_conflict(client):
+    created = await (await client.post("/v1/invoices", json={"chain": "btc", "amount_atomic": "123456789012345"},
+                                       headers=AUTH)).json()
+    assert created["amount"] == "1234567.89012345"
+    await client.post(f"/v1/invoices/{created['id']}/cancel", headers=AUTH)
+    again = await client.post(f"/v1/invoices/{created['id']}/cancel", headers=AUTH)
+    assert again.status == 200  # idempotent

@@ -1,0 +1,107 @@
+"""Webhook delivery: retries until the endpoint recovers, per-invoice order, signatures that verify."""
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from watcherd.chains.base import ChainTx, Received
+from watcherd.chains.fake import FakeChain
+from watcherd.outbox import WebhookSender, sign, verify
+from watcherd.processor import Processor
+from watcherd.receiver import WebhookReceiver
+from watcherd.store import Cursor, Store
+
+SECRET = "whsec_test_secret_0123456789"
+
+
+def test_signature_recipe_matches_the_readme():
+    """The README tells receivers: HMAC-SHA256(secret, "<t>.<raw body>") in hex, compared to v1."""
+    import hashlib
+    import hmac
+
+    body = b'{"id":"evt_1"}'
+    header = sign(SECRET, 1_700_000_000, body)
+    t, v1 = (part.split("=", 1)[1] for part in header.split(","))
+    assert v1 == hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert verify(SECRET, header, body, now=1_700_000_100)
+    assert not verify(SECRET, header, body + b" ", now=1_700_000_100)
+    assert not verify(SECRET, header, body, now=1_700_009_999)  # replayed much later
+    assert not verify("other", header, body, now=1_700_000_100)
+
+
+@pytest.fixture
+async def core(tmp_path):
+    store = await Store.open(tmp_path / "w.sqlite3")
+    chain = FakeChain(confirmations=1)
+    processor = Processor(store, {"fake": chain}, ["webhook"])
+    await processor.start()
+    await processor.set_cursor("fake", Cursor(1, "h1"))
+    yield processor, chain
+    await store.close()
+
+
+async def test_endpoint_down_then_up_delivers_everything_in_order(core):
+    processor, chain = core
+    with WebhookReceiver(SECRET) as receiver:
+        receiver.fail_with = 500
+        config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
+        sender = WebhookSender(processor.store, config, processor.outbox_wakeup)
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        invoices = [await processor.create_invoice("fake", 1000) for _ in range(3)]
+        for i, inv in enumerate(invoices):
+            key = chain.derive(i)[1]
+            await processor.tx_seen("fake", ChainTx(f"t{i}", (Received(key, 0, 1000),), (f"o{i}".encode(),)))
+        await asyncio.sleep(2.5)
+        failing = await processor.store.deliveries(state="pending")
+        assert len(failing) == 6 and all(d["last_error"] == "HTTP 500" for d in failing if d["attempts"])
+        receiver.fail_with = None
+        deadline = time.monotonic() + 15
+        while len(await processor.store.deliveries(state="pending")) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop.set()
+        await task
+    assert receiver.rejected == 0
+    for inv in invoices:
+        assert receiver.statuses(inv["id"]) == ["unpaid", "processing"]
+        delivered = receiver.for_invoice(inv["id"])
+        assert [e["type"] for e in delivered] == ["invoice.created", "invoice.processing"]
+        assert all(e["_header_event_id"] == e["id"] for e in delivered)
+        stored = [json.loads(e["payload"])["id"] for e in await processor.store.events_for(inv["id"])]
+        assert [e["id"] for e in delivered] == stored
+
+
+async def test_one_failing_invoice_does_not_block_others(core):
+    processor, chain = core
+    first = await processor.create_invoice("fake", 1000)
+    async with processor.store.transaction():
+        due = await processor.store.due_deliveries("webhook", processor.clock())
+        await processor.store.mark_attempt_failed("webhook", due[0].event_seq, "HTTP 500", time.time() + 3600, None)
+    second = await processor.create_invoice("fake", 1000)
+    due = await processor.store.due_deliveries("webhook", processor.clock())
+    assert [d.invoice_id for d in due] == [second["id"]]
+    assert first["id"] != second["id"]
+
+
+async def test_client_error_is_not_retried_but_kept_for_redelivery(core):
+    processor, _ = core
+    with WebhookReceiver(SECRET) as receiver:
+        receiver.fail_with = 404
+        config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
+        sender = WebhookSender(processor.store, config, processor.outbox_wakeup)
+        inv = await processor.create_invoice("fake", 1000)
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            assert await sender.deliver_due(session) == 1
+        failed = await processor.store.deliveries(state="failed")
+        assert [d["last_error"] for d in failed] == ["HTTP 404"]
+        receiver.fail_with = None
+        async with processor.store.transaction():
+            assert await processor.store.redeliver(failed[0]["id"], time.time())
+        async with aiohttp.ClientSession() as session:
+            assert await sender.deliver_due(session) == 1
+    assert receiver.statuses(inv["id"]) == ["unpaid"]

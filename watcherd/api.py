@@ -1,0 +1,215 @@
+"""The HTTP API billing systems call: create, read, list and cancel invoices; inspect and redeliver webhooks.
+
+Every error is JSON: {"error": {"code": ..., "message": ..., "field": ...}} with a 4xx status naming the
+offending field, so an integrator sees at once what to fix.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .exceptions import InvoiceError
+from .invoices import Status
+from .money import to_atomic
+from .processor import Processor
+
+log = logging.getLogger(__name__)
+
+MAX_EXPIRES_IN = 30 * 24 * 3600
+MAX_METADATA_BYTES = 16 * 1024
+INVOICE_FIELDS = {"chain", "amount", "amount_atomic", "order_id", "expires_in", "metadata"}
+PROCESSOR: web.AppKey[Processor] = web.AppKey("processor", Processor)
+READINESS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("readiness")
+
+
+def error(status: int, code: str, message: str, field: str | None = None) -> web.HTTPException:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
+           409: web.HTTPConflict, 422: web.HTTPUnprocessableEntity}[status]
+    return cls(text=json.dumps({"error": body}), content_type="application/json")
+
+
+def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]]) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if request.path in ("/healthz", "/readyz"):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise error(401, "unauthorized", "missing or wrong bearer token")
+        return await handler(request)
+
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.content_type == "application/json" or exc.status < 400:
+                raise
+            # aiohttp's own errors (unknown route, body too large...) get the same JSON shape as ours
+            body = {"error": {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason}}
+            return web.json_response(body, status=exc.status)
+
+    app = web.Application(middlewares=[json_errors, auth], client_max_size=64 * 1024)
+    app[PROCESSOR] = processor
+    app[READINESS] = readiness
+    app.add_routes([
+        web.post("/v1/invoices", create_invoice),
+        web.get("/v1/invoices", list_invoices),
+        web.get("/v1/invoices/{id}", show_invoice),
+        web.post("/v1/invoices/{id}/cancel", cancel_invoice),
+        web.get("/v1/invoices/{id}/events", invoice_events),
+        web.get("/v1/webhooks", list_webhooks),
+        web.post("/v1/webhooks/{event_id}/redeliver", redeliver_webhook),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+    ])
+    return app
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise error(400, "invalid_json", "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise error(400, "invalid_json", "the request body must be a JSON object")
+    return body
+
+
+def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[str, Any]:
+    unknown = sorted(set(body) - INVOICE_FIELDS)
+    if unknown:
+        raise error(400, "unknown_field", f"unknown field {unknown[0]!r}", unknown[0])
+    chain_name = body.get("chain")
+    if not isinstance(chain_name, str) or not chain_name:
+        raise error(400, "invalid_field", "required: the configured chain name, e.g. \"btc\"", "chain")
+    chain = processor.chains.get(chain_name)
+    if chain is None:
+        raise error(422, "unknown_chain", f"no chain {chain_name!r}; configured: {sorted(processor.chains)}",
+                    "chain")
+    if ("amount" in body) == ("amount_atomic" in body):
+        raise error(400, "invalid_field", "give exactly one of amount (decimal string) or amount_atomic", "amount")
+    if "amount" in body:
+        if not isinstance(body["amount"], str):
+            raise error(400, "invalid_field", "must be a decimal string such as \"0.015\" (not a JSON number, "
+                                              "which loses precision)", "amount")
+        try:
+            amount = to_atomic(body["amount"], chain.decimals)
+        except ValueError as exc:
+            raise error(400, "invalid_field", str(exc), "amount") from None
+    else:
+        raw = body["amount_atomic"]
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).isdigit():
+            raise error(400, "invalid_field", "must be a whole number of atomic units", "amount_atomic")
+        amount = int(raw)
+    field = "amount" if "amount" in body else "amount_atomic"
+    if amount <= 0:
+        raise error(400, "invalid_field", "must be greater than zero", field)
+    order_id = body.get("order_id")
+    if order_id is not None and (not isinstance(order_id, str) or len(order_id) > 200):
+        raise error(400, "invalid_field", "must be a string of at most 200 characters", "order_id")
+    expires_in = body.get("expires_in")
+    if expires_in is not None and (
+        isinstance(expires_in, bool) or not isinstance(expires_in, int) or not 1 <= expires_in <= MAX_EXPIRES_IN
+    ):
+        raise error(400, "invalid_field", f"must be whole seconds between 1 and {MAX_EXPIRES_IN}", "expires_in")
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise error(400, "invalid_field", "must be a JSON object", "metadata")
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise error(400, "invalid_field", f"must serialize to at most {MAX_METADATA_BYTES} bytes", "metadata")
+    return {"chain_name": chain_name, "amount": amount, "order_id": order_id, "expires_in": expires_in,
+            "metadata": metadata}
+
+
+async def create_invoice(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    params = _parse_invoice_request(await _json_body(request), processor)
+    try:
+        invoice = await processor.create_invoice(**params)
+    except InvoiceError as exc:
+        raise error(400, "invalid_field", str(exc), exc.field) from None
+    return web.json_response(invoice, status=201, headers={"Location": f"/v1/invoices/{invoice['id']}"})
+
+
+async def show_invoice(request: web.Request) -> web.Response:
+    invoice = await request.app[PROCESSOR].invoice_json(request.match_info["id"])
+    if invoice is None:
+        raise error(404, "not_found", f"no invoice {request.match_info['id']!r}", "id")
+    return web.json_response(invoice)
+
+
+async def list_invoices(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    status = request.query.get("status")
+    if status is not None and status not in Status.__members__.values():
+        raise error(400, "invalid_field", f"one of {', '.join(s.value for s in Status)}", "status")
+    try:
+        limit = int(request.query.get("limit", "100"))
+        assert 1 <= limit <= 1000
+    except (ValueError, AssertionError):
+        raise error(400, "invalid_field", "a whole number from 1 to 1000", "limit") from None
+    rows = await processor.store.invoices(
+        status=status, chain=request.query.get("chain"), order_id=request.query.get("order_id"),
+        limit=limit, before=request.query.get("before"),
+    )
+    invoices = [await processor.invoice_json(r.id) for r in rows]
+    return web.json_response({"invoices": invoices, "next": rows[-1].id if len(rows) == limit else None})
+
+
+async def cancel_invoice(request: web.Request) -> web.Response:
+    try:
+        invoice = await request.app[PROCESSOR].cancel_invoice(request.match_info["id"])
+    except KeyError:
+        raise error(404, "not_found", f"no invoice {request.match_info['id']!r}", "id") from None
+    except InvoiceError as exc:
+        raise error(409, "conflict", str(exc), exc.field) from None
+    return web.json_response(invoice)
+
+
+async def invoice_events(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    invoice_id = request.match_info["id"]
+    if await processor.store.invoice(invoice_id) is None:
+        raise error(404, "not_found", f"no invoice {invoice_id!r}", "id")
+    events = [json.loads(e["payload"]) for e in await processor.store.events_for(invoice_id)]
+    return web.json_response({"events": events})
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    state = request.query.get("state")
+    if state not in (None, "pending", "delivered", "failed"):
+        raise error(400, "invalid_field", "one of pending, delivered, failed", "state")
+    rows = await request.app[PROCESSOR].store.deliveries(
+        transport=request.query.get("transport"), state=state, invoice_id=request.query.get("invoice_id"),
+    )
+    return web.json_response({"deliveries": rows})
+
+
+async def redeliver_webhook(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    async with processor.store.transaction():
+        found = await processor.store.redeliver(request.match_info["event_id"], processor.clock())
+    if not found:
+        raise error(404, "not_found", f"no event {request.match_info['event_id']!r}", "event_id")
+    processor.outbox_wakeup.set()
+    return web.json_response({"event_id": request.match_info["event_id"], "queued": True}, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    report = await request.app[READINESS]()
+    return web.json_response(report, status=200 if report["ready"] else 503)

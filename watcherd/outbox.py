@@ -1,0 +1,146 @@
+"""Durable notifications: the outbox rows written with each state change, delivered until acknowledged.
+
+Delivery keeps per-invoice order (an invoice's next event waits until the previous one is delivered) without
+letting one failing invoice hold back the others: its head event waits out its backoff while other invoices'
+events keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from . import metrics
+from .store import Delivery, Store
+
+if TYPE_CHECKING:
+    from .config import WebhookConfig
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 429}
+MAX_BACKOFF = 3600.0
+
+
+def retry_delay(attempts: int) -> float:
+    """Delay before attempt number `attempts + 1` (1 s, 2 s, 4 s ... capped at about an hour)."""
+    return min(MAX_BACKOFF, 2.0 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The `Watcherd-Signature` header value: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify(secret: str, header: str, body: bytes, tolerance: int = 300, now: float | None = None) -> bool:
+    """The receiver's side of `sign` (documented in the README), used by the tests and the demo."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    try:
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance:
+        return False
+    expected = sign(secret, timestamp, body).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+class WebhookSender:
+    transport = "webhook"
+
+    def __init__(
+        self, store: Store, config: WebhookConfig, wakeup: asyncio.Event, clock: Callable[[], float] = time.time,
+        concurrency: int = 8,
+    ):
+        self.store = store
+        self.config = config
+        self.wakeup = wakeup
+        self.clock = clock
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while not stop.is_set():
+                await self.deliver_due(session)
+                await self._sleep_until_due(stop)
+
+    async def drain(self, deadline: float) -> None:
+        """Deliver what is due now, for at most until `deadline` (graceful shutdown)."""
+        timeout = aiohttp.ClientTimeout(total=min(self.config.timeout_seconds, max(0.1, deadline - self.clock())))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while self.clock() < deadline and await self.deliver_due(session):
+                pass
+
+    async def _sleep_until_due(self, stop: asyncio.Event) -> None:
+        next_at = await self.store.next_delivery_time(self.transport)
+        wait = 5.0 if next_at is None else max(0.0, min(5.0, next_at - self.clock()))
+        self.wakeup.clear()
+        waiters = [asyncio.ensure_future(self.wakeup.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def deliver_due(self, session: aiohttp.ClientSession) -> int:
+        due = await self.store.due_deliveries(self.transport, self.clock())
+        await asyncio.gather(*(self._deliver(session, d) for d in due))
+        return len(due)
+
+    async def _deliver(self, session: aiohttp.ClientSession, delivery: Delivery) -> None:
+        async with self._slots:
+            body = delivery.payload.encode()
+            now = int(self.clock())
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "watcherd",
+                "Watcherd-Event-Id": delivery.event_id,
+                "Watcherd-Signature": sign(self.config.secret, now, body),
+            }
+            error: str | None = None
+            permanent = False
+            try:
+                async with session.post(self.config.url, data=body, headers=headers) as response:
+                    await response.read()
+                    if 200 <= response.status < 300:
+                        pass
+                    else:
+                        error = f"HTTP {response.status}"
+                        permanent = response.status < 500 and response.status not in RETRYABLE_STATUS
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            await self._record(delivery, error, permanent)
+
+    async def _record(self, delivery: Delivery, error: str | None, permanent: bool) -> None:
+        now = self.clock()
+        async with self.store.transaction():
+            if error is None:
+                await self.store.mark_delivered(self.transport, delivery.event_seq, int(now))
+            else:
+                give_up = permanent or now - delivery.created_at > self.config.max_retry_hours * 3600
+                await self.store.mark_attempt_failed(
+                    self.transport, delivery.event_seq, error,
+                    now + retry_delay(delivery.attempts + 1), int(now) if give_up else None,
+                )
+        if error is None:
+            metrics.DELIVERED.labels(self.transport).inc()
+            metrics.DELIVERY_LATENCY.labels(self.transport).observe(max(0.0, now - delivery.created_at))
+            log.info("delivered %s %s", delivery.type, delivery.event_id,
+                     extra={"invoice_id": delivery.invoice_id, "event_id": delivery.event_id})
+        else:
+            metrics.DELIVERY_FAILURES.labels(self.transport).inc()
+            log.warning(
+                "webhook %s for %s failed (attempt %d): %s%s", delivery.event_id, delivery.invoice_id,
+                delivery.attempts + 1, error, "; not retried (a 4xx other than 408/429)" if permanent else "",
+                extra={"invoice_id": delivery.invoice_id, "event_id": delivery.event_id},
+            )
