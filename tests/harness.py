@@ -1,0 +1,132 @@
+"""The real daemon as a subprocess, configured against real regtest nodes, and an API client for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bip_utils import Bip32Slip10Secp256k1, Bip32KeyNetVersions
+
+TESTNET_VERSIONS = Bip32KeyNetVersions(bytes.fromhex("043587cf"), bytes.fromhex("04358394"))  # tpub / tprv
+TOKEN = "test-api-token-0123456789"
+WEBHOOK_SECRET = "whsec_0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def account_tpub(purpose: int) -> str:
+    """A fresh operator account key; the private half never leaves this function."""
+    master = Bip32Slip10Secp256k1.FromSeed(os.urandom(32), TESTNET_VERSIONS)
+    return master.DerivePath(f"m/{purpose}'/1'/0'").PublicKey().ToExtended()
+
+
+def chain_table(name: str, node: Any, *, confirmations: int, zmq: bool = True, **extra: Any) -> str:
+    """A [chains.<name>] table for a devnet node (the SV bitcoind has no segwit: p2pkh there)."""
+    coin, address_type, purpose = ("litecoin", "p2wpkh", 84) if node.kind == "litecoin" else ("bitcoin", "p2pkh", 44)
+    lines = [
+        f"[chains.{name}]", 'kind = "bitcoin"', f'coin = "{coin}"', 'network = "regtest"',
+        f'rpc_url = "{node.rpc_url}"', f'rpc_user = "{node.rpc_user}"', f'rpc_password = "{node.rpc_password}"',
+        f'xpub = "{account_tpub(purpose)}"', f'address_type = "{address_type}"',
+        f"confirmations = {confirmations}", "poll_interval_seconds = 0.5",
+    ]
+    if zmq and node.zmq_endpoint:
+        lines += [f'zmq_rawtx = "{node.zmq_endpoint}"', f'zmq_hashblock = "{node.zmq_endpoint}"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+class Daemon:
+    def __init__(self, workdir: Path, chains: str, webhook_url: str | None = None):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config_path = workdir / "watcherd.toml"
+        webhook = f'[webhook]\nurl = "{webhook_url}"\nsecret = "{WEBHOOK_SECRET}"\n' if webhook_url else ""
+        self.config_path.write_text(
+            f'[store]\npath = "{workdir / "watcherd.sqlite3"}"\n'
+            f'[api]\nlisten = "127.0.0.1:{self.port}"\ntoken = "{TOKEN}"\n'
+            f'{webhook}[log]\nlevel = "debug"\n{chains}'
+        )
+        self.log_path = workdir / "daemon.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> Daemon:
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "watcherd", "--config", str(self.config_path), "run"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.api("GET", "/healthz")
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"daemon API did not come up:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"daemon ignored SIGTERM:\n{self.log_tail()}") from None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def create_invoice(self, chain: str, amount: str, **extra: Any) -> dict[str, Any]:
+        return self.api("POST", "/v1/invoices", {"chain": chain, "amount": amount, **extra})
+
+    def invoice(self, invoice_id: str) -> dict[str, Any]:
+        return self.api("GET", f"/v1/invoices/{invoice_id}")
+
+    def wait_status(self, invoice_id: str, status: str, timeout: float = 20, exception: Any = ...) -> dict:
+        deadline = time.monotonic() + timeout
+        invoice: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                invoice = self.invoice(invoice_id)
+            except (OSError, urllib.error.HTTPError):
+                invoice = {}
+            if invoice.get("status") == status and (exception is ... or invoice.get("exception") == exception):
+                return invoice
+            time.sleep(0.05)
+        raise AssertionError(
+            f"invoice {invoice_id} not {status} within {timeout}s: {json.dumps(invoice)[:1500]}\n{self.log_tail()}"
+        )

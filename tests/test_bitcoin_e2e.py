@@ -1,0 +1,179 @@
+"""The daemon end to end against real regtest nodes: the SV bitcoind over ZMQ, litecoind by polling.
+
+Every test runs the real `watcherd run` process with its own store, a real webhook receiver that verifies
+signatures, and pays with the node's own wallet.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from watcherd.receiver import WebhookReceiver
+
+from harness import WEBHOOK_SECRET, Daemon, chain_table
+
+
+@pytest.fixture
+def receiver():
+    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def daemon_factory(tmp_path, receiver):
+    started: list[Daemon] = []
+
+    def make(chains: str, name: str = "d") -> Daemon:
+        daemon = Daemon(tmp_path / name, chains, receiver.url)
+        started.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+def wait_delivered(receiver, invoice_id, statuses, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if receiver.statuses(invoice_id) == statuses:
+            return receiver.for_invoice(invoice_id)
+        time.sleep(0.05)
+    raise AssertionError(f"webhooks for {invoice_id}: {receiver.statuses(invoice_id)}, wanted {statuses}")
+
+
+def test_exact_payment_over_zmq(bsv_node, daemon_factory, receiver):
+    """ZMQ bitcoind, p2pkh: unpaid -> processing within 1 s of the tx entering the mempool -> paid after 2."""
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=2))
+    invoice = daemon.create_invoice("btc", "0.015", order_id="ORDER-1")
+    assert invoice["status"] == "unpaid" and invoice["address"][0] in "mn"
+    assert invoice["payment_uri"] == f"bitcoin:{invoice['address']}?amount=0.015"
+    txid = bsv_node.pay(invoice["address"], Decimal("0.015"))
+    paid_at = time.monotonic()
+    processing = daemon.wait_status(invoice["id"], "processing", timeout=5)
+    assert time.monotonic() - paid_at < 1.0, "processing must follow the mempool within 1 s"
+    assert processing["payments"][0]["txid"] == txid
+    assert processing["payments"][0]["status"] == "pending"
+    bsv_node.mine(1)
+    time.sleep(1.0)
+    assert daemon.invoice(invoice["id"])["status"] == "processing"  # one confirmation of two
+    bsv_node.mine(1)
+    paid = daemon.wait_status(invoice["id"], "paid")
+    payment = paid["payments"][0]
+    assert (payment["amount"], payment["amount_atomic"], payment["confirmations"]) == ("0.015", "1500000", 2)
+    assert payment["status"] == "confirmed" and payment["block_height"] == bsv_node.tip()[0] - 1
+    assert paid["exception"] is None and paid["amount_received_atomic"] == "1500000"
+    events = wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "paid"])
+    assert [e["type"] for e in events] == ["invoice.created", "invoice.processing", "invoice.paid"]
+    assert events[-1]["invoice"]["payments"][0]["txid"] == txid
+    assert receiver.rejected == 0
+
+
+def test_exact_payment_by_polling_bech32(ltc_node, daemon_factory, receiver):
+    """litecoind has no ZMQ: the same flow through polling, with bech32 (p2wpkh) addresses."""
+    daemon = daemon_factory(chain_table("ltc", ltc_node, confirmations=2))
+    invoice = daemon.create_invoice("ltc", "0.5")
+    assert invoice["address"].startswith("rltc1q")
+    assert invoice["payment_uri"].startswith("litecoin:rltc1q")
+    txid = ltc_node.pay(invoice["address"], "0.5")
+    assert daemon.wait_status(invoice["id"], "processing", timeout=5)["payments"][0]["txid"] == txid
+    ltc_node.mine(2)
+    paid = daemon.wait_status(invoice["id"], "paid")
+    assert paid["payments"][0]["amount_atomic"] == "50000000"
+    wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "paid"])
+
+
+def test_underpaid_topup_overpaid_and_late(bsv_node, daemon_factory):
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1))
+    under = daemon.create_invoice("btc", "0.2")
+    over = daemon.create_invoice("btc", "0.1")
+    late = daemon.create_invoice("btc", "0.1", expires_in=1)
+    bsv_node.pay(under["address"], "0.05")
+    shown = daemon.wait_status(under["id"], "unpaid", exception="underpaid")
+    assert shown["amount_received"] == "0.05"
+    bsv_node.pay(over["address"], "0.15")
+    daemon.wait_status(late["id"], "expired")
+    bsv_node.pay(late["address"], "0.1")
+    daemon.wait_status(late["id"], "processing", exception="paid_late")
+    bsv_node.mine(1)
+    daemon.wait_status(under["id"], "unpaid", exception="underpaid")  # confirmed, still short
+    bsv_node.pay(under["address"], "0.15")  # the top-up
+    bsv_node.mine(1)
+    topped = daemon.wait_status(under["id"], "paid", exception=None)
+    assert topped["amount_received"] == "0.2" and len(topped["payments"]) == 2
+    assert daemon.wait_status(over["id"], "paid", exception="overpaid")["amount_received"] == "0.15"
+    daemon.wait_status(late["id"], "paid", exception="paid_late")
+
+
+def test_reorg_takes_invoice_back_then_pays_again(bsv_node, daemon_factory, receiver):
+    """invalidateblock on the block holding the payment: paid -> processing, then paid again once re-mined."""
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=2))
+    invoice = daemon.create_invoice("btc", "0.01")
+    txid = bsv_node.pay(invoice["address"], "0.01")
+    daemon.wait_status(invoice["id"], "processing")
+    first_block = bsv_node.mine(1)[0]
+    bsv_node.mine(1)
+    daemon.wait_status(invoice["id"], "paid")
+    bsv_node.invalidate(first_block)
+    back = daemon.wait_status(invoice["id"], "processing")
+    assert back["payments"][0]["block_height"] is None and back["payments"][0]["txid"] == txid
+    bsv_node.mine(2)
+    again = daemon.wait_status(invoice["id"], "paid")
+    assert again["payments"][0]["txid"] == txid and again["amount_received"] == "0.01"
+    assert again["payments"][0]["block_hash"] != first_block
+    wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "paid", "processing", "paid"])
+
+
+def test_rbf_replacement_counts_once(ltc_node, daemon_factory):
+    """bumpfee on litecoind: the original is marked replaced, only the replacement counts."""
+    daemon = daemon_factory(chain_table("ltc", ltc_node, confirmations=1))
+    invoice = daemon.create_invoice("ltc", "0.3")
+    original = ltc_node.pay(invoice["address"], "0.3", replaceable=True)
+    daemon.wait_status(invoice["id"], "processing")
+    replacement = ltc_node.bump_fee(original)
+    assert replacement != original
+
+    def statuses():
+        return {p["txid"]: p["status"] for p in daemon.invoice(invoice["id"])["payments"]}
+
+    deadline = time.monotonic() + 10
+    while statuses() != {original: "replaced", replacement: "pending"} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert statuses() == {original: "replaced", replacement: "pending"}
+    assert daemon.invoice(invoice["id"])["amount_received"] == "0.3"
+    ltc_node.mine(1)
+    paid = daemon.wait_status(invoice["id"], "paid")
+    assert paid["amount_received"] == "0.3" and paid["exception"] is None
+    assert {p["txid"]: p["status"] for p in paid["payments"]} == {original: "replaced", replacement: "confirmed"}
+
+
+def test_sigkill_before_confirmation_then_restart(bsv_node, daemon_factory, receiver):
+    """Killed after the payment is seen; blocks mined while down; on restart: paid, every event delivered."""
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=2))
+    invoice = daemon.create_invoice("btc", "0.02")
+    bsv_node.pay(invoice["address"], "0.02")
+    daemon.wait_status(invoice["id"], "processing")
+    daemon.kill()
+    bsv_node.mine(3)
+    daemon.start()
+    daemon.wait_status(invoice["id"], "paid")
+    events = wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "paid"])
+    # a duplicate delivery may only ever repeat an event id already delivered
+    ids = [e["id"] for e in events]
+    assert len(set(ids)) == 3 and all(e["_header_event_id"] == e["id"] for e in events)
+
+
+def test_node_restart_while_paying(bsv_node, daemon_factory):
+    """The node restarts (ZMQ drops); a payment made right after it comes back is found."""
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1))
+    invoice = daemon.create_invoice("btc", "0.03")
+    bsv_node.restart()
+    txid = bsv_node.pay(invoice["address"], "0.03")
+    processing = daemon.wait_status(invoice["id"], "processing", timeout=20)
+    assert processing["payments"][0]["txid"] == txid
+    bsv_node.mine(1)
+    daemon.wait_status(invoice["id"], "paid", timeout=20)
+    assert daemon.alive()

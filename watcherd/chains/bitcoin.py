@@ -1,0 +1,299 @@
+"""Bitcoin-family adapter (Bitcoin Core, Litecoin Core and compatible nodes): ZMQ wake-ups, RPC truth.
+
+The ZMQ feed only says "something happened"; the durable cursor and RPC are the source of truth. On start,
+on every (re)connection of the feed and on every sequence gap, the adapter catches up block by block from the
+cursor (walking back over a reorg first) and re-reads the mempool. Without ZMQ, the same catch-up runs on a
+short polling interval. Transactions are decoded here and matched in memory; no RPC per transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from .. import metrics
+from ..exceptions import DecodeError, NodeError, NodeProtocolError
+from ..money import to_decimal_string
+from ..retry import backoff
+from ..store import Cursor
+from .base import ChainBlock, ChainTx, Received, Watchlist
+from .btc_address import AddressDeriver
+from .btc_codec import ScannedTx, scan_block, scan_tx
+from .rpc import JsonRpc, RpcError
+
+if TYPE_CHECKING:
+    from ..config import BitcoinChainConfig
+    from ..processor import Processor
+
+log = logging.getLogger(__name__)
+
+MEMPOOL_BATCH = 500
+
+
+class BitcoinAdapter:
+    decimals = 8
+
+    def __init__(self, config: BitcoinChainConfig):
+        self.config = config
+        self.name = config.name
+        self.asset = config.asset
+        self.confirmations = config.confirmations
+        self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
+        self.invoice_expiry_seconds = config.invoice_expiry_seconds
+        self.watchlist = Watchlist()
+        self.connected = False
+        self.node_tip: int | None = None
+        self._deriver = AddressDeriver(config.xpub, config.address_type, config.network)
+        self._rpc = JsonRpc(config.rpc_url, config.rpc_user, config.rpc_password, config.rpc_cookie_file)
+        self._mempool_seen: set[str] = set()
+        self._mempool_stale = True  # re-read the whole mempool at the next reconcile
+        self._sequences: dict[bytes, int] = {}
+        self._resync = asyncio.Event()
+
+    def derive(self, index: int) -> tuple[str, bytes]:
+        return self._deriver.derive(index)
+
+    def payment_uri(self, address: str, amount: int) -> str:
+        """BIP21 (`litecoin:` for Litecoin, same form)."""
+        return f"{self.config.network.uri_scheme}:{address}?amount={to_decimal_string(amount, self.decimals)}"
+
+    def _chain_tx(self, scanned: ScannedTx) -> ChainTx | None:
+        conflicts = self.watchlist.conflicts(scanned.txid, scanned.spent)
+        if not scanned.matches and not conflicts:
+            return None
+        received = tuple(Received(script, vout, value) for vout, value, script in scanned.matches)
+        return ChainTx(scanned.txid, received, tuple(scanned.spent))
+
+    # --- the supervisor-facing loop -----------------------------------------------------------------
+
+    async def run(self, processor: Processor) -> None:
+        delays = backoff()
+        while True:
+            try:
+                if self.config.zmq:
+                    await self._follow_zmq(processor)
+                else:
+                    await self._follow_polling(processor)
+            except NodeError as exc:
+                self.connected = False
+                metrics.NODE_UP.labels(self.name).set(0)
+                if isinstance(exc, NodeProtocolError):
+                    metrics.MALFORMED.labels(self.name, "rpc").inc()
+                delay = next(delays)
+                log.warning("%s; retrying in %.1f s", exc, delay, extra={"chain": self.name})
+                await asyncio.sleep(delay)
+            else:
+                delays = backoff()
+
+    async def close(self) -> None:
+        await self._rpc.close()
+
+    async def _follow_polling(self, processor: Processor) -> None:
+        while True:
+            await self.reconcile(processor)
+            await asyncio.sleep(self.config.poll_interval_seconds)
+
+    async def _follow_zmq(self, processor: Processor) -> None:
+        context = zmq.asyncio.Context.instance()
+        socket = context.socket(zmq.SUB)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)  # never drop a notification on our side; the node's HWM still applies
+        monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        try:
+            for topic in (b"rawtx", b"hashblock"):
+                socket.setsockopt(zmq.SUBSCRIBE, topic)
+            for endpoint in {self.config.zmq_rawtx, self.config.zmq_hashblock}:
+                socket.connect(endpoint)
+            self._sequences.clear()
+            poller = zmq.asyncio.Poller()
+            poller.register(socket, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
+            await self.reconcile(processor)
+            next_check = time.monotonic() + self.config.poll_interval_seconds
+            while True:
+                timeout_ms = max(0, int((next_check - time.monotonic()) * 1000))
+                ready = dict(await poller.poll(timeout_ms))
+                if monitor in ready:
+                    await self._on_monitor(await monitor.recv_multipart())
+                if socket in ready:
+                    await self._on_message(processor, await socket.recv_multipart())
+                if self._resync.is_set() or time.monotonic() >= next_check:
+                    # the safety net: even a silent feed can't hide a block for longer than one interval
+                    self._resync.clear()
+                    await self.reconcile(processor, full=False)
+                    next_check = time.monotonic() + self.config.poll_interval_seconds
+        finally:
+            socket.disable_monitor()
+            monitor.close(linger=0)
+            socket.close(linger=0)
+
+    async def _on_monitor(self, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)
+        if event["event"] == zmq.EVENT_CONNECTED:
+            metrics.RECONNECTS.labels(self.name).inc()
+            log.info("ZMQ connected to %s", event["endpoint"].decode(), extra={"chain": self.name})
+            self._sequences.clear()
+            self._mempool_stale = True  # whatever was published while we were away: re-read the mempool
+        else:
+            log.warning("ZMQ disconnected from %s", event["endpoint"].decode(), extra={"chain": self.name})
+        self._resync.set()
+
+    async def _on_message(self, processor: Processor, frames: list[bytes]) -> None:
+        received_at = time.monotonic()
+        if len(frames) != 3 or len(frames[2]) != 4 or frames[0] not in (b"rawtx", b"hashblock"):
+            metrics.MALFORMED.labels(self.name, "zmq").inc()
+            log.warning("ignored a malformed ZMQ message (%d frames, topic %r)", len(frames), frames[0][:20],
+                        extra={"chain": self.name})
+            self._resync.set()  # the real message it stood for may be lost: reconcile over RPC
+            return
+        topic, body, sequence = frames[0], frames[1], int.from_bytes(frames[2], "little")
+        last = self._sequences.get(topic)
+        self._sequences[topic] = sequence
+        if last is not None and sequence != (last + 1) % 2**32:
+            metrics.SEQUENCE_GAPS.labels(self.name).inc()
+            log.warning("ZMQ %s sequence gap (%d after %d): reconciling over RPC", topic.decode(), sequence, last,
+                        extra={"chain": self.name})
+            self._mempool_stale = True
+            self._resync.set()
+        if topic == b"hashblock":
+            self._resync.set()
+            return
+        try:
+            scanned = scan_tx(body, self.watchlist.keys)
+        except DecodeError as exc:
+            metrics.MALFORMED.labels(self.name, "zmq").inc()
+            log.warning("ignored an undecodable rawtx: %s", exc, extra={"chain": self.name})
+            self._resync.set()
+            return
+        metrics.TXS.labels(self.name, "mempool").inc()
+        self._mempool_seen.add(scanned.txid)
+        tx = self._chain_tx(scanned)
+        if tx is not None:
+            await processor.tx_seen(self.name, tx)
+            metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
+
+    # --- catch-up over RPC --------------------------------------------------------------------------
+
+    async def reconcile(self, processor: Processor, full: bool = True) -> None:
+        """Bring the store up to the node's tip from the cursor, then sync the mempool.
+
+        `full=False` is the cheap periodic check: it only does work when the tip moved or the mempool needs
+        a re-read (after a gap or reconnection)."""
+        best = await self._rpc.call("getbestblockhash")
+        self._mark_up()
+        cursor = await processor.store.cursor(self.name)
+        if cursor is None or best != cursor.hash:
+            await self.catch_up(processor)
+        if full or self._mempool_stale or not self.config.zmq:
+            await self.sync_mempool(processor)
+
+    def _mark_up(self) -> None:
+        if not self.connected:
+            log.info("node RPC %s answers", self._rpc.url, extra={"chain": self.name})
+        self.connected = True
+        metrics.NODE_UP.labels(self.name).set(1)
+
+    async def catch_up(self, processor: Processor) -> None:
+        while True:
+            tip_height = int(await self._rpc.call("getblockcount"))
+            self.node_tip = tip_height
+            metrics.NODE_TIP.labels(self.name).set(tip_height)
+            cursor = await processor.store.cursor(self.name)
+            if cursor is None:
+                start = tip_height if self.config.start_height is None else min(self.config.start_height, tip_height)
+                cursor = Cursor(start, await self._rpc.call("getblockhash", start))
+                await processor.set_cursor(self.name, cursor)
+                log.info("first run: scanning from block %d", start, extra={"chain": self.name})
+            cursor = await self._walk_back_reorg(processor, cursor, tip_height)
+            if cursor.height >= tip_height:
+                break
+            if not await self._connect_next(processor, cursor):
+                continue  # the chain changed under us: start over from the cursor
+        metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
+        metrics.LAG.labels(self.name).set(max(0, tip_height - cursor.height))
+
+    async def _hash_at(self, height: int, tip_height: int) -> str | None:
+        if height > tip_height:
+            return None
+        try:
+            return str(await self._rpc.call("getblockhash", height))
+        except RpcError:
+            return None  # the node's tip moved down since getblockcount
+
+    async def _walk_back_reorg(self, processor: Processor, cursor: Cursor, tip_height: int) -> Cursor:
+        """Disconnect our blocks until the cursor is on the node's main chain again (the common ancestor)."""
+        depth = 0
+        while await self._hash_at(cursor.height, tip_height) != cursor.hash:
+            parent_hash = await processor.store.block_hash(self.name, cursor.height - 1)
+            if parent_hash is None:
+                header = await self._rpc.call("getblockheader", cursor.hash)
+                parent_hash = str(header["previousblockhash"])
+            parent = Cursor(cursor.height - 1, parent_hash)
+            await processor.block_disconnected(self.name, cursor.height, cursor.hash, parent)
+            cursor = parent
+            depth += 1
+        if depth:
+            metrics.REORGS.labels(self.name).inc()
+            metrics.REORG_DEPTH.labels(self.name).observe(depth)
+            log.warning("reorg: %d block(s) disconnected, common ancestor %d %s", depth, cursor.height,
+                        cursor.hash, extra={"chain": self.name})
+            self._mempool_stale = True  # disconnected transactions went back to the mempool
+        return cursor
+
+    async def _connect_next(self, processor: Processor, cursor: Cursor) -> bool:
+        height = cursor.height + 1
+        block_hash = await self._rpc.call("getblockhash", height)
+        raw_hex = await self._rpc.call("getblock", block_hash, 0)
+        started = time.monotonic()
+        try:
+            block = await asyncio.to_thread(scan_block, bytes.fromhex(raw_hex), self.watchlist.keys)
+        except (DecodeError, ValueError, TypeError) as exc:
+            metrics.MALFORMED.labels(self.name, "rpc").inc()
+            raise NodeProtocolError(f"block {height} {block_hash}: cannot decode: {exc}") from exc
+        if block.hash != block_hash:
+            raise NodeProtocolError(f"block {height}: node sent {block.hash} for {block_hash}")
+        if block.prev_hash != cursor.hash:
+            return False
+        txs = tuple(tx for scanned in block.txs if (tx := self._chain_tx(scanned)) is not None)
+        await processor.block_connected(self.name, ChainBlock(height, block.hash, block.prev_hash, txs))
+        metrics.BLOCKS.labels(self.name).inc()
+        metrics.TXS.labels(self.name, "block").inc(len(block.txs))
+        if txs:
+            metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - started)
+        return True
+
+    async def sync_mempool(self, processor: Processor) -> None:
+        if self._mempool_stale:
+            self._mempool_seen = set()
+        mempool = {str(t) for t in await self._rpc.call("getrawmempool")}
+        new = [t for t in mempool if t not in self._mempool_seen]
+        for start in range(0, len(new), MEMPOOL_BATCH):
+            chunk = new[start:start + MEMPOOL_BATCH]
+            results = await self._rpc.batch("getrawtransaction", [(t,) for t in chunk])
+            for txid, raw_hex in zip(chunk, results, strict=True):
+                try:
+                    scanned = scan_tx(bytes.fromhex(raw_hex), self.watchlist.keys)
+                except (DecodeError, ValueError, TypeError) as exc:
+                    metrics.MALFORMED.labels(self.name, "rpc").inc()
+                    log.warning("mempool tx %s undecodable: %s", txid, exc, extra={"chain": self.name})
+                    continue
+                metrics.TXS.labels(self.name, "mempool").inc()
+                tx = self._chain_tx(scanned)
+                if tx is not None:
+                    await processor.tx_seen(self.name, tx)
+        # judge "dropped" only against a mempool read at the tip we have processed, or a payment mined in
+        # a block we haven't connected yet would look dropped
+        cursor = await processor.store.cursor(self.name)
+        if cursor is not None and await self._rpc.call("getbestblockhash") == cursor.hash:
+            await processor.mempool_synced(self.name, mempool)
+            self._mempool_seen = mempool
+            self._mempool_stale = False
+        else:
+            self._resync.set()

@@ -1,0 +1,175 @@
+"""Command line: thin wrappers that parse, call and print. Invoice commands talk to the running daemon's API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import click
+
+from .config import Config, load
+from .exceptions import ConfigError
+
+DEFAULT_CONFIG = "/etc/watcherd/watcherd.toml"
+
+
+def _load(path: str) -> Config:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for file, key, message in exc.problems:
+            click.echo(f"{file}: {key}: {message}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True, envvar="WATCHERD_CONFIG",
+              help="Path of the TOML configuration.")
+@click.version_option(package_name="watcherd")
+@click.pass_context
+def main(ctx: click.Context, config_path: str) -> None:
+    """watcherd: watch-only blockchain watcher for invoices."""
+    ctx.obj = config_path
+
+
+@main.command()
+@click.pass_obj
+def run(config_path: str) -> None:
+    """Run the daemon in the foreground."""
+    from . import logs
+    from .daemon import Daemon
+
+    config = _load(config_path)
+    logs.setup(config.log.level, config.log.format)
+    asyncio.run(Daemon(config).run())
+
+
+@main.command("check-config")
+@click.pass_obj
+def check_config(config_path: str) -> None:
+    """Validate the configuration; exit non-zero naming the file and key of every error."""
+    config = _load(config_path)
+    click.echo(f"{config_path}: OK ({len(config.chains)} chain(s): {', '.join(config.chains) or 'none'})")
+
+
+def _api(config_path: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    config = _load(config_path)
+    host, _, port = config.api.listen.rpartition(":")
+    request = urllib.request.Request(
+        f"http://{host}:{port}{path}", method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {config.api.token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", {})
+        field = f" ({detail['field']})" if detail.get("field") else ""
+        raise click.ClickException(f"{exc.code}: {detail.get('message', exc.reason)}{field}") from None
+    except urllib.error.URLError as exc:
+        raise click.ClickException(f"cannot reach the daemon's API at {host}:{port}: {exc.reason}") from None
+
+
+def _print_invoice(invoice: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(invoice, indent=2))
+        return
+    exception = f" ({invoice['exception']})" if invoice["exception"] else ""
+    click.echo(f"{invoice['id']}  {invoice['status']}{exception}  {invoice['amount']} {invoice['asset']}  "
+               f"received {invoice['amount_received']}  {invoice['address']}")
+    for p in invoice["payments"]:
+        click.echo(f"    {p['txid']}:{p['vout']}  {p['amount']}  {p['status']}  {p['confirmations']} conf")
+
+
+@main.group()
+def invoice() -> None:
+    """Create and inspect invoices (through the running daemon)."""
+
+
+@invoice.command("create")
+@click.option("--chain", required=True)
+@click.option("--amount", required=True, help="Decimal amount, e.g. 0.015")
+@click.option("--order-id")
+@click.option("--expires-in", type=int, help="Seconds (default: the chain's invoice_expiry_seconds)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def invoice_create(config_path: str, chain: str, amount: str, order_id: str | None, expires_in: int | None,
+                   as_json: bool) -> None:
+    body: dict[str, Any] = {"chain": chain, "amount": amount}
+    if order_id:
+        body["order_id"] = order_id
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    created = _api(config_path, "POST", "/v1/invoices", body)
+    _print_invoice(created, as_json)
+    if not as_json:
+        click.echo(f"    pay: {created['payment_uri']}")
+
+
+@invoice.command("show")
+@click.argument("invoice_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def invoice_show(config_path: str, invoice_id: str, as_json: bool) -> None:
+    _print_invoice(_api(config_path, "GET", f"/v1/invoices/{invoice_id}"), as_json)
+
+
+@invoice.command("list")
+@click.option("--status")
+@click.option("--chain")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def invoice_list(config_path: str, status: str | None, chain: str | None, limit: int, as_json: bool) -> None:
+    query = urllib.parse.urlencode({k: v for k, v in {"status": status, "chain": chain, "limit": limit}.items()
+                                    if v is not None})
+    answer = _api(config_path, "GET", f"/v1/invoices?{query}")
+    if as_json:
+        click.echo(json.dumps(answer["invoices"], indent=2))
+    for inv in [] if as_json else answer["invoices"]:
+        _print_invoice(inv, False)
+
+
+@invoice.command("cancel")
+@click.argument("invoice_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def invoice_cancel(config_path: str, invoice_id: str, as_json: bool) -> None:
+    _print_invoice(_api(config_path, "POST", f"/v1/invoices/{invoice_id}/cancel"), as_json)
+
+
+@main.group()
+def webhooks() -> None:
+    """Inspect and redeliver webhook notifications."""
+
+
+@webhooks.command("list")
+@click.option("--state", type=click.Choice(["pending", "delivered", "failed"]))
+@click.option("--invoice", "invoice_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def webhooks_list(config_path: str, state: str | None, invoice_id: str | None, as_json: bool) -> None:
+    query = urllib.parse.urlencode({k: v for k, v in {"state": state, "invoice_id": invoice_id}.items() if v})
+    rows = _api(config_path, "GET", f"/v1/webhooks?{query}")["deliveries"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        state_text = "delivered" if r["delivered_at"] else "FAILED" if r["failed_at"] else "pending"
+        error = f"  last error: {r['last_error']}" if r["last_error"] else ""
+        click.echo(f"{r['id']}  {r['type']:<20} {r['invoice_id']}  {state_text} after {r['attempts']} "
+                   f"attempt(s){error}")
+
+
+@webhooks.command("redeliver")
+@click.argument("event_id")
+@click.pass_obj
+def webhooks_redeliver(config_path: str, event_id: str) -> None:
+    _api(config_path, "POST", f"/v1/webhooks/{event_id}/redeliver")
+    click.echo(f"{event_id}: queued for redelivery")
