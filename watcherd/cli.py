@@ -59,9 +59,8 @@ def check_config(config_path: str) -> None:
 
 def _api(config_path: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     config = _load(config_path)
-    host, _, port = config.api.listen.rpartition(":")
     request = urllib.request.Request(
-        f"http://{host}:{port}{path}", method=method,
+        f"http://{config.api.listen}{path}", method=method,
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"Bearer {config.api.token}", "Content-Type": "application/json"},
     )
@@ -73,7 +72,7 @@ def _api(config_path: str, method: str, path: str, body: dict[str, Any] | None =
         field = f" ({detail['field']})" if detail.get("field") else ""
         raise click.ClickException(f"{exc.code}: {detail.get('message', exc.reason)}{field}") from None
     except urllib.error.URLError as exc:
-        raise click.ClickException(f"cannot reach the daemon's API at {host}:{port}: {exc.reason}") from None
+        raise click.ClickException(f"cannot reach the daemon's API at {config.api.listen}: {exc.reason}") from None
 
 
 def _print_invoice(invoice: dict[str, Any], as_json: bool) -> None:

@@ -38,11 +38,6 @@ def make_adapter(chain_config: Any) -> ChainAdapter:
     raise ValueError(f"chain kind {chain_config.kind!r} is not supported")
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class Daemon:
     def __init__(self, config: Config):
         self.config = config
@@ -72,7 +67,7 @@ class Daemon:
         transports = ["webhook"] if self.config.webhook else []
         self.processor = Processor(store, self.chains, transports)
         await self.processor.start()
-        host, port = split_listen(self.config.api.listen)
+        host, port = self.config.api.host, self.config.api.port
         runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness),
                                access_log=None, handle_signals=False)
         await runner.setup()

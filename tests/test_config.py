@@ -1,0 +1,448 @@
+"""The config loader (watcherd.config): every problem at once, each naming the file and the key; watch-only.
+
+Private keys used here are derived at test time from the public test mnemonic "abandon ... about".
+"""
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from bip_utils import Bip39SeedGenerator, Bip44, Bip44Changes, Bip44Coins, Bip84, Bip84Coins, P2PKHPubKeyModes
+
+from watcherd.config import Config, load
+from watcherd.exceptions import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcherd.example.toml"
+MNEMONIC = " ".join(["abandon"] * 11 + ["about"])
+ZPUB = "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs"  # noqa: E501
+TOKEN = "tok-0123456789abcdef"
+SECRET = "whsec-0123456789abcdef"
+
+MINIMAL = f"""
+[store]
+path = "watcherd.sqlite3"
+
+[api]
+token = "{TOKEN}"
+
+[chains.btc]
+kind = "bitcoin"
+coin = "bitcoin"
+network = "mainnet"
+rpc_url = "http://127.0.0.1:8332"
+rpc_cookie_file = "bitcoind/.cookie"
+xpub = "{ZPUB}"
+"""
+
+
+@pytest.fixture(scope="module")
+def private_material() -> dict[str, str]:
+    seed = Bip39SeedGenerator(MNEMONIC).Generate()
+    btc84 = Bip84.FromSeed(seed, Bip84Coins.BITCOIN).Purpose().Coin().Account(0)
+    tbtc84 = Bip84.FromSeed(seed, Bip84Coins.BITCOIN_TESTNET).Purpose().Coin().Account(0)
+    btc44 = Bip44.FromSeed(seed, Bip44Coins.BITCOIN).Purpose().Coin().Account(0)
+    tbtc44 = Bip44.FromSeed(seed, Bip44Coins.BITCOIN_TESTNET).Purpose().Coin().Account(0)
+    ltc44 = Bip44.FromSeed(seed, Bip44Coins.LITECOIN).Purpose().Coin().Account(0)
+    first = btc84.Change(Bip44Changes.CHAIN_EXT).AddressIndex(0).PrivateKey()
+    return {
+        "xprv": btc44.PrivateKey().ToExtended(),
+        "zprv": btc84.PrivateKey().ToExtended(),
+        "tprv": tbtc44.PrivateKey().ToExtended(),
+        "vprv": tbtc84.PrivateKey().ToExtended(),
+        "wif": first.ToWif(),
+        "wif-uncompressed": first.ToWif(pub_key_mode=P2PKHPubKeyModes.UNCOMPRESSED),
+        "wif-ltc": ltc44.Change(Bip44Changes.CHAIN_EXT).AddressIndex(0).PrivateKey().ToWif(),
+        "mnemonic": MNEMONIC,
+        "vpub": tbtc84.PublicKey().ToExtended(),
+    }
+
+
+def write(tmp_path: Path, text: str, name: str = "watcherd.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path) -> dict[str, str]:
+    """{dotted key: message} of the ConfigError load(path) raises; every problem must name `path`."""
+    with pytest.raises(ConfigError) as error:
+        load(path)
+    found = error.value.problems
+    assert found, "ConfigError without problems"
+    assert {file for file, _, _ in found} == {str(path)}
+    return {key: message for _, key, message in found}
+
+
+def test_example_config_loads():
+    """The shipped example is valid as it stands (its keys are public test vectors, flagged in the file)."""
+    config = load(EXAMPLE)
+    assert isinstance(config, Config)
+    assert set(config.chains) == {"btc", "ltc"}
+    btc, ltc = config.chains["btc"], config.chains["ltc"]
+    assert btc.zmq and not ltc.zmq
+    assert btc.rpc_cookie_file == Path("/var/lib/bitcoind/.cookie") and btc.rpc_password is None
+    assert ltc.rpc_user == "watcherd" and ltc.rpc_password
+    assert (btc.asset, ltc.asset, btc.decimals) == ("BTC", "LTC", 8)
+    assert ltc.underpaid_tolerance_percent == Decimal("0.5")
+    assert btc.address_deriver().derive(0)[0] == "bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu"
+    assert ltc.address_deriver().derive(0)[0] == "ltc1qjmxnz78nmc8nq77wuxh25n2es7rzm5c2rkk4wh"
+    assert config.webhook is not None and config.webhook.max_retry_hours == 72
+    assert config.api.listen == "127.0.0.1:8420"
+
+
+def test_defaults(tmp_path):
+    """Every default the documentation promises, and relative paths resolved against the file's directory."""
+    config = load(write(tmp_path, MINIMAL))
+    assert config.path == tmp_path / "watcherd.toml"
+    assert config.store.path == tmp_path / "watcherd.sqlite3"
+    assert (config.api.host, config.api.port, config.api.token) == ("127.0.0.1", 8420, TOKEN)
+    assert config.webhook is None
+    assert (config.log.level, config.log.format) == ("info", "plain")
+    btc = config.chains["btc"]
+    assert btc.rpc_cookie_file == tmp_path / "bitcoind" / ".cookie"
+    assert (btc.kind, btc.coin, btc.network.name, btc.network.hrp) == ("bitcoin", "bitcoin", "mainnet", "bc")
+    assert btc.address_type == "p2wpkh"
+    assert btc.confirmations == 2
+    assert btc.underpaid_tolerance_percent == Decimal(0)
+    assert btc.invoice_expiry_seconds == 900
+    assert btc.poll_interval_seconds == 2.0
+    assert btc.start_height is None
+    assert not btc.zmq and btc.zmq_rawtx is None
+
+
+def test_no_chains_is_valid(tmp_path):
+    config = load(write(tmp_path, f'[store]\npath = "/tmp/x.sqlite3"\n[api]\ntoken = "{TOKEN}"\n'))
+    assert config.chains == {}
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    """One round trip fixes the file: problems in several tables are all listed, each with its key."""
+    text = f"""
+[store]
+[api]
+listen = "localhost"
+token = "{TOKEN}"
+[log]
+level = "verbose"
+[webhook]
+url = "ftp://billing.example/hook"
+[chains.btc]
+kind = "bitcoin"
+coin = "bitcoin"
+network = "mainnet"
+rpc_url = "http://127.0.0.1:8332"
+rpc_cookie_file = ".cookie"
+xpub = "{ZPUB}"
+confirmations = 0
+underpaid_tolerance_percent = 100
+invoice_expiry_seconds = 59
+start_height = -1
+poll_interval_seconds = 0
+"""
+    found = problems(write(tmp_path, text))
+    assert found == {
+        "store.path": "is required",
+        "api.listen": "must be host:port, e.g. 127.0.0.1:8420 or [::1]:8420",
+        "log.level": "must be one of: debug, info, warning, error",
+        "webhook.url": "must be an http:// or https:// URL",
+        "webhook.secret": "is required (or secret_file naming a file that holds it)",
+        "chains.btc.confirmations": "must be an integer ≥ 1",
+        "chains.btc.underpaid_tolerance_percent": "must be a number 0 ≤ x < 100",
+        "chains.btc.invoice_expiry_seconds": "must be an integer ≥ 60",
+        "chains.btc.start_height": "must be an integer ≥ 0",
+        "chains.btc.poll_interval_seconds": "must be a number > 0",
+    }
+    with pytest.raises(ConfigError) as error:
+        load(write(tmp_path, text))
+    line = f"{tmp_path / 'watcherd.toml'}: chains.btc.confirmations: must be an integer ≥ 1"
+    assert line in str(error.value).splitlines()
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("confirmations = true", "chains.btc.confirmations"),  # bool is not an integer here
+        ('confirmations = "2"', "chains.btc.confirmations"),
+        ("confirmations = 2.0", "chains.btc.confirmations"),
+        ("underpaid_tolerance_percent = nan", "chains.btc.underpaid_tolerance_percent"),
+        ('address_type = "p2wsh"', "chains.btc.address_type"),
+        ("rpc_url = 8332", "chains.btc.rpc_url"),
+        ('rpc_url = "127.0.0.1:8332"', "chains.btc.rpc_url"),
+    ],
+)
+def test_bad_values(tmp_path, line, key):
+    name = line.split(" = ")[0]
+    if f"\n{name} = " in MINIMAL:
+        text = re.sub(rf"^{name} = .*$", line, MINIMAL, flags=re.M)
+    else:
+        text = MINIMAL + line
+    assert set(problems(write(tmp_path, text + "\n"))) == {key}
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    """A typo must not silently leave a default in force."""
+    text = MINIMAL.replace("[api]", "[api]\nlisten_on = '1.2.3.4:1'")
+    text += "confirmation = 6\n[metrics]\nport = 9\n"
+    found = problems(write(tmp_path, text))
+    assert found == {
+        "api.listen_on": "unknown key (did you mean listen?)",
+        "chains.btc.confirmation": "unknown key (did you mean confirmations?)",
+        "metrics": "unknown key",
+    }
+
+
+def test_chain_name_and_kind(tmp_path):
+    text = MINIMAL.replace("[chains.btc]", "[chains.BTC]") + '[chains.eth]\nkind = "ethereum"\n'
+    found = problems(write(tmp_path, text))
+    assert found["chains.BTC"].startswith("chain name must match")
+    assert found["chains.eth.kind"] == "must be one of: bitcoin"
+
+
+def test_litecoin_has_no_signet(tmp_path):
+    text = MINIMAL.replace('coin = "bitcoin"', 'coin = "litecoin"').replace("mainnet", "signet")
+    assert problems(write(tmp_path, text))["chains.btc.network"] == "litecoin has no signet network"
+
+
+# --- secrets ------------------------------------------------------------------------------------------------
+
+
+def test_secret_files_relative_to_the_config(tmp_path):
+    """*_file paths resolve against the config's directory; exactly one trailing newline is stripped."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "api-token").write_text(TOKEN + "\n")
+    (tmp_path / "secrets" / "webhook").write_text(SECRET + "  \n\n")
+    (tmp_path / "secrets" / "rpc").write_text("rpc-password\r\n")
+    rpc = 'rpc_user = "watcherd"\nrpc_password_file = "secrets/rpc"'
+    webhook = '[webhook]\nurl = "https://billing.example/h"\nsecret_file = "secrets/webhook"\n'
+    text = (
+        MINIMAL.replace(f'token = "{TOKEN}"', 'token_file = "secrets/api-token"')
+        .replace('rpc_cookie_file = "bitcoind/.cookie"', rpc)
+        .replace("[store]", webhook + "[store]")
+    )
+    config = load(write(tmp_path / "secrets", text, "../watcherd.toml"))
+    assert config.api.token == TOKEN
+    assert config.webhook is not None and config.webhook.secret == SECRET + "  \n"
+    assert config.chains["btc"].rpc_password == "rpc-password"
+
+
+def test_missing_secret_file_names_key_and_path(tmp_path):
+    text = MINIMAL.replace(f'token = "{TOKEN}"', 'token_file = "nope/api-token"')
+    found = problems(write(tmp_path, text))
+    missing = tmp_path / "nope" / "api-token"
+    assert found == {"api.token_file": f"cannot read {missing}: No such file or directory"}
+
+
+def test_secret_inline_and_file_are_exclusive(tmp_path):
+    found = problems(write(tmp_path, MINIMAL.replace("[api]", '[api]\ntoken_file = "t"')))
+    assert found == {"api.token": "set token or token_file, not both"}
+    found = problems(write(tmp_path, MINIMAL.replace(f'token = "{TOKEN}"', "")))
+    assert found == {"api.token": "is required (or token_file naming a file that holds it)"}
+
+
+def test_secrets_never_in_messages_or_repr(tmp_path):
+    """Errors and repr() end up in logs; secret values must not."""
+    short = "short-s3cret"
+    text = MINIMAL.replace(TOKEN, short).replace(
+        'rpc_cookie_file = "bitcoind/.cookie"', 'rpc_user = "u"\nrpc_password = "rpc-pass-SECRET"'
+    )
+    found = problems(write(tmp_path, text))
+    assert found == {"api.token": "must be at least 16 characters"}
+    assert short not in repr(found)
+
+    webhook = f'[webhook]\nurl = "https://h.example/x"\nsecret = "{SECRET}"\n'
+    config = load(write(tmp_path, MINIMAL.replace("[store]", webhook + "[store]")))
+    for secret in (TOKEN, SECRET, ZPUB):
+        assert secret not in repr(config)
+
+
+def test_api_token_rejects_whitespace(tmp_path):
+    found = problems(write(tmp_path, MINIMAL.replace(TOKEN, "has a space in it, 1234")))
+    assert found == {"api.token": "must not contain whitespace or control characters"}
+
+
+# --- RPC and ZMQ --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("auth", "key", "message"),
+    [
+        ('rpc_user = "u"', "chains.btc.rpc_password", "is required with rpc_user (or rpc_password_file)"),
+        ('rpc_password = "p"', "chains.btc.rpc_user", "is required with rpc_password"),
+        ("", "chains.btc.rpc_cookie_file", "no RPC credentials"),
+        ('rpc_cookie_file = "c"\nrpc_user = "u"\nrpc_password = "p"', "chains.btc.rpc_cookie_file", "both"),
+    ],
+)
+def test_rpc_credentials(tmp_path, auth, key, message):
+    text = MINIMAL.replace('rpc_cookie_file = "bitcoind/.cookie"', auth)
+    assert message in problems(write(tmp_path, text))[key]
+
+
+def test_rpc_url_without_credentials(tmp_path):
+    text = MINIMAL.replace("http://127.0.0.1", "http://user:pw@127.0.0.1")
+    assert "must not contain credentials" in problems(write(tmp_path, text))["chains.btc.rpc_url"]
+
+
+def test_zmq_both_or_neither(tmp_path):
+    """Half a ZMQ setup would miss blocks or transactions; the chain is either pushed to or polled."""
+    found = problems(write(tmp_path, MINIMAL + 'zmq_rawtx = "tcp://127.0.0.1:28332"\n'))
+    assert found == {
+        "chains.btc.zmq_hashblock": "set both zmq_rawtx and zmq_hashblock, or neither to poll the node"
+    }
+    found = problems(write(tmp_path, MINIMAL + 'zmq_hashblock = "tcp://127.0.0.1:28333"\n'))
+    assert set(found) == {"chains.btc.zmq_rawtx"}
+    found = problems(write(tmp_path, MINIMAL + 'zmq_rawtx = "127.0.0.1:1"\nzmq_hashblock = "tcp://[::1]:28333"\n'))
+    assert set(found) == {"chains.btc.zmq_rawtx"}
+
+    text = MINIMAL + 'zmq_rawtx = "tcp://127.0.0.1:28332"\nzmq_hashblock = "ipc:///run/bitcoind/hashblock"\n'
+    assert load(write(tmp_path, text)).chains["btc"].zmq
+
+
+# --- keys ---------------------------------------------------------------------------------------------------
+
+
+def test_cross_network_xpub(tmp_path, private_material):
+    """A mainnet key on regtest (or the reverse) is named, with the reason."""
+    found = problems(write(tmp_path, MINIMAL.replace("mainnet", "regtest")))
+    assert set(found) == {"chains.btc.xpub"}
+    assert "zpub is a mainnet key but this chain is bitcoin regtest" in found["chains.btc.xpub"]
+    found = problems(write(tmp_path, MINIMAL.replace(ZPUB, private_material["vpub"])))
+    assert "testnet key" in found["chains.btc.xpub"]
+    found = problems(write(tmp_path, MINIMAL + 'address_type = "p2pkh"\n'))
+    assert "zpub is a p2wpkh key but address_type is p2pkh" in found["chains.btc.xpub"]
+
+
+def test_xpub_from_file(tmp_path):
+    (tmp_path / "xpub").write_text(ZPUB + "\n")
+    config = load(write(tmp_path, MINIMAL.replace(f'xpub = "{ZPUB}"', 'xpub_file = "xpub"')))
+    assert config.chains["btc"].xpub == ZPUB
+
+
+def test_two_chains_on_one_key(tmp_path):
+    """Two chains deriving the same addresses would give one address to two invoices."""
+    text = MINIMAL + MINIMAL[MINIMAL.index("[chains.btc]") :].replace("[chains.btc]", "[chains.btc2]")
+    found = problems(write(tmp_path, text))
+    assert found == {
+        "chains.btc2.xpub": "derives the same addresses as chains.btc; each chain needs its own account key"
+    }
+
+
+# --- private material refusal -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("material", "table", "key", "why"),
+    [
+        ("xprv", "chains.btc", "xpub", "this is an extended PRIVATE key (xprv)"),
+        ("zprv", "chains.btc", "xpub", "this is an extended PRIVATE key (zprv)"),
+        ("tprv", "api", "token", "this is an extended PRIVATE key (tprv)"),
+        ("vprv", "webhook", "secret", "this is an extended PRIVATE key (vprv)"),
+        ("wif", "chains.btc", "rpc_password", "this is a WIF private key"),
+        ("wif-uncompressed", "store", "label", "this is a WIF private key"),
+        ("wif-ltc", "log", "target", "this is a WIF private key"),
+        ("mnemonic", "webhook", "secret", "this is a BIP39 mnemonic (12 words)"),
+        ("mnemonic", "chains.btc", "xpub", "this is a BIP39 mnemonic (12 words)"),
+    ],
+)
+def test_private_values_are_refused_anywhere(tmp_path, private_material, material, table, key, why):
+    """Watch-only: private keys and seeds are refused in any table, naming the key, never echoed."""
+    value = private_material[material]
+    text = (
+        MINIMAL.replace("[store]", '[log]\n[webhook]\nurl = "https://h.example/x"\n[store]')
+        .replace(f'xpub = "{ZPUB}"', "")
+        .replace(f'token = "{TOKEN}"', "")
+        .replace(f"[{table}]", f'[{table}]\n{key} = "{value}"')
+    )
+    with pytest.raises(ConfigError) as error:
+        load(write(tmp_path, text))
+    found = {k: m for _, k, m in error.value.problems}
+    assert found[f"{table}.{key}"] == (
+        f"refused: {why}; watcherd is watch-only, configure the account's xpub/zpub instead"
+    )
+    assert value not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["seed", "mnemonic", "private_key", "xprv", "wif", "spend_key", "seed_file", "master_privkey"]
+)
+def test_private_key_names_are_refused(tmp_path, name):
+    """A key whose name says it holds private material is refused whatever its value (and wherever)."""
+    found = problems(write(tmp_path, MINIMAL.replace("[store]", f'[store]\n{name} = "anything"')))
+    assert found == {
+        f"store.{name}": "refused: the key name suggests private key material (seed, mnemonic, private key); "
+        "watcherd is watch-only and never needs it"
+    }
+    found = problems(write(tmp_path, MINIMAL + f"{name} = 1\n"))
+    assert set(found) == {f"chains.btc.{name}"}
+
+
+def test_private_material_in_unknown_tables_arrays_and_descriptors(tmp_path, private_material):
+    """Refusal does not depend on the schema: nested tables, arrays and descriptors are searched too."""
+    xprv, tprv = private_material["xprv"], private_material["tprv"]
+    damaged = xprv[:50] + ("A" if xprv[50] != "A" else "B") + xprv[51:]  # checksum broken: still private
+    text = MINIMAL + (
+        f'extra = ["ok", "{xprv}"]\n'
+        f'descriptor = "wpkh([d34db33f/84h/0h/0h]{tprv}/0/*)"\n'
+        f'[wallet.backup]\nkey = "{damaged}"\n'
+    )
+    found = problems(write(tmp_path, text))
+    assert found["chains.btc.extra[1]"].startswith("refused: this is an extended PRIVATE key (xprv)")
+    assert found["chains.btc.descriptor"].startswith("refused: this is an extended PRIVATE key (tprv)")
+    assert found["wallet.backup.key"].startswith("refused: this is an extended PRIVATE key (xprv)")
+    assert found["wallet"] == "unknown key"
+    assert not any(secret in message for message in found.values() for secret in (xprv, tprv, damaged))
+
+
+def test_private_material_in_secret_files_is_refused(tmp_path, private_material):
+    """A *_file holding a private key (a wrong file picked) is refused too, naming the key and the file."""
+    (tmp_path / "xpub").write_text(private_material["zprv"] + "\n")
+    (tmp_path / "token").write_text(private_material["mnemonic"] + "\n")
+    text = MINIMAL.replace(f'xpub = "{ZPUB}"', 'xpub_file = "xpub"').replace(
+        f'token = "{TOKEN}"', 'token_file = "token"'
+    )
+    found = problems(write(tmp_path, text))
+    assert found == {
+        "chains.btc.xpub_file": f"refused: {tmp_path / 'xpub'} holds an extended PRIVATE key (zprv); "
+        "watcherd is watch-only, configure the account's xpub/zpub instead",
+        "api.token_file": f"refused: {tmp_path / 'token'} holds a BIP39 mnemonic (12 words); "
+        "watcherd is watch-only, configure the account's xpub/zpub instead",
+    }
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "xprv-is-not-a-key-0123456789",
+        "1" * 60,
+        "abandon ability able about above absent absorb abstract absurd abuse access",  # 11 words
+        "3JtKq8yD3y8FkSVBtH5Pb7xWoUjMjfXsyCH8WSsFzkW9v4fHqX9Z",  # base58, 52 chars, not a WIF checksum
+    ],
+)
+def test_legitimate_values_are_not_refused(tmp_path, token):
+    text = MINIMAL.replace("[store]", f'[webhook]\nurl = "https://h.example/x"\nsecret = "{token}"\n[store]')
+    config = load(write(tmp_path, text))
+    assert config.webhook is not None and config.webhook.secret == token
+
+
+# --- the file itself ----------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path / "absent.toml")
+    assert error.value.problems == [
+        (str(tmp_path / "absent.toml"), "(file)", "cannot read: No such file or directory")
+    ]
+
+
+def test_toml_syntax_error(tmp_path):
+    path = write(tmp_path, "[store\npath = 1\n")
+    with pytest.raises(ConfigError) as error:
+        load(path)
+    [(file, key, message)] = error.value.problems
+    assert (file, key) == (str(path), "(syntax)") and message.startswith("invalid TOML")
+
+
+def test_tables_must_be_tables(tmp_path):
+    found = problems(write(tmp_path, f'store = "x"\nchains = 3\n[api]\ntoken = "{TOKEN}"\n'))
+    assert found == {"store": "must be a table", "chains": "must be a table", "store.path": "is required"}
