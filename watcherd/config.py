@@ -40,6 +40,16 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    host: str
+    port: int
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     url: str = field(repr=False)  # webhook URLs often carry a token in their path or query
     secret: str = field(repr=False)
@@ -96,6 +106,7 @@ class Config:
     webhook: WebhookConfig | None
     log: LogConfig
     chains: dict[str, ChainConfig]
+    metrics: MetricsConfig | None = None  # Prometheus listener; absent table: no listener
 
 
 def load(path: str | Path) -> Config:
@@ -118,11 +129,12 @@ def load(path: str | Path) -> Config:
     api = _api(root.table("api"))
     webhook = _webhook(root.table("webhook")) if root.present("webhook") else None
     log = _log(root.table("log"))
+    metrics = _metrics(root.table("metrics")) if root.present("metrics") else None
     chains = _chains(root.table("chains"))
     root.finish()
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains)
+    return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains, metrics=metrics)
 
 
 class _Context:
@@ -342,6 +354,15 @@ def _api(t: _Table) -> ApiConfig:
         t.problem(t.secret_key("token"), "must not contain whitespace or control characters")
     t.finish()
     return ApiConfig(host=host, port=port, token=token)
+
+
+def _metrics(t: _Table) -> MetricsConfig:
+    listen = t.text("listen", default="127.0.0.1:9420")
+    host, port = _host_port(listen) or ("", 0)
+    if not host:
+        t.problem("listen", "must be host:port, e.g. 127.0.0.1:9420")
+    t.finish()
+    return MetricsConfig(host=host, port=port)
 
 
 def _webhook(t: _Table) -> WebhookConfig:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MEMPOOL_BATCH = 500
+NULL_OUTPOINT = bytes(32) + b"\xff\xff\xff\xff"  # what every coinbase "spends": never a conflict
 
 
 class BitcoinAdapter:
@@ -69,7 +70,7 @@ class BitcoinAdapter:
         if not scanned.matches and not conflicts:
             return None
         received = tuple(Received(script, vout, value) for vout, value, script in scanned.matches)
-        return ChainTx(scanned.txid, received, tuple(scanned.spent))
+        return ChainTx(scanned.txid, received, tuple(o for o in scanned.spent if o != NULL_OUTPOINT))
 
     # --- the supervisor-facing loop -----------------------------------------------------------------
 

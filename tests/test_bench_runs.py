@@ -1,0 +1,23 @@
+"""scripts/bench keeps working: its quick mode runs, finds its planted matches and prints its figures."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+
+
+def test_bench_quick_runs_and_reports_scan_tx_throughput():
+    """A bench that silently stopped measuring (or stopped running) would mislead every later decision."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^scan_tx throughput \(one core\): [\d,]+ tx/s$", done.stdout, re.MULTILINE), (
+        done.stdout
+    )
+    assert re.search(r"^scan_tx speed-up over python-bitcoinlib: [\d.]+x$", done.stdout, re.MULTILINE)
+    assert re.search(r"^scan_block throughput: [\d,]+ tx/s$", done.stdout, re.MULTILINE)
+    assert "BROKEN" not in done.stdout
