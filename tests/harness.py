@@ -14,7 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bip_utils import Bip32Slip10Secp256k1, Bip32KeyNetVersions
+from bip_utils import Bip32KeyNetVersions, Bip32Slip10Secp256k1
+from prometheus_client.parser import text_string_to_metric_families
 
 TESTNET_VERSIONS = Bip32KeyNetVersions(bytes.fromhex("043587cf"), bytes.fromhex("04358394"))  # tpub / tprv
 TOKEN = "test-api-token-0123456789"
@@ -53,11 +54,13 @@ class Daemon:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.metrics_port = free_port()
         self.config_path = workdir / "watcherd.toml"
         webhook = f'[webhook]\nurl = "{webhook_url}"\nsecret = "{WEBHOOK_SECRET}"\n' if webhook_url else ""
         self.config_path.write_text(
             f'[store]\npath = "{workdir / "watcherd.sqlite3"}"\n'
             f'[api]\nlisten = "127.0.0.1:{self.port}"\ntoken = "{TOKEN}"\n'
+            f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n'
             f'{webhook}[log]\nlevel = "debug"\n{chains}'
         )
         self.log_path = workdir / "daemon.log"
@@ -109,6 +112,16 @@ class Daemon:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the daemon's Prometheus endpoint (0 when absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
 
     def create_invoice(self, chain: str, amount: str, **extra: Any) -> dict[str, Any]:
         return self.api("POST", "/v1/invoices", {"chain": chain, "amount": amount, **extra})

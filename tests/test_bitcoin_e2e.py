@@ -10,10 +10,9 @@ import time
 from decimal import Decimal
 
 import pytest
+from harness import WEBHOOK_SECRET, Daemon, chain_table
 
 from watcherd.receiver import WebhookReceiver
-
-from harness import WEBHOOK_SECRET, Daemon, chain_table
 
 
 @pytest.fixture
@@ -177,3 +176,76 @@ def test_node_restart_while_paying(bsv_node, daemon_factory):
     bsv_node.mine(1)
     daemon.wait_status(invoice["id"], "paid", timeout=20)
     assert daemon.alive()
+
+
+def test_malformed_zmq_frames_are_counted_and_survived(bsv_node, tmp_path, daemon_factory):
+    """Garbage on the feed is logged and counted; the daemon keeps running and still finds payments."""
+    import zmq
+    from harness import free_port
+
+    port = free_port()
+    context = zmq.Context()
+    publisher = context.socket(zmq.PUB)
+    publisher.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        table = chain_table("btc", bsv_node, confirmations=1, zmq=False,
+                            zmq_rawtx=f"tcp://127.0.0.1:{port}", zmq_hashblock=f"tcp://127.0.0.1:{port}")
+        daemon = daemon_factory(table)
+        invoice = daemon.create_invoice("btc", "0.04")
+        time.sleep(1.0)  # let the subscription reach the publisher
+        publisher.send_multipart([b"rawtx", b"\x01\x02garbage", (0).to_bytes(4, "little")])
+        publisher.send_multipart([b"rawtx", b"two frames only"])
+        publisher.send_multipart([b"hashblock", b"x" * 32, b"bad-seq"])
+        deadline = time.monotonic() + 10
+        while daemon.metric("watcherd_malformed_messages_total", chain="btc", source="zmq") < 3:
+            assert time.monotonic() < deadline, daemon.log_tail()
+            time.sleep(0.1)
+        assert daemon.alive()
+        # the node's real feed is not connected here: the RPC reconcile the garbage triggered finds the payment
+        bsv_node.pay(invoice["address"], "0.04")
+        publisher.send_multipart([b"rawtx", b"", (1).to_bytes(4, "little")])
+        daemon.wait_status(invoice["id"], "processing", timeout=15)
+        assert "ignored a malformed ZMQ message" in daemon.log_tail(200)
+    finally:
+        publisher.close(linger=0)
+        context.term()
+
+
+def test_garbage_rpc_answers_are_counted_and_survived(tmp_path, daemon_factory):
+    """A 'node' answering garbage: logged, counted, retried with backoff; the API stays up, readyz says why."""
+    import threading
+    import urllib.error
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Garbage(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>this is not JSON-RPC</html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fake_node = type("N", (), {"kind": "bsv", "rpc_url": f"http://127.0.0.1:{server.server_address[1]}",
+                                   "rpc_user": "u", "rpc_password": "p", "zmq_endpoint": None})
+        daemon = daemon_factory(chain_table("btc", fake_node, confirmations=1))
+        deadline = time.monotonic() + 10
+        while daemon.metric("watcherd_malformed_messages_total", chain="btc", source="rpc") < 2:
+            assert time.monotonic() < deadline, daemon.log_tail()
+            time.sleep(0.1)
+        assert daemon.alive() and daemon.api("GET", "/healthz") == {"status": "ok"}
+        assert daemon.metric("watcherd_node_up", chain="btc") == 0
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            daemon.api("GET", "/readyz")
+        assert not_ready.value.code == 503
+        not_ready.value.close()
+        assert "not a JSON answer" in daemon.log_tail(200)
+        # invoices can still be created while the node is unusable: addresses are derived locally
+        assert daemon.create_invoice("btc", "1")["status"] == "unpaid"
+    finally:
+        server.shutdown()
+        server.server_close()

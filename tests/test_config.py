@@ -183,12 +183,13 @@ def test_bad_values(tmp_path, line, key):
 def test_unknown_keys_are_errors(tmp_path):
     """A typo must not silently leave a default in force."""
     text = MINIMAL.replace("[api]", "[api]\nlisten_on = '1.2.3.4:1'")
-    text += "confirmation = 6\n[metrics]\nport = 9\n"
+    text += "confirmation = 6\n[metrics]\nport = 9\n[graphite]\nhost = 'x'\n"
     found = problems(write(tmp_path, text))
     assert found == {
         "api.listen_on": "unknown key (did you mean listen?)",
         "chains.btc.confirmation": "unknown key (did you mean confirmations?)",
-        "metrics": "unknown key",
+        "metrics.port": "unknown key",
+        "graphite": "unknown key",
     }
 
 

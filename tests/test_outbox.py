@@ -6,6 +6,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from conftest import async_wait_for
 
 from watcherd.chains.base import ChainTx, Received
 from watcherd.chains.fake import FakeChain
@@ -52,16 +53,18 @@ async def test_endpoint_down_then_up_delivers_everything_in_order(core):
         stop = asyncio.Event()
         task = asyncio.create_task(sender.run(stop))
         invoices = [await processor.create_invoice("fake", 1000) for _ in range(3)]
-        for i, inv in enumerate(invoices):
+        for i in range(len(invoices)):
             key = chain.derive(i)[1]
             await processor.tx_seen("fake", ChainTx(f"t{i}", (Received(key, 0, 1000),), (f"o{i}".encode(),)))
         await asyncio.sleep(2.5)
         failing = await processor.store.deliveries(state="pending")
         assert len(failing) == 6 and all(d["last_error"] == "HTTP 500" for d in failing if d["attempts"])
         receiver.fail_with = None
-        deadline = time.monotonic() + 15
-        while len(await processor.store.deliveries(state="pending")) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+
+        async def all_delivered():
+            return not await processor.store.deliveries(state="pending")
+
+        await async_wait_for(all_delivered, 15, "every event delivered after the endpoint recovered")
         stop.set()
         await task
     assert receiver.rejected == 0

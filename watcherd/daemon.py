@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, metrics
 from .api import make_app
 from .chains.base import ChainAdapter
 from .chains.bitcoin import BitcoinAdapter
@@ -71,9 +71,17 @@ class Daemon:
         runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness),
                                access_log=None, handle_signals=False)
         await runner.setup()
-        sender = WebhookSender(store, self.config.webhook, self.processor.outbox_wakeup) if self.config.webhook else None
+        metrics_runner = web.AppRunner(metrics.make_app(store, tuple(transports)), access_log=None,
+                                       handle_signals=False)
+        await metrics_runner.setup()
+        sender = None
+        if self.config.webhook is not None:
+            sender = WebhookSender(store, self.config.webhook, self.processor.outbox_wakeup)
         try:
             await web.TCPSite(runner, host, port).start()
+            if self.config.metrics is not None:
+                await web.TCPSite(metrics_runner, self.config.metrics.host, self.config.metrics.port).start()
+                log.info("metrics on http://%s/metrics", self.config.metrics.listen)
             log.info("watcherd %s: API on http://%s:%d, chains: %s", __version__, host, port,
                      ", ".join(self.chains) or "none")
             async with asyncio.TaskGroup() as group:
@@ -91,6 +99,7 @@ class Daemon:
                 await sender.drain(time.time() + DRAIN_SECONDS)
         finally:
             await runner.cleanup()
+            await metrics_runner.cleanup()
             for chain in self.chains.values():
                 with contextlib.suppress(Exception):
                     await chain.close()  # type: ignore[attr-defined]

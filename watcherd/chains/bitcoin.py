@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MEMPOOL_BATCH = 500
+MEMPOOL_SAFETY_NET_SECONDS = 30.0  # with ZMQ, diff the mempool this often in case the feed went quiet
 NULL_OUTPOINT = bytes(32) + b"\xff\xff\xff\xff"  # what every coinbase "spends": never a conflict
 
 
@@ -54,7 +55,7 @@ class BitcoinAdapter:
         self._deriver = AddressDeriver(config.xpub, config.address_type, config.network)
         self._rpc = JsonRpc(config.rpc_url, config.rpc_user, config.rpc_password, config.rpc_cookie_file)
         self._mempool_seen: set[str] = set()
-        self._mempool_stale = True  # re-read the whole mempool at the next reconcile
+        self._mempool_stale = True  # read the mempool (what we have not seen of it) at the next reconcile
         self._sequences: dict[bytes, int] = {}
         self._resync = asyncio.Event()
 
@@ -118,6 +119,7 @@ class BitcoinAdapter:
             poller.register(monitor, zmq.POLLIN)
             await self.reconcile(processor)
             next_check = time.monotonic() + self.config.poll_interval_seconds
+            next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
             while True:
                 timeout_ms = max(0, int((next_check - time.monotonic()) * 1000))
                 ready = dict(await poller.poll(timeout_ms))
@@ -125,6 +127,9 @@ class BitcoinAdapter:
                     await self._on_monitor(await monitor.recv_multipart())
                 if socket in ready:
                     await self._on_message(processor, await socket.recv_multipart())
+                if time.monotonic() >= next_mempool_read:
+                    self._mempool_stale = True
+                    next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
                 if self._resync.is_set() or time.monotonic() >= next_check:
                     # the safety net: even a silent feed can't hide a block for longer than one interval
                     self._resync.clear()
@@ -152,7 +157,8 @@ class BitcoinAdapter:
             metrics.MALFORMED.labels(self.name, "zmq").inc()
             log.warning("ignored a malformed ZMQ message (%d frames, topic %r)", len(frames), frames[0][:20],
                         extra={"chain": self.name})
-            self._resync.set()  # the real message it stood for may be lost: reconcile over RPC
+            self._mempool_stale = True  # the real message it stood for may be lost: reconcile over RPC
+            self._resync.set()
             return
         topic, body, sequence = frames[0], frames[1], int.from_bytes(frames[2], "little")
         last = self._sequences.get(topic)
@@ -171,6 +177,7 @@ class BitcoinAdapter:
         except DecodeError as exc:
             metrics.MALFORMED.labels(self.name, "zmq").inc()
             log.warning("ignored an undecodable rawtx: %s", exc, extra={"chain": self.name})
+            self._mempool_stale = True
             self._resync.set()
             return
         metrics.TXS.labels(self.name, "mempool").inc()
@@ -271,8 +278,7 @@ class BitcoinAdapter:
         return True
 
     async def sync_mempool(self, processor: Processor) -> None:
-        if self._mempool_stale:
-            self._mempool_seen = set()
+        """Fetch and match the mempool transactions not seen yet (a diff: cheap even on a busy node)."""
         mempool = {str(t) for t in await self._rpc.call("getrawmempool")}
         new = [t for t in mempool if t not in self._mempool_seen]
         for start in range(0, len(new), MEMPOOL_BATCH):

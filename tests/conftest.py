@@ -1,0 +1,110 @@
+"""Shared test fixtures: timing helpers and real regtest nodes.
+
+Sections, each self-contained so more can be added (the daemon fixture goes in its own section):
+
+* timing: TIMEOUT_FACTOR, `scaled`, `wait_for`, `async_wait_for`
+* nodes: session-scoped real nodes (`bsv_node`, `ltc_node`) on free loopback ports in temp dirs, started once,
+  stopped by pid at session end even when tests fail. Tests may mine and pay freely on them, so never assert
+  absolute heights or balances: compare before/after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from watcherd.devnet import START_TIMEOUT, Node
+
+T = TypeVar("T")
+
+# ---- timing ------------------------------------------------------------------------------------------
+
+# One knob for slow machines: every timeout in the tests is multiplied by it.
+TIMEOUT_FACTOR = float(os.environ.get("WATCHERD_TEST_TIMEOUT_FACTOR") or 1)
+POLL_INTERVAL = 0.05
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIMEOUT_FACTOR
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll `predicate` until it returns something truthy and return that; AssertionError naming `what` after
+    `timeout` seconds (scaled by TIMEOUT_FACTOR)."""
+    limit = scaled(timeout)
+    deadline = time.monotonic() + limit
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {limit:.1f}s waiting for {what}")
+        time.sleep(POLL_INTERVAL)
+
+
+# The same signature as wait_for on purpose (and the timeout is scaled), hence not asyncio.timeout.
+async def async_wait_for(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float,  # noqa: ASYNC109
+    what: str,
+) -> T:
+    """`wait_for` for async tests: does not block the event loop; `predicate` may be sync or async."""
+    limit = scaled(timeout)
+    deadline = time.monotonic() + limit
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {limit:.1f}s waiting for {what}")
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A CI job killed on timeout gets SIGTERM: turn it into KeyboardInterrupt so fixture finalizers still run
+    # and stop every node by pid, instead of leaving them running on the machine.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---- nodes -------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def running_node(name: str, datadir: Path) -> Iterator[Node]:
+    """A started node ("btc": SV bitcoind, "ltc": litecoind) in `datadir`, stopped by pid on the way out."""
+    node = Node.create(name, datadir, die_with_parent=True)
+    try:
+        node.start(timeout=scaled(START_TIMEOUT))
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def bsv_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """The Bitcoin SV code base bitcoind: ZMQ rawtx + hashblock, legacy addresses, funded wallet."""
+    with running_node("btc", tmp_path_factory.mktemp("bsv-node")) as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def ltc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """litecoind: no ZMQ (polled), bech32, BIP125 + bumpfee, MWEB active, funded wallet "w"."""
+    with running_node("ltc", tmp_path_factory.mktemp("ltc-node")) as node:
+        yield node

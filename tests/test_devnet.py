@@ -1,0 +1,389 @@
+"""The regtest devnet that every real-node test and the demo stand on: if it fails, nothing above it holds.
+
+Runs against the session nodes from conftest (shared: never assert absolute heights or balances) and, for the
+`Devnet` directory and the CLI, against nodes of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import zmq
+from bip_utils import Bip44, Bip44Changes, Bip44Coins, Bip84, Bip84Coins, Hash160, P2PKHAddr, P2WPKHAddr
+from conftest import scaled, wait_for
+
+from watcherd.devnet import Devnet, Node
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["bsv_node", "ltc_node"])
+def node(request: pytest.FixtureRequest) -> Node:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    devnet = Devnet(tmp_path_factory.mktemp("devnet"), die_with_parent=True)
+    try:
+        devnet.up()
+        yield devnet
+    finally:
+        devnet.down()
+
+
+def output_to(node: Node, txid: str, script_hex: str) -> Decimal | None:
+    """The amount `txid` pays to `script_hex`, read back from the node (None when it pays nothing there)."""
+    tx = node.rpc("getrawtransaction", txid, True)
+    amounts = [out["value"] for out in tx["vout"] if out["scriptPubKey"]["hex"] == script_hex]
+    return sum(amounts, Decimal(0)) if amounts else None
+
+
+# ---- one node ---------------------------------------------------------------------------------------------
+
+
+def test_node_is_regtest_on_loopback_and_funded(node: Node) -> None:
+    """A started node answers RPC on 127.0.0.1 only, is on regtest and has spendable coins."""
+    assert node.rpc_url.startswith("http://127.0.0.1:")
+    assert node.rpc("getblockchaininfo")["chain"] == "regtest"
+    height, _ = node.tip()
+    assert height >= 101
+    assert node.balance() > 0
+    if node.kind == "bsv":
+        assert node.zmq_endpoint == f"tcp://127.0.0.1:{node.zmq_port}"
+    else:
+        assert node.zmq_endpoint is None
+
+
+def test_pay_then_mine_confirms_the_payment(node: Node) -> None:
+    """pay() puts a tx in the mempool at once; mine(1) extends the tip by that block and confirms it."""
+    address = node.new_address()
+    script = node.rpc("validateaddress", address)["scriptPubKey"]
+    txid = node.pay(address, "0.5")
+    assert txid in node.rpc("getrawmempool")
+    height, _ = node.tip()
+
+    (block_hash,) = node.mine(1)
+
+    assert node.tip() == (height + 1, block_hash)
+    assert txid not in node.rpc("getrawmempool")
+    assert node.rpc("getrawtransaction", txid, True)["blockhash"] == block_hash
+    assert output_to(node, txid, script) == Decimal("0.5")  # amounts come back as Decimal, exactly
+
+
+def test_restart_keeps_chain_wallet_and_ports(node: Node) -> None:
+    """restart() comes back on the same datadir and ports with the same chain and wallet."""
+    node.mine(1)  # settle the mempool so the balance cannot move under us
+    tip, balance, old_pid = node.tip(), node.balance(), node.pid
+    ports = (node.rpc_port, node.zmq_port)
+
+    node.restart()
+
+    assert node.pid != old_pid
+    assert (node.rpc_port, node.zmq_port) == ports
+    assert node.tip() == tip
+    assert node.balance() == balance
+    node.pay(node.new_address(), "0.1")  # the wallet is loaded and spends again
+    assert node.mine(1)
+
+
+def test_invalidate_and_reconsider_move_the_tip(node: Node) -> None:
+    """invalidate() takes the tip's block off the active chain; reconsider() puts it back."""
+    base = node.tip()
+    (block_hash,) = node.mine(1)
+
+    node.invalidate(block_hash)
+    assert node.tip() == base
+
+    node.reconsider(block_hash)
+    assert node.tip() == (base[0] + 1, block_hash)
+
+
+def test_longer_branch_wins_a_reorg(node: Node) -> None:
+    """The reorg recipe the daemon tests use: invalidate, mine a longer branch, reconsider the old block; the
+    node stays on the longer branch (mining right after invalidate must not rebuild the invalidated block)."""
+    base_height, _ = node.tip()
+    (stale,) = node.mine(1)
+    node.invalidate(stale)
+
+    branch = node.mine(2)
+    node.reconsider(stale)
+
+    assert stale not in branch
+    assert node.tip() == (base_height + 2, branch[-1])
+
+
+def test_bump_fee_replaces_the_transaction_on_litecoind(ltc_node: Node) -> None:
+    """A replaceable payment can be fee-bumped: a new txid replaces the old in the mempool and confirms."""
+    original = ltc_node.pay(ltc_node.new_address(), "0.3", replaceable=True)
+    assert ltc_node.rpc("getmempoolentry", original)["bip125-replaceable"] is True
+
+    replacement = ltc_node.bump_fee(original)
+
+    assert replacement != original
+    mempool = ltc_node.rpc("getrawmempool")
+    assert replacement in mempool and original not in mempool
+    (block_hash,) = ltc_node.mine(1)
+    assert ltc_node.rpc("getrawtransaction", replacement, True)["blockhash"] == block_hash
+
+
+def test_litecoind_chain_has_mweb_active(ltc_node: Node) -> None:
+    """litecoind's chain is past MWEB activation, like mainnet, and mining keeps working there."""
+    assert ltc_node.rpc("getblockchaininfo")["softforks"]["mweb"]["active"] is True
+    assert len(ltc_node.mine(2)) == 2
+
+
+def test_bsv_node_has_no_replace_by_fee(bsv_node: Node) -> None:
+    """The SV code base has no RBF: asking for it is an error, not a silently final payment."""
+    with pytest.raises(ValueError):
+        bsv_node.pay(bsv_node.new_address(), "0.1", replaceable=True)
+    with pytest.raises(ValueError):
+        bsv_node.bump_fee("00" * 32)
+
+
+def test_bsv_node_publishes_rawtx_and_hashblock_over_zmq(bsv_node: Node) -> None:
+    """The SV bitcoind publishes Bitcoin Core's 3-frame rawtx/hashblock messages on its one ZMQ endpoint."""
+    with zmq.Context() as context:
+        sub = context.socket(zmq.SUB)
+        try:
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVTIMEO, 200)
+            sub.setsockopt(zmq.SUBSCRIBE, b"rawtx")
+            sub.setsockopt(zmq.SUBSCRIBE, b"hashblock")
+            sub.connect(bsv_node.zmq_endpoint)
+
+            def received(topic: bytes, body_hex: set[str]) -> list[bytes] | None:
+                """Drain what has arrived; the first `topic` message whose body (hex) is in `body_hex`."""
+                while True:
+                    try:
+                        frames = sub.recv_multipart()
+                    except zmq.Again:
+                        return None
+                    if frames[0] == topic and frames[1].hex() in body_hex:
+                        return frames
+
+            mined: set[str] = set()
+
+            def block_announced() -> list[bytes] | None:
+                # A SUB socket misses what is published before its subscription lands: mine until one arrives.
+                mined.update(bsv_node.mine(1))
+                return received(b"hashblock", mined)
+
+            frames = wait_for(block_announced, 10, "a hashblock message from the SV node")
+            assert len(frames) == 3 and len(frames[2]) == 4  # topic, body, little-endian sequence number
+
+            txid = bsv_node.pay(bsv_node.new_address(), "0.2")
+            raw = bsv_node.rpc("getrawtransaction", txid)
+            frames = wait_for(lambda: received(b"rawtx", {raw}), 10, f"the rawtx message of {txid}")
+            assert hashlib.sha256(hashlib.sha256(frames[1]).digest()).digest()[::-1].hex() == txid
+        finally:
+            sub.close()
+
+
+# ---- the operator's keys ----------------------------------------------------------------------------------
+
+
+def operator_public_key(xpub: str, address_type: str) -> bytes:
+    """The public key at /0/0 (external chain, index 0) under the account key, derived as the daemon must:
+    from the public key alone."""
+    if address_type == "p2pkh":
+        account = Bip44.FromExtendedKey(xpub, Bip44Coins.BITCOIN_TESTNET)
+    else:
+        account = Bip84.FromExtendedKey(xpub, Bip84Coins.BITCOIN_TESTNET)
+    return account.Change(Bip44Changes.CHAIN_EXT).AddressIndex(0).PublicKey().RawCompressed().ToBytes()
+
+
+def regtest_address(public_key: bytes, address_type: str) -> str:
+    if address_type == "p2pkh":
+        return P2PKHAddr.EncodeKey(public_key, net_ver=b"\x6f")  # testnet/regtest base58 prefix
+    return P2WPKHAddr.EncodeKey(public_key, hrp="rltc")  # litecoin regtest's bech32 prefix
+
+
+def test_operator_xpubs_are_public_account_keys(tmp_path: Path) -> None:
+    """operator_xpubs() gives account-level PUBLIC keys, stable across calls (one seed per devnet dir)."""
+    devnet = Devnet(tmp_path)
+    xpubs = devnet.operator_xpubs()
+    assert xpubs["btc"][0].startswith("tpub") and xpubs["btc"][1] == "p2pkh"
+    assert xpubs["ltc"][0].startswith("vpub") and xpubs["ltc"][1] == "p2wpkh"
+    assert Bip44.FromExtendedKey(xpubs["btc"][0], Bip44Coins.BITCOIN_TESTNET).IsPublicOnly()
+    assert Bip44.FromExtendedKey(xpubs["btc"][0], Bip44Coins.BITCOIN_TESTNET).Level() == 3  # account
+    assert Devnet(tmp_path).operator_xpubs() == xpubs
+    assert (tmp_path / "operator-seed.hex").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("chain", ["btc", "ltc"])
+def test_operator_address_is_payable(chain: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """An address derived from the operator's account xpub at /0/0 is valid on the node and can be paid."""
+    node: Node = request.getfixturevalue({"btc": "bsv_node", "ltc": "ltc_node"}[chain])
+    xpub, address_type = Devnet(tmp_path).operator_xpubs()[chain]
+    public_key = operator_public_key(xpub, address_type)
+    address = regtest_address(public_key, address_type)
+
+    info = node.rpc("validateaddress", address)
+    assert info["isvalid"] is True
+    key_hash = Hash160.QuickDigest(public_key).hex()
+    expected_script = f"76a914{key_hash}88ac" if address_type == "p2pkh" else f"0014{key_hash}"
+    assert info["scriptPubKey"] == expected_script
+
+    txid = node.pay(address, "0.25")
+    node.mine(1)
+    assert output_to(node, txid, expected_script) == Decimal("0.25")
+
+
+# ---- the devnet directory and its config ------------------------------------------------------------------
+
+CHAIN_KEYS = {
+    "kind",
+    "coin",
+    "network",
+    "rpc_url",
+    "rpc_user",
+    "rpc_password",
+    "xpub",
+    "address_type",
+    "confirmations",
+    "poll_interval_seconds",
+}
+
+
+def test_write_config_has_the_daemon_shape(devnet: Devnet, tmp_path: Path) -> None:
+    """write_config() writes exactly the TOML shape the daemon's config loader reads, for running nodes."""
+    path = devnet.write_config(
+        tmp_path / "watcherd.toml",
+        store_path=tmp_path / "store.sqlite3",
+        api_port=18444,
+        api_token="tok-en",
+        webhook_url="http://127.0.0.1:9/hook",
+        webhook_secret='se"cret',
+        confirmations=3,
+        poll_interval_seconds=0.25,
+    )
+    config = tomllib.loads(path.read_text())
+    xpubs = devnet.operator_xpubs()
+    btc, ltc = devnet.node("btc"), devnet.node("ltc")
+
+    assert set(config) == {"store", "api", "webhook", "log", "chains"}
+    assert config["store"] == {"path": str(tmp_path / "store.sqlite3")}
+    assert config["api"] == {"listen": "127.0.0.1:18444", "token": "tok-en"}
+    assert config["webhook"] == {"url": "http://127.0.0.1:9/hook", "secret": 'se"cret'}
+    assert config["log"] == {"level": "info"}
+    assert config["chains"] == {
+        "btc": {
+            "kind": "bitcoin",
+            "coin": "bitcoin",
+            "network": "regtest",
+            "rpc_url": btc.rpc_url,
+            "rpc_user": btc.rpc_user,
+            "rpc_password": btc.rpc_password,
+            "zmq_rawtx": btc.zmq_endpoint,
+            "zmq_hashblock": btc.zmq_endpoint,
+            "xpub": xpubs["btc"][0],
+            "address_type": "p2pkh",
+            "confirmations": 3,
+            "poll_interval_seconds": 0.25,
+        },
+        "ltc": {
+            "kind": "bitcoin",
+            "coin": "litecoin",
+            "network": "regtest",
+            "rpc_url": ltc.rpc_url,
+            "rpc_user": ltc.rpc_user,
+            "rpc_password": ltc.rpc_password,
+            "xpub": xpubs["ltc"][0],
+            "address_type": "p2wpkh",
+            "confirmations": 3,
+            "poll_interval_seconds": 0.25,
+        },
+    }
+    assert set(config["chains"]["ltc"]) == CHAIN_KEYS
+
+
+def test_write_config_without_webhook_has_no_webhook_table(devnet: Devnet, tmp_path: Path) -> None:
+    """No webhook URL, no [webhook] table; defaults are 2 confirmations, 0.5 s polling."""
+    path = devnet.write_config(
+        tmp_path / "c.toml",
+        store_path=tmp_path / "s.sqlite3",
+        api_port=1,
+        api_token="t",
+        webhook_url=None,
+        webhook_secret=None,
+    )
+    config = tomllib.loads(path.read_text())
+    assert "webhook" not in config
+    assert config["chains"]["btc"]["confirmations"] == 2
+    assert config["chains"]["btc"]["poll_interval_seconds"] == 0.5
+
+
+def test_another_process_finds_the_running_nodes(devnet: Devnet) -> None:
+    """state.json lets a separate process (a later `scripts/devnet` command) reattach to the nodes; a second
+    up() leaves running nodes alone."""
+    pids = {name: devnet.node(name).pid for name in ("btc", "ltc")}
+    code = (
+        "import sys; from watcherd.devnet import Devnet; d = Devnet(sys.argv[1]); "
+        "print(*(f'{n} {d.node(n).pid} {d.node(n).tip()[0]}' for n in ('btc', 'ltc')), sep='\\n')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(devnet.root)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=scaled(60),
+    ).stdout.split("\n")
+    assert out[0].split()[:2] == ["btc", str(pids["btc"])]
+    assert out[1].split()[:2] == ["ltc", str(pids["ltc"])]
+
+    Devnet(devnet.root).up()
+    assert {name: Devnet(devnet.root).node(name).pid for name in ("btc", "ltc")} == pids
+
+
+def test_scripts_devnet_round_trip(tmp_path: Path) -> None:
+    """`scripts/devnet` up / tip / pay / mine / status / down work as separate processes on one directory."""
+    root = tmp_path / "dn"
+
+    def devnet_cli(*args: str) -> str:
+        result = subprocess.run(
+            [str(REPO_ROOT / "scripts" / "devnet"), *args, "--dir", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=scaled(120),
+        )
+        assert result.returncode == 0, f"scripts/devnet {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    try:
+        out = devnet_cli("up", "--chains", "btc", "--webhook-url", "http://127.0.0.1:9/hook")
+        assert "btc: bsv" in out and "zmq=tcp://127.0.0.1:" in out
+        config = tomllib.loads((root / "watcherd.toml").read_text())
+        assert set(config["chains"]) == {"btc"}
+        assert config["webhook"]["url"] == "http://127.0.0.1:9/hook" and config["webhook"]["secret"]
+        assert config["store"]["path"] == str(root / "watcherd.sqlite3")
+
+        height = int(devnet_cli("tip", "btc").split()[0])
+        address = Devnet(root).node("btc").new_address()
+        txid = devnet_cli("pay", "btc", address, "1.5").strip()
+        assert len(txid) == 64
+        assert len(devnet_cli("mine", "btc", "2").split()) == 2
+        assert int(devnet_cli("tip", "btc").split()[0]) == height + 2
+        assert f"tip={height + 2}" in devnet_cli("status")
+    finally:
+        devnet_cli("down")
+    assert "btc: stopped" in devnet_cli("status")
+    assert not Devnet(root).node("btc").is_running()
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+
+
+def test_wait_for_returns_the_value_or_names_what_it_waited_for() -> None:
+    """wait_for hands back the predicate's truthy value, and a timeout says what never happened."""
+    assert wait_for(lambda: 42, 1, "the answer") == 42
+    with pytest.raises(AssertionError, match="waiting for the moon to turn blue"):
+        wait_for(lambda: None, 0.1, "the moon to turn blue")
