@@ -1,0 +1,142 @@
+"""The demo behind `scripts/demo`: a billing system's view of watcherd on a local devnet of real nodes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from watcherd.devnet import Devnet, free_ports  # noqa: E402
+from watcherd.receiver import WebhookReceiver  # noqa: E402
+
+STARTED = time.monotonic()
+
+
+def say(text: str) -> None:
+    print(f"[{time.monotonic() - STARTED:6.1f}s] {text}", flush=True)
+
+
+def show_event(event: dict[str, Any]) -> None:
+    invoice = event["invoice"]
+    exception = f" ({invoice['exception']})" if invoice["exception"] else ""
+    confirmations = ", ".join(f"{p['confirmations']} conf" for p in invoice["payments"]) or "no payment yet"
+    say(f"  webhook {event['type']:<19} {invoice['id']}  {invoice['status'].upper()}{exception}  "
+        f"received {invoice['amount_received']}/{invoice['amount']} {invoice['asset']}  [{confirmations}]")
+
+
+class Api:
+    def __init__(self, port: int, token: str):
+        self.base, self.token = f"http://127.0.0.1:{port}", token
+
+    def __call__(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            self.base + path, method=method, data=json.dumps(body).encode() if body else None,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+def wait_status(api: Api, invoice_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        invoice = api("GET", f"/v1/invoices/{invoice_id}")
+        if invoice["status"] == status:
+            return invoice
+        time.sleep(0.1)
+    raise SystemExit(f"demo: invoice {invoice_id} did not become {status} within {timeout:.0f}s")
+
+
+def pay_invoice(api: Api, devnet: Devnet, chain: str, amount: str, confirmations: int) -> None:
+    node = devnet.node(chain)
+    invoice = api("POST", "/v1/invoices", {"chain": chain, "amount": amount, "order_id": f"DEMO-{chain.upper()}"})
+    say(f"{chain}: invoice {invoice['id']} for {invoice['amount']} {invoice['asset']} is {invoice['status'].upper()}")
+    say(f"{chain}: customer is shown  {invoice['payment_uri']}")
+    txid = node.pay(invoice["address"], amount)
+    say(f"{chain}: customer paid, txid {txid}")
+    wait_status(api, invoice["id"], "processing")
+    for _ in range(confirmations):
+        time.sleep(0.5)
+        say(f"{chain}: a block is mined")
+        node.mine(1)
+    paid = wait_status(api, invoice["id"], "paid")
+    time.sleep(0.5)  # let the last webhook land before printing the ledger line
+    payment = paid["payments"][0]
+    say(f"{chain}: billing ledger  date={paid['paid_at']}  type=Crypto Payments ({paid['asset']})  "
+        f"reference={payment['txid']}  amount={payment['amount']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, store)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="watcherd-demo-"))
+    devnet = Devnet(workdir / "devnet", die_with_parent=True)
+    secret, token = secrets.token_hex(16), secrets.token_hex(16)
+    daemon: subprocess.Popen[bytes] | None = None
+    ok = False
+    try:
+        say("starting regtest nodes: bitcoind (ZMQ) and litecoind (polled); first start funds their wallets")
+        devnet.up(["btc", "ltc"])
+        with WebhookReceiver(secret) as receiver:
+            receiver.on_event = show_event
+            api_port, metrics_port = free_ports(2)
+            config = devnet.write_config(
+                workdir / "watcherd.toml", store_path=workdir / "watcherd.sqlite3", api_port=api_port,
+                api_token=token, webhook_url=receiver.url, webhook_secret=secret, confirmations=2)
+            with config.open("a") as f:
+                f.write(f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+            log_path = workdir / "watcherd.log"
+            with log_path.open("wb") as log:
+                daemon = subprocess.Popen([sys.executable, "-m", "watcherd", "--config", str(config), "run"],
+                                          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            api = Api(api_port, token)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    api("GET", "/readyz")
+                    break
+                except OSError:
+                    if daemon.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(f"demo: the daemon did not become ready:\n{log_path.read_text()}")
+                    time.sleep(0.2)
+            say(f"watcherd is up: API 127.0.0.1:{api_port}, metrics 127.0.0.1:{metrics_port}, "
+                f"webhooks to {receiver.url} (signatures verified)")
+            pay_invoice(api, devnet, "btc", "0.015", 2)
+            pay_invoice(api, devnet, "ltc", "0.25", 2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+                wanted = ("watcherd_processed_height", "watcherd_lag_blocks", "watcherd_invoices{",
+                          "watcherd_notifications_delivered_total")
+                lines = [line for line in response.read().decode().splitlines() if line.startswith(wanted)]
+            say("a few metrics:\n    " + "\n    ".join(lines))
+            if receiver.rejected:
+                raise SystemExit(f"demo: {receiver.rejected} webhook(s) failed signature verification")
+            ok = True
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
+            say(f"watcherd stopped (exit {daemon.returncode})")
+        devnet.down()
+        say("nodes stopped")
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"work directory kept: {workdir}")
+    say("demo complete: both invoices went UNPAID -> PROCESSING -> PAID")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
