@@ -67,6 +67,8 @@ async def test_create_show_list_cancel(client):
         ({"chain": "btc", "amount": "1", "metadata": []}, 400, "metadata"),
         ({"chain": "btc", "amount": "1", "amout": "1"}, 400, "amout"),
         ({"chain": "btc", "amount_atomic": "1.5"}, 400, "amount_atomic"),
+        ({"chain": "btc", "amount": "1", "asset": "DOGE"}, 422, "asset"),
+        ({"chain": "btc", "amount": "1.0000001", "asset": "TOKEN"}, 400, "amount"),  # 6 decimals
     ],
 )
 async def test_bad_input_names_the_field(client, body, status, field):

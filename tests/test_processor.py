@@ -167,3 +167,19 @@ async def test_addresses_never_reused_and_gap_warning(core, caplog):
     addresses = {(await processor.create_invoice("fake", 1))["address"] for _ in range(22)}
     assert len(addresses) == 22
     assert "22 consecutive issued addresses are unused" in caplog.text
+
+
+async def test_token_invoice_and_wrong_asset_is_recorded_not_counted(core):
+    processor, chain, _ = core
+    token = await processor.create_invoice("fake", 5_000_000, asset="TOKEN")
+    assert token["asset"] == "TOKEN" and token["amount"] == "5"  # 6 decimals
+    key = chain.derive(0)[1]
+    await processor.tx_seen("fake", ChainTx("native", (Received(key, 0, 10**8),), (b"n",)))
+    shown = await processor.invoice_json(token["id"])
+    assert (shown["status"], shown["exception"], shown["amount_received"]) == ("unpaid", "wrong_asset", "0")
+    assert shown["payments"][0]["status"] == "wrong_asset" and shown["payments"][0]["amount"] == "1"
+    await processor.tx_seen("fake", ChainTx("tok", (Received(key, 3, 5_000_000, "TOKEN"),), (b"t",)))
+    await processor.block_connected("fake", block(101, [ChainTx("tok", (Received(key, 3, 5_000_000, "TOKEN"),))]))
+    await processor.block_connected("fake", block(102, []))
+    shown = await processor.invoice_json(token["id"])
+    assert (shown["status"], shown["exception"], shown["amount_received"]) == ("paid", "wrong_asset", "5")

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_EXPIRES_IN = 30 * 24 * 3600
 MAX_METADATA_BYTES = 16 * 1024
-INVOICE_FIELDS = {"chain", "amount", "amount_atomic", "order_id", "expires_in", "metadata"}
+INVOICE_FIELDS = {"chain", "asset", "amount", "amount_atomic", "order_id", "expires_in", "metadata"}
 PROCESSOR: web.AppKey[Processor] = web.AppKey("processor", Processor)
 READINESS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("readiness")
 
@@ -97,6 +97,11 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
     if chain is None:
         raise error(422, "unknown_chain", f"no chain {chain_name!r}; configured: {sorted(processor.chains)}",
                     "chain")
+    asset = body.get("asset", chain.asset)
+    if not isinstance(asset, str) or asset not in chain.assets:
+        raise error(422, "unknown_asset", f"{chain_name} has no asset {asset!r}; configured: {sorted(chain.assets)}",
+                    "asset")
+    decimals = chain.assets[asset]
     if ("amount" in body) == ("amount_atomic" in body):
         raise error(400, "invalid_field", "give exactly one of amount (decimal string) or amount_atomic", "amount")
     if "amount" in body:
@@ -104,7 +109,7 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
             raise error(400, "invalid_field", "must be a decimal string such as \"0.015\" (not a JSON number, "
                                               "which loses precision)", "amount")
         try:
-            amount = to_atomic(body["amount"], chain.decimals)
+            amount = to_atomic(body["amount"], decimals)
         except ValueError as exc:
             raise error(400, "invalid_field", str(exc), "amount") from None
     else:
@@ -128,7 +133,7 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
         raise error(400, "invalid_field", "must be a JSON object", "metadata")
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise error(400, "invalid_field", f"must serialize to at most {MAX_METADATA_BYTES} bytes", "metadata")
-    return {"chain_name": chain_name, "amount": amount, "order_id": order_id, "expires_in": expires_in,
+    return {"chain_name": chain_name, "asset": asset, "amount": amount, "order_id": order_id, "expires_in": expires_in,
             "metadata": metadata}
 
 

@@ -29,12 +29,14 @@ class InvoiceException(enum.StrEnum):
     OVERPAID = "overpaid"
     PAID_LATE = "paid_late"
     DOUBLE_SPENT = "double_spent"
+    WRONG_ASSET = "wrong_asset"  # another asset than the invoice's reached its address: handle by hand
 
 
 class PaymentStatus(enum.StrEnum):
     PENDING = "pending"  # seen, fewer than the required confirmations
     CONFIRMED = "confirmed"  # has the chain's required confirmations
     REPLACED = "replaced"  # double-spent, RBF-replaced or dropped: no longer counts
+    WRONG_ASSET = "wrong_asset"  # recorded, never counted: not the asset the invoice asks for
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,11 @@ class Payment:
     first_seen_at: int  # unix seconds
     block_height: int | None = None
     replaced: bool = False
+    wrong_asset: bool = False
+
+    @property
+    def counts(self) -> bool:
+        return not self.replaced and not self.wrong_asset
 
     def confirmations(self, tip_height: int) -> int:
         if self.block_height is None or self.replaced:
@@ -52,6 +59,8 @@ class Payment:
         return max(0, tip_height - self.block_height + 1)
 
     def status(self, tip_height: int, required: int) -> PaymentStatus:
+        if self.wrong_asset:
+            return PaymentStatus.WRONG_ASSET
         if self.replaced:
             return PaymentStatus.REPLACED
         if self.confirmations(tip_height) >= required:
@@ -97,7 +106,7 @@ def _covered_after_expiry(live: Sequence[Payment], terms: Terms) -> bool:
 
 
 def assess(terms: Terms, payments: Sequence[Payment], tip_height: int, now: float) -> Assessment:
-    live = [p for p in payments if not p.replaced]
+    live = [p for p in payments if p.counts]
     received = sum(p.amount for p in live)
     confirmed = sum(p.amount for p in live if p.confirmations(tip_height) >= terms.confirmations_required)
 
@@ -118,6 +127,8 @@ def assess(terms: Terms, payments: Sequence[Payment], tip_height: int, now: floa
         exception = InvoiceException.PAID_LATE
     elif any(p.replaced for p in payments) and not paying:
         exception = InvoiceException.DOUBLE_SPENT
+    elif any(p.wrong_asset and not p.replaced for p in payments):
+        exception = InvoiceException.WRONG_ASSET
     elif received > terms.amount:
         exception = InvoiceException.OVERPAID
     elif 0 < received < terms.amount:

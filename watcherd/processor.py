@@ -63,12 +63,15 @@ class Processor:
     # --- invoices -----------------------------------------------------------------------------------
 
     async def create_invoice(
-        self, chain_name: str, amount: int, *, order_id: str | None = None, expires_in: int | None = None,
-        metadata: dict[str, Any] | None = None,
+        self, chain_name: str, amount: int, *, asset: str | None = None, order_id: str | None = None,
+        expires_in: int | None = None, metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         chain = self.chains.get(chain_name)
         if chain is None:
             raise InvoiceError("chain", f"unknown chain {chain_name!r}; configured: {sorted(self.chains)}")
+        asset = asset or chain.asset
+        if asset not in chain.assets:
+            raise InvoiceError("asset", f"{chain_name} has no asset {asset!r}; configured: {sorted(chain.assets)}")
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
         now = int(self.clock())
@@ -76,7 +79,7 @@ class Processor:
             index = await self.store.allocate_address_index(chain_name)
             address, key = chain.derive(index)
             invoice = InvoiceRow(
-                id=new_id("inv"), chain=chain_name, asset=chain.asset, address=address, watch_key=key,
+                id=new_id("inv"), chain=chain_name, asset=asset, address=address, watch_key=key,
                 derivation_index=index, amount=amount, confirmations_required=chain.confirmations,
                 tolerance_percent=chain.underpaid_tolerance_percent, status=Status.UNPAID, exception=None,
                 order_id=order_id, metadata=metadata or {}, created_at=now,
@@ -122,7 +125,8 @@ class Processor:
 
     def _render(self, invoice: InvoiceRow, payments: list[PaymentRow]) -> dict[str, Any]:
         chain = self.chains.get(invoice.chain)
-        decimals = chain.decimals if chain else 8
+        assets = chain.assets if chain else {}
+        decimals = assets.get(invoice.asset, 0)
         tip = self.tips.get(invoice.chain, 0)
         required = invoice.confirmations_required
         assessment = assess(invoice.terms, [p.payment for p in payments], tip, self.clock())
@@ -139,7 +143,7 @@ class Processor:
             "amount_confirmed_atomic": str(assessment.confirmed),
             "status": invoice.status.value,
             "exception": invoice.exception,
-            "payment_uri": chain.payment_uri(invoice.address, invoice.amount) if chain else None,
+            "payment_uri": chain.payment_uri(invoice.address, invoice.amount, invoice.asset) if chain else None,
             "confirmations_required": required,
             "order_id": invoice.order_id,
             "metadata": invoice.metadata,
@@ -151,7 +155,8 @@ class Processor:
                 {
                     "txid": p.payment.txid,
                     "vout": p.payment.vout,
-                    "amount": to_decimal_string(p.payment.amount, decimals),
+                    "asset": p.asset,
+                    "amount": to_decimal_string(p.payment.amount, assets.get(p.asset, 0)),
                     "amount_atomic": str(p.payment.amount),
                     "confirmations": p.payment.confirmations(tip),
                     "block_height": p.payment.block_height,
@@ -242,7 +247,7 @@ class Processor:
             if invoice is None:
                 continue
             await self.store.upsert_payment(
-                chain.name, invoice.id, tx.txid, output.vout, output.amount, now,
+                chain.name, invoice.id, output.asset or chain.asset, tx.txid, output.vout, output.amount, now,
                 block.height if block else None, block.hash if block else None,
             )
             touched.add(invoice.id)

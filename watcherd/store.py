@@ -68,6 +68,7 @@ SCHEMA = [
         txid TEXT NOT NULL,
         vout INTEGER NOT NULL,
         invoice_id TEXT NOT NULL REFERENCES invoices(id),
+        asset TEXT NOT NULL,
         amount TEXT NOT NULL,
         first_seen_at INTEGER NOT NULL,
         block_height INTEGER,
@@ -156,6 +157,7 @@ class PaymentRow:
     payment: Payment
     block_hash: str | None
     confirmed_at: int | None
+    asset: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +205,9 @@ def _payment(row: sqlite3.Row) -> PaymentRow:
             first_seen_at=row["first_seen_at"],
             block_height=row["block_height"],
             replaced=bool(row["replaced"]),
+            wrong_asset=row["asset"] != row["invoice_asset"],
         ),
+        asset=row["asset"],
         block_hash=row["block_hash"],
         confirmed_at=row["confirmed_at"],
     )
@@ -398,28 +402,26 @@ class Store:
 
     async def payments_for(self, invoice_id: str) -> list[PaymentRow]:
         rows = await self._all(
-            "SELECT * FROM payments WHERE invoice_id = ? ORDER BY first_seen_at, txid, vout", (invoice_id,)
+            """SELECT p.*, i.asset AS invoice_asset FROM payments p JOIN invoices i ON i.id = p.invoice_id
+               WHERE p.invoice_id = ? ORDER BY p.first_seen_at, p.txid, p.vout""",
+            (invoice_id,),
         )
         return [_payment(r) for r in rows]
 
-    async def payments_of_tx(self, chain: str, txid: str) -> list[PaymentRow]:
-        rows = await self._all("SELECT * FROM payments WHERE chain = ? AND txid = ?", (chain, txid))
-        return [_payment(r) for r in rows]
-
     async def upsert_payment(
-        self, chain: str, invoice_id: str, txid: str, vout: int, amount: int, now: int,
+        self, chain: str, invoice_id: str, asset: str, txid: str, vout: int, amount: int, now: int,
         block_height: int | None = None, block_hash: str | None = None,
     ) -> None:
         """Record a payment (seen again, it counts again); a block puts it in that block, while a mempool
         sighting (block_height None) never takes a mined payment out of its block."""
         await self._write(
-            """INSERT INTO payments (chain, txid, vout, invoice_id, amount, first_seen_at, block_height,
+            """INSERT INTO payments (chain, txid, vout, invoice_id, asset, amount, first_seen_at, block_height,
                    block_hash, replaced)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
                ON CONFLICT (chain, txid, vout) DO UPDATE SET replaced = 0,
                    block_height = COALESCE(excluded.block_height, block_height),
                    block_hash = COALESCE(excluded.block_hash, block_hash)""",
-            (chain, txid, vout, invoice_id, str(amount), now, block_height, block_hash),
+            (chain, txid, vout, invoice_id, asset, str(amount), now, block_height, block_hash),
         )
 
     async def set_payment_confirmed_at(self, chain: str, txid: str, vout: int, when: int | None) -> None:

@@ -20,8 +20,9 @@ class Received:
     """An output of a transaction that pays a watched key."""
 
     key: bytes
-    vout: int
+    vout: int  # the output's index (or a log index: whatever makes (txid, vout) unique on the chain)
     amount: int
+    asset: str | None = None  # None: the chain's native asset; else a token symbol from `assets`
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +60,9 @@ class Watchlist:
 
 class ChainAdapter(Protocol):
     name: str
-    asset: str
+    asset: str  # the native asset
     decimals: int
+    assets: dict[str, int]  # every asset an invoice may ask for -> its decimals (the native one included)
     confirmations: int
     underpaid_tolerance_percent: Decimal
     invoice_expiry_seconds: int
@@ -69,7 +71,7 @@ class ChainAdapter(Protocol):
     def derive(self, index: int) -> tuple[str, bytes]:
         """The address for derivation index `index` and the watch key it is matched on."""
 
-    def payment_uri(self, address: str, amount: int) -> str: ...
+    def payment_uri(self, address: str, amount: int, asset: str) -> str: ...
 
     async def run(self, processor: Processor) -> None:
         """Follow the node forever: catch up from the cursor, then react to its feed; reconnect on loss."""

@@ -46,6 +46,7 @@ class BitcoinAdapter:
         self.config = config
         self.name = config.name
         self.asset = config.asset
+        self.assets = {config.asset: self.decimals}
         self.confirmations = config.confirmations
         self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
         self.invoice_expiry_seconds = config.invoice_expiry_seconds
@@ -62,7 +63,7 @@ class BitcoinAdapter:
     def derive(self, index: int) -> tuple[str, bytes]:
         return self._deriver.derive(index)
 
-    def payment_uri(self, address: str, amount: int) -> str:
+    def payment_uri(self, address: str, amount: int, asset: str) -> str:
         """BIP21 (`litecoin:` for Litecoin, same form)."""
         return f"{self.config.network.uri_scheme}:{address}?amount={to_decimal_string(amount, self.decimals)}"
 

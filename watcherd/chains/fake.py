@@ -24,12 +24,13 @@ class FakeChain:
         self.underpaid_tolerance_percent = tolerance
         self.invoice_expiry_seconds = expiry
         self.watchlist = Watchlist()
+        self.assets = {"FAKE": 8, "TOKEN": 6}
 
     def derive(self, index: int) -> tuple[str, bytes]:
         key = hashlib.sha256(f"{self.name}/{index}".encode()).digest()[:20]
         return f"fake1{key.hex()}", key
 
-    def payment_uri(self, address: str, amount: int) -> str:
+    def payment_uri(self, address: str, amount: int, asset: str) -> str:
         return f"fake:{address}?amount={amount}"
 
     async def run(self, processor: Processor) -> None:
