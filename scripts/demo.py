@@ -109,7 +109,7 @@ def main() -> int:
                     break
                 except OSError:
                     if daemon.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"demo: the daemon did not become ready:\n{log_path.read_text()}")
+                        raise SystemExit(f"demo: the daemon did not become ready:\n{log_path.read_text()}") from None
                     time.sleep(0.2)
             say(f"watcherd is up: API 127.0.0.1:{api_port}, metrics 127.0.0.1:{metrics_port}, "
                 f"webhooks to {receiver.url} (signatures verified)")

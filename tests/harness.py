@@ -135,7 +135,10 @@ class Daemon:
         while time.monotonic() < deadline:
             try:
                 invoice = self.invoice(invoice_id)
-            except (OSError, urllib.error.HTTPError):
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                invoice = {}
+            except OSError:  # the daemon is (re)starting
                 invoice = {}
             if invoice.get("status") == status and (exception is ... or invoice.get("exception") == exception):
                 return invoice
