@@ -49,8 +49,50 @@ def chain_table(name: str, node: Any, *, confirmations: int, zmq: bool = True, *
     return "\n".join(lines) + "\n"
 
 
+def monero_table(name: str, node: Any, *, primary_address: str, view_key: str, confirmations: int,
+                 zmq: bool = True, **extra: Any) -> str:
+    """A [chains.<name>] table for a devnet monerod: only the primary address and the PRIVATE VIEW key."""
+    lines = [
+        f"[chains.{name}]", 'kind = "monero"', 'network = "regtest"', f'rpc_url = "{node.rpc_url}"',
+        f'primary_address = "{primary_address}"', f'view_key = "{view_key}"',
+        f"confirmations = {confirmations}", "poll_interval_seconds = 0.5",
+    ]
+    if zmq:
+        lines.append(f'zmq_pub = "{node.zmq_endpoint}"')
+    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def eth_account_xpub() -> str:
+    """A fresh operator Ethereum account key (m/44'/60'/0'); the private half never leaves this function."""
+    from bip_utils import Bip44, Bip44Coins
+
+    return Bip44.FromSeed(os.urandom(32), Bip44Coins.ETHEREUM).Purpose().Coin().Account(0).PublicKey().ToExtended()
+
+
+def eth_table(name: str, node: Any, *, confirmations: int, tokens: tuple[str, ...] = ("USDC", "DAI"),
+              chain_id: int | None = None, **extra: Any) -> str:
+    """A [chains.<name>] table for the devnet anvil, with its deployed test tokens."""
+    from watcherd.devnet_eth import TOKEN_DECIMALS
+
+    lines = [
+        f"[chains.{name}]", 'kind = "ethereum"', f'ws_url = "{node.ws_url}"',
+        f"chain_id = {chain_id if chain_id is not None else node.chain_id}",
+        f'xpub = "{eth_account_xpub()}"', f"confirmations = {confirmations}",
+    ]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    for symbol in tokens:
+        decimals = TOKEN_DECIMALS if symbol == "USDC" else 18
+        lines += [f"[[chains.{name}.tokens]]", f'symbol = "{symbol}"', f'contract = "{node.contracts[symbol]}"',
+                  f"decimals = {decimals}"]
+    return "\n".join(lines) + "\n"
+
+
 class Daemon:
-    def __init__(self, workdir: Path, chains: str, webhook_url: str | None = None):
+    def __init__(self, workdir: Path, chains: str, webhook_url: str | None = None, extra: str = "",
+                 env: dict[str, str] | None = None, log_format: str = "plain"):
+        """`extra`: more TOML tables (e.g. [mqtt]); `env`: extra environment for the process."""
+        self.env = {**os.environ, **(env or {})}
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -61,7 +103,7 @@ class Daemon:
             f'[store]\npath = "{workdir / "watcherd.sqlite3"}"\n'
             f'[api]\nlisten = "127.0.0.1:{self.port}"\ntoken = "{TOKEN}"\n'
             f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n'
-            f'{webhook}[log]\nlevel = "debug"\n{chains}'
+            f'{webhook}{extra}[log]\nlevel = "debug"\nformat = "{log_format}"\n{chains}'
         )
         self.log_path = workdir / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -70,7 +112,7 @@ class Daemon:
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "watcherd", "--config", str(self.config_path), "run"],
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

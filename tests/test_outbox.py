@@ -49,7 +49,7 @@ async def test_endpoint_down_then_up_delivers_everything_in_order(core):
     with WebhookReceiver(SECRET) as receiver:
         receiver.fail_with = 500
         config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
-        sender = WebhookSender(processor.store, config, processor.outbox_wakeup)
+        sender = WebhookSender(processor.store, config, processor.outbox_listener())
         stop = asyncio.Event()
         task = asyncio.create_task(sender.run(stop))
         invoices = [await processor.create_invoice("fake", 1000) for _ in range(3)]
@@ -94,7 +94,7 @@ async def test_client_error_is_not_retried_but_kept_for_redelivery(core):
     with WebhookReceiver(SECRET) as receiver:
         receiver.fail_with = 404
         config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
-        sender = WebhookSender(processor.store, config, processor.outbox_wakeup)
+        sender = WebhookSender(processor.store, config, processor.outbox_listener())
         inv = await processor.create_invoice("fake", 1000)
         import aiohttp
 

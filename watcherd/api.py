@@ -207,7 +207,7 @@ async def redeliver_webhook(request: web.Request) -> web.Response:
         found = await processor.store.redeliver(request.match_info["event_id"], processor.clock())
     if not found:
         raise error(404, "not_found", f"no event {request.match_info['event_id']!r}", "event_id")
-    processor.outbox_wakeup.set()
+    processor.wake_outbox()
     return web.json_response({"event_id": request.match_info["event_id"], "queued": True}, status=202)
 
 

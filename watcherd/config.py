@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .chains import btc_address
+from .chains import btc_address, eth_address, xmr_crypto
 from .exceptions import ConfigError
 
 
@@ -47,6 +47,20 @@ class MetricsConfig:
     @property
     def listen(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = field(repr=False)  # mqtt://host:1883 or mqtts://host:8883
+    topic_prefix: str
+    username: str | None
+    password: str | None = field(repr=False)
+    client_id: str | None
+
+    @property
+    def url_without_credentials(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or (8883 if parts.scheme == 'mqtts' else 1883)}"
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,75 @@ class BitcoinChainConfig:
         return btc_address.AddressDeriver(self.xpub, self.address_type, self.network)
 
 
-ChainConfig = BitcoinChainConfig  # becomes a union as other chain kinds land
+@dataclass(frozen=True)
+class EthToken:
+    symbol: str
+    contract: str  # EIP-55 checksummed
+    decimals: int
+
+
+@dataclass(frozen=True)
+class EvmNetwork:
+    name: str  # "chain-id-<n>": two chains are the same network only when their chain ids match
+
+
+@dataclass(frozen=True)
+class EthereumChainConfig:
+    name: str
+    ws_url: str = field(repr=False)  # may carry a provider's API key in its path
+    chain_id: int
+    xpub: str = field(repr=False)  # account level m/44'/60'/0'; invoices get /0/i
+    confirmations: int  # used when finality is None
+    finality: str | None  # "finalized": a payment is confirmed once the node's `finalized` block covers it
+    tokens: tuple[EthToken, ...]
+    asset: str  # the native asset's symbol (ETH, or POL, ...)
+    underpaid_tolerance_percent: Decimal
+    invoice_expiry_seconds: int
+    start_height: int | None  # None: start at the node's tip on the very first run
+    kind: str = "ethereum"
+    decimals: int = 18
+    coin: str = "ethereum"
+
+    @property
+    def network(self) -> EvmNetwork:
+        return EvmNetwork(f"chain-id-{self.chain_id}")
+
+    def address_deriver(self) -> eth_address.EthDeriver:
+        return eth_address.EthDeriver(self.xpub)
+
+
+@dataclass(frozen=True)
+class MoneroNetwork:
+    name: str  # mainnet | stagenet | testnet (regtest uses mainnet's address prefixes)
+
+
+@dataclass(frozen=True)
+class MoneroChainConfig:
+    name: str
+    network: MoneroNetwork
+    rpc_url: str
+    rpc_user: str | None
+    rpc_password: str | None = field(repr=False)
+    zmq_pub: str | None  # monerod --zmq-pub endpoint; None: poll
+    primary_address: str = field(repr=False)  # not secret, but it identifies the operator's wallet
+    view_key: bytes = field(repr=False)  # the PRIVATE view key: reveals every incoming payment
+    account: int = 0
+    confirmations: int = 10
+    underpaid_tolerance_percent: Decimal = Decimal(0)
+    invoice_expiry_seconds: int = 900
+    poll_interval_seconds: float = 2.0
+    start_height: int | None = None  # None: start at the node's tip on the very first run
+    asset: str = "XMR"
+    kind: str = "monero"
+    decimals: int = 12
+    coin: str = "monero"
+
+    def address_deriver(self) -> xmr_crypto.MoneroDeriver:
+        spend_public = xmr_crypto.decode_address(self.primary_address).spend_public
+        return xmr_crypto.MoneroDeriver(self.view_key, spend_public, self.network.name, self.account)
+
+
+ChainConfig = BitcoinChainConfig | EthereumChainConfig | MoneroChainConfig  # grows as other chain kinds land
 
 
 @dataclass(frozen=True)
@@ -107,6 +189,7 @@ class Config:
     log: LogConfig
     chains: dict[str, ChainConfig]
     metrics: MetricsConfig | None = None  # Prometheus listener; absent table: no listener
+    mqtt: MqttConfig | None = None  # absent table: no MQTT publishing
 
 
 def load(path: str | Path) -> Config:
@@ -130,11 +213,12 @@ def load(path: str | Path) -> Config:
     webhook = _webhook(root.table("webhook")) if root.present("webhook") else None
     log = _log(root.table("log"))
     metrics = _metrics(root.table("metrics")) if root.present("metrics") else None
+    mqtt = _mqtt(root.table("mqtt")) if root.present("mqtt") else None
     chains = _chains(root.table("chains"))
     root.finish()
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains, metrics=metrics)
+    return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains, metrics=metrics, mqtt=mqtt)
 
 
 class _Context:
@@ -365,6 +449,33 @@ def _metrics(t: _Table) -> MetricsConfig:
     return MetricsConfig(host=host, port=port)
 
 
+_TOPIC_PREFIX = re.compile(r"[A-Za-z0-9_\-/.]{1,100}")
+
+
+def _mqtt(t: _Table) -> MqttConfig:
+    url = t.text("url", default="mqtt://127.0.0.1:1883")
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or not port_ok:
+        t.problem("url", "must be mqtt://host[:port] or mqtts://host[:port]")
+    elif parts.username or parts.password:
+        t.problem("url", "must not contain credentials; use username + password(_file)")
+    prefix = t.text("topic_prefix", default="watcherd")
+    if not _TOPIC_PREFIX.fullmatch(prefix) or prefix.startswith("/") or prefix.endswith("/") or "+" in prefix:
+        t.problem("topic_prefix", "must be a plain MQTT topic prefix such as watcherd or billing/crypto")
+    username = t.optional_text("username")
+    password = t.secret("password", required=False)
+    if password is not None and username is None:
+        t.problem("username", "is required when a password is set")
+    mqtt = MqttConfig(url=url, topic_prefix=prefix, username=username, password=password,
+                      client_id=t.optional_text("client_id"))
+    t.finish()
+    return mqtt
+
+
 def _webhook(t: _Table) -> WebhookConfig:
     url = t.text("url")
     if url and not _is_http_url(url):
@@ -497,8 +608,144 @@ def _bitcoin_chain(t: _Table, name: str) -> BitcoinChainConfig | None:
     return chain if t.finish() and network is not None and xpub is not None else None
 
 
+_WS_URL = re.compile(r"wss?://\S+")
+_TOKEN_SYMBOL = re.compile(r"[A-Za-z0-9.]{1,16}")
+
+
+def _ethereum_chain(t: _Table, name: str) -> EthereumChainConfig | None:
+    ws_url = t.text("ws_url")
+    if ws_url and not _WS_URL.fullmatch(ws_url):
+        t.problem("ws_url", "must be a websocket URL, ws:// or wss:// (the node's websocket JSON-RPC)")
+    chain_id = t.integer("chain_id", None, lambda x: x >= 1, "an integer ≥ 1 (1 = Ethereum mainnet)")
+    xpub = t.secret("xpub")
+    if xpub is not None:
+        try:
+            eth_address.EthDeriver(xpub)
+        except ValueError as e:
+            t.problem(t.secret_key("xpub"), str(e))
+            xpub = None
+    finality = t.choice("finality", ("finalized",), default="") or None
+    if finality is not None and t.present("confirmations"):
+        t.problem("finality", "set confirmations or finality = \"finalized\", not both")
+    confirmations = t.integer("confirmations", 12, lambda x: x >= 1, "an integer ≥ 1")
+    asset = t.text("asset", default="ETH")
+    tokens: list[EthToken] = []
+    raw_tokens = t._raw("tokens")
+    if raw_tokens is not _ABSENT and raw_tokens is not _REFUSED:
+        if not isinstance(raw_tokens, list):
+            t.problem("tokens", "must be an array of tables: [[chains.NAME.tokens]] symbol, contract, decimals")
+            raw_tokens = []
+        for i, item in enumerate(raw_tokens):
+            if not isinstance(item, dict):
+                t.problem(f"tokens[{i}]", "must be a table with symbol, contract, decimals")
+                continue
+            tt = _Table(t.ctx, t.dotted(f"tokens[{i}]"), item)
+            symbol = tt.text("symbol")
+            if symbol and not _TOKEN_SYMBOL.fullmatch(symbol):
+                tt.problem("symbol", "must be 1-16 letters, digits or dots")
+            elif symbol and (symbol == asset or symbol in {tok.symbol for tok in tokens}):
+                tt.problem("symbol", f"{symbol!r} is already an asset of this chain")
+            contract = tt.text("contract")
+            if contract:
+                try:
+                    contract = eth_address.to_checksum(eth_address.parse_address(contract))
+                except ValueError as e:
+                    tt.problem("contract", str(e))
+                    contract = ""
+            if contract and contract in {tok.contract for tok in tokens}:
+                tt.problem("contract", "is listed twice")
+            decimals = tt.integer("decimals", None, lambda x: 0 <= x <= 36, "an integer 0 ≤ x ≤ 36")
+            if tt.finish() and symbol and contract:
+                tokens.append(EthToken(symbol=symbol, contract=contract, decimals=decimals))
+    tolerance = t.number("underpaid_tolerance_percent", 0, lambda x: 0 <= x < 100, "a number 0 ≤ x < 100")
+    chain = EthereumChainConfig(
+        name=name,
+        ws_url=ws_url,
+        chain_id=chain_id,
+        xpub=xpub or "",
+        confirmations=confirmations,
+        finality=finality,
+        tokens=tuple(tokens),
+        asset=asset,
+        underpaid_tolerance_percent=Decimal(str(tolerance)),
+        invoice_expiry_seconds=t.integer("invoice_expiry_seconds", 900, lambda x: x >= 60, "an integer ≥ 60"),
+        start_height=t.optional_integer("start_height", lambda x: x >= 0, "an integer ≥ 0"),
+    )
+    return chain if t.finish() and xpub is not None and chain_id else None
+
+
+def _monero_chain(t: _Table, name: str) -> MoneroChainConfig | None:
+    network_name = t.choice("network", ("mainnet", "stagenet", "testnet", "regtest"))
+    network = MoneroNetwork("mainnet" if network_name == "regtest" else network_name)
+    rpc_url = t.text("rpc_url")
+    if rpc_url and not _is_http_url(rpc_url):
+        t.problem("rpc_url", "must be an http:// or https:// URL (monerod's RPC, e.g. http://127.0.0.1:18081)")
+    rpc_user = t.optional_text("rpc_user")
+    rpc_password = t.secret("rpc_password", required=False)
+    if (rpc_user is None) != (rpc_password is None):
+        t.problem("rpc_user" if rpc_user is None else "rpc_password", "set rpc_user and rpc_password together "
+                  "(monerod --rpc-login user:password), or neither")
+    zmq_pub = t.optional_text("zmq_pub")
+    if zmq_pub is not None and not _ZMQ_ENDPOINT.fullmatch(zmq_pub):
+        t.problem("zmq_pub", "must be a ZMQ endpoint like tcp://127.0.0.1:18083 (monerod --zmq-pub)")
+    address_text = t.text("primary_address")
+    address = None
+    if address_text:
+        try:
+            address = xmr_crypto.decode_address(address_text)
+        except xmr_crypto.MoneroKeyError as e:
+            t.problem("primary_address", f"not a valid Monero address: {e}")
+        else:
+            if address.kind != "standard":
+                t.problem("primary_address", f"must be the wallet's primary address, not a {address.kind} address")
+                address = None
+            elif network_name and address.network != network.name:
+                t.problem("primary_address", f"is a {address.network} address, but network = {network_name!r}")
+                address = None
+    view_key = None
+    view_hex = t.secret("view_key")
+    if view_hex is not None:
+        source = t.secret_key("view_key")
+        try:
+            view_key = bytes.fromhex(view_hex.strip())
+            public = xmr_crypto.public_key(view_key)
+        except (ValueError, xmr_crypto.MoneroKeyError):
+            t.problem(source, "must be the 64-hex-digit private view key (monero-wallet-cli: viewkey)")
+            view_key = None
+        else:
+            if address is not None and public == address.spend_public:
+                t.problem(source, "refused: this is the wallet's private SPEND key, which can move the funds; "
+                          "watcherd is watch-only: give it the private VIEW key")
+                view_key = None
+            elif address is not None and public != address.view_public:
+                t.problem(source, "is not the private view key of primary_address (its public key differs)")
+                view_key = None
+    tolerance = t.number("underpaid_tolerance_percent", 0, lambda x: 0 <= x < 100, "a number 0 ≤ x < 100")
+    chain = MoneroChainConfig(
+        name=name,
+        network=network,
+        rpc_url=rpc_url,
+        rpc_user=rpc_user,
+        rpc_password=rpc_password,
+        zmq_pub=zmq_pub,
+        primary_address=address_text,
+        view_key=view_key or bytes(32),
+        account=t.integer("account", 0, lambda x: 0 <= x < 2**32, "an integer 0 ≤ x < 2^32"),
+        confirmations=t.integer("confirmations", 10, lambda x: x >= 1, "an integer ≥ 1"),
+        underpaid_tolerance_percent=Decimal(str(tolerance)),
+        invoice_expiry_seconds=t.integer("invoice_expiry_seconds", 900, lambda x: x >= 60, "an integer ≥ 60"),
+        poll_interval_seconds=t.number("poll_interval_seconds", 2.0, lambda x: x > 0, "a number > 0"),
+        start_height=t.optional_integer("start_height", lambda x: x >= 0, "an integer ≥ 0"),
+    )
+    return chain if t.finish() and address is not None and view_key is not None else None
+
+
 # One parser per chain kind; "ethereum" and "monero" slot in here.
-_CHAIN_KINDS: dict[str, Callable[[_Table, str], ChainConfig | None]] = {"bitcoin": _bitcoin_chain}
+_CHAIN_KINDS: dict[str, Callable[[_Table, str], ChainConfig | None]] = {
+    "bitcoin": _bitcoin_chain,
+    "ethereum": _ethereum_chain,
+    "monero": _monero_chain,
+}
 
 _ZMQ_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}|ipc://\S+")
 
@@ -570,7 +817,20 @@ def _private_material(value: str) -> str | None:
     # 12 is the shortest BIP39 mnemonic; more words (a typo'd or padded seed) are refused all the same.
     if len(words) >= 12 and all(w in _bip39_words() for w in words):
         return f"this is a BIP39 mnemonic ({len(words)} words)"
+    # Monero seeds: 25 words (24 + checksum word), 13 for MyMonero; legacy Electrum-style lists alike.
+    if len(words) >= 12 and all(w in _monero_words() for w in words):
+        return f"this is a Monero mnemonic seed ({len(words)} words)"
     return None
+
+
+@cache
+def _monero_words() -> frozenset[str]:
+    """Every word of every Monero seed wordlist the `monero` package ships, NFKD-normalised."""
+    from monero.wordlists import get_wordlist, list_wordlists
+
+    return frozenset(
+        unicodedata.normalize("NFKD", w).lower() for name in list_wordlists() for w in get_wordlist(name).word_list
+    )
 
 
 @cache

@@ -3,13 +3,15 @@
 One TaskGroup owns every long-running task. A task that dies of an unexpected error takes the daemon down
 (exit non-zero, systemd restarts it, the cursor and the outbox make that lossless) rather than limping on
 with a chain silently unwatched. SIGTERM sets a stop event: chain followers are cancelled between
-transactions, in-flight notifications get a bounded time to drain, the store is closed, exit 0.
+transactions, in-flight notifications get a bounded time to drain, the store is closed, exit 0. SIGHUP reloads
+the configuration; an invalid one is refused with a log line and the running one stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -17,11 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, metrics
+from . import __version__, logs, metrics, sdnotify
 from .api import make_app
 from .chains.base import ChainAdapter
 from .chains.bitcoin import BitcoinAdapter
-from .config import Config
+from .config import Config, load
+from .exceptions import ConfigError
+from .mqtt import MqttPublisher
 from .outbox import WebhookSender
 from .processor import Processor
 from .store import Store
@@ -35,6 +39,14 @@ READY_LAG_BLOCKS = 3
 def make_adapter(chain_config: Any) -> ChainAdapter:
     if chain_config.kind == "bitcoin":
         return BitcoinAdapter(chain_config)
+    if chain_config.kind == "ethereum":
+        from .chains.ethereum import EthereumAdapter
+
+        return EthereumAdapter(chain_config)
+    if chain_config.kind == "monero":
+        from .chains.monero import MoneroAdapter
+
+        return MoneroAdapter(chain_config)
     raise ValueError(f"chain kind {chain_config.kind!r} is not supported")
 
 
@@ -43,6 +55,10 @@ class Daemon:
         self.config = config
         self.stop = asyncio.Event()
         self.chains: dict[str, ChainAdapter] = {name: make_adapter(c) for name, c in config.chains.items()}
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self.webhooks: WebhookSender | None = None
+        self.mqtt: MqttPublisher | None = None
 
     async def readiness(self) -> dict[str, Any]:
         chains = {}
@@ -62,41 +78,48 @@ class Daemon:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         store = await Store.open(self.config.store.path)
-        transports = ["webhook"] if self.config.webhook else []
+        transports = [t for t, on in (("webhook", self.config.webhook), ("mqtt", self.config.mqtt)) if on]
         self.processor = Processor(store, self.chains, transports)
         await self.processor.start()
-        host, port = self.config.api.host, self.config.api.port
         runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness),
                                access_log=None, handle_signals=False)
-        await runner.setup()
         metrics_runner = web.AppRunner(metrics.make_app(store, tuple(transports)), access_log=None,
                                        handle_signals=False)
+        await runner.setup()
         await metrics_runner.setup()
-        sender = None
         if self.config.webhook is not None:
-            sender = WebhookSender(store, self.config.webhook, self.processor.outbox_wakeup)
+            self.webhooks = WebhookSender(store, self.config.webhook, self.processor.outbox_listener())
+        if self.config.mqtt is not None:
+            self.mqtt = MqttPublisher(store, self.config.mqtt, self.processor.outbox_listener(),
+                                      self.processor.invoice_json)
+        senders = [s for s in (self.webhooks, self.mqtt) if s is not None]
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, self.config.api.host, self.config.api.port).start()
             if self.config.metrics is not None:
                 await web.TCPSite(metrics_runner, self.config.metrics.host, self.config.metrics.port).start()
-                log.info("metrics on http://%s/metrics", self.config.metrics.listen)
-            log.info("watcherd %s: API on http://%s:%d, chains: %s", __version__, host, port,
+            log.info("watcherd %s: API on http://%s, metrics %s, chains: %s", __version__, self.config.api.listen,
+                     f"on http://{self.config.metrics.listen}/metrics" if self.config.metrics else "off",
                      ", ".join(self.chains) or "none")
             async with asyncio.TaskGroup() as group:
-                followers = [group.create_task(chain.run(self.processor), name=f"chain:{name}")
-                             for name, chain in self.chains.items()]
-                expiry = group.create_task(self._expire_loop(), name="expiry")
-                delivery = group.create_task(sender.run(self.stop), name="webhooks") if sender else None
+                self._group = group
+                for name in self.chains:
+                    self._start_follower(name)
+                background = [group.create_task(self._expire_loop(), name="expiry"),
+                              group.create_task(self._supervise(), name="supervisor")]
+                deliveries = [group.create_task(s.run(self.stop), name=s.transport) for s in senders]
+                sdnotify.notify("READY=1", f"STATUS={await self._status()}")
                 await self.stop.wait()
+                sdnotify.notify("STOPPING=1", "STATUS=stopping: draining notifications")
                 log.info("stopping: no new work; draining notifications for up to %.0f s", DRAIN_SECONDS)
-                for task in [*followers, expiry]:
+                for task in [*self._followers.values(), *background]:
                     task.cancel()
-                if delivery is not None:
-                    await delivery
-            if sender is not None:
-                await sender.drain(time.time() + DRAIN_SECONDS)
+                for task in deliveries:
+                    await task
+            deadline = time.time() + DRAIN_SECONDS
+            await asyncio.gather(*(s.drain(deadline) for s in senders))
         finally:
             await runner.cleanup()
             await metrics_runner.cleanup()
@@ -106,9 +129,83 @@ class Daemon:
             await store.close()
         log.info("stopped cleanly")
 
-    def _on_signal(self, signum: int) -> None:
+    def _start_follower(self, name: str) -> None:
+        assert self._group is not None
+        self._followers[name] = self._group.create_task(self.chains[name].run(self.processor), name=f"chain:{name}")
+
+    def _on_stop_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
         self.stop.set()
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply a new configuration if it is valid; otherwise log why and keep the running one."""
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = await asyncio.to_thread(load, self.config.path)
+        except ConfigError as exc:
+            for file, key, message in exc.problems:
+                log.error("reload refused, the running configuration stays: %s: %s: %s", file, key, message)
+            sdnotify.notify("READY=1")
+            return False
+        old = self.config
+        for part in ("store", "api", "metrics"):
+            if getattr(new, part) != getattr(old, part):
+                log.warning("[%s] changed: that takes effect at the next restart", part)
+        if (new.webhook is None) != (old.webhook is None) or (new.mqtt is None) != (old.mqtt is None):
+            log.warning("adding or removing [webhook] or [mqtt] takes effect at the next restart")
+        if self.webhooks is not None and new.webhook is not None:
+            self.webhooks.config = new.webhook
+        if self.mqtt is not None and new.mqtt is not None:
+            self.mqtt.config = new.mqtt  # used from the next (re)connection
+        logs.setup(new.log.level, new.log.format)
+        for name in sorted(set(old.chains) | set(new.chains)):
+            if old.chains.get(name) == new.chains.get(name):
+                continue
+            follower = self._followers.pop(name, None)
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+                with contextlib.suppress(Exception):
+                    await self.chains[name].close()  # type: ignore[attr-defined]
+                del self.chains[name]
+            if name in new.chains:
+                self.chains[name] = make_adapter(new.chains[name])
+                await self.processor.load_chain(name)
+                self._start_follower(name)
+            log.info("chain %s %s", name, "reconfigured" if name in new.chains else "removed",
+                     extra={"chain": name})
+        self.config = dataclasses.replace(new, store=old.store, api=old.api, metrics=old.metrics,
+                                          webhook=new.webhook if old.webhook else None,
+                                          mqtt=new.mqtt if old.mqtt else None)
+        log.info("configuration reloaded from %s", new.path)
+        sdnotify.notify("READY=1", f"STATUS={await self._status()}")
+        return True
+
+    async def _status(self) -> str:
+        parts = []
+        for name, chain in self.chains.items():
+            cursor = await self.processor.store.cursor(name)
+            tip = getattr(chain, "node_tip", None)
+            if not getattr(chain, "connected", False):
+                parts.append(f"{name}: node unreachable")
+            elif cursor is None or tip is None:
+                parts.append(f"{name}: syncing")
+            else:
+                parts.append(f"{name}: height {cursor.height}, lag {max(0, tip - cursor.height)}")
+        pending = sum(count for _, count, _ in await self.processor.store.pending_deliveries())
+        return "; ".join(parts + [f"{pending} notification(s) pending"])
+
+    async def _supervise(self) -> None:
+        """Ping the systemd watchdog only while every chain follower is alive; refresh STATUS=."""
+        interval = sdnotify.watchdog_interval()
+        while True:
+            alive = all(not task.done() for task in self._followers.values())
+            states = [f"STATUS={await self._status()}"]
+            if interval is not None and alive:
+                states.append("WATCHDOG=1")
+            sdnotify.notify(*states)
+            await asyncio.sleep(min(interval or 5.0, 5.0))
 
     async def _expire_loop(self) -> None:
         while True:

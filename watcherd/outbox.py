@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from . import metrics
+from .retry import sleep_unless
 from .store import Delivery, Store
 
 if TYPE_CHECKING:
@@ -82,15 +83,10 @@ class WebhookSender:
                 pass
 
     async def _sleep_until_due(self, stop: asyncio.Event) -> None:
+        self.wakeup.clear()  # before reading the store: an event queued after the read still wakes us
         next_at = await self.store.next_delivery_time(self.transport)
         wait = 5.0 if next_at is None else max(0.0, min(5.0, next_at - self.clock()))
-        self.wakeup.clear()
-        waiters = [asyncio.ensure_future(self.wakeup.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await sleep_unless(wait, stop, self.wakeup)
 
     async def deliver_due(self, session: aiohttp.ClientSession) -> int:
         due = await self.store.due_deliveries(self.transport, self.clock())

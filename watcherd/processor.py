@@ -45,20 +45,33 @@ class Processor:
         self.chains = chains
         self.transports = tuple(transports)
         self.clock = clock
-        self.outbox_wakeup = asyncio.Event()
+        self.outbox_listeners: list[asyncio.Event] = []  # one per transport: set when events are queued
         self.tips: dict[str, int] = {}
 
+    def outbox_listener(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self.outbox_listeners.append(event)
+        return event
+
+    def wake_outbox(self) -> None:
+        for event in self.outbox_listeners:
+            event.set()
+
     async def start(self) -> None:
-        """Load every chain's watched keys and live spends into memory."""
-        for name, chain in self.chains.items():
-            async with self.store.transaction():
-                await self.store.ensure_chain(name)
-            chain.watchlist.keys.update(await self.store.watch_keys(name))
-            for outpoint, txid in await self.store.spends(name):
-                chain.watchlist.spends[outpoint] = txid
-            cursor = await self.store.cursor(name)
-            self.tips[name] = cursor.height if cursor else 0
-            metrics.WATCHED_ADDRESSES.labels(name).set(len(chain.watchlist.keys))
+        for name in self.chains:
+            await self.load_chain(name)
+
+    async def load_chain(self, name: str) -> None:
+        """Load a chain's watched keys and live spends into its adapter's memory."""
+        chain = self.chains[name]
+        async with self.store.transaction():
+            await self.store.ensure_chain(name)
+        chain.watchlist.keys.update(await self.store.watch_keys(name))
+        for outpoint, txid in await self.store.spends(name):
+            chain.watchlist.spends[outpoint] = txid
+        cursor = await self.store.cursor(name)
+        self.tips[name] = cursor.height if cursor else 0
+        metrics.WATCHED_ADDRESSES.labels(name).set(len(chain.watchlist.keys))
 
     # --- invoices -----------------------------------------------------------------------------------
 
@@ -98,7 +111,7 @@ class Processor:
                 "funds sent past them; raise the wallet's gap limit", unused, GAP_LIMIT,
                 extra={"chain": chain_name, "invoice_id": invoice.id},
             )
-        self.outbox_wakeup.set()
+        self.wake_outbox()
         return await self.invoice_json(invoice.id)  # type: ignore[return-value]
 
     async def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
@@ -114,7 +127,7 @@ class Processor:
                     cancelled_at=int(self.clock()), digest=invoice.digest, now=int(self.clock()),
                 )
                 await self._reassess(invoice_id)
-        self.outbox_wakeup.set()
+        self.wake_outbox()
         return await self.invoice_json(invoice_id)  # type: ignore[return-value]
 
     async def invoice_json(self, invoice_id: str) -> dict[str, Any] | None:
@@ -228,7 +241,7 @@ class Processor:
             async with self.store.transaction():
                 for invoice_id in due:
                     await self._reassess(invoice_id)
-            self.outbox_wakeup.set()
+            self.wake_outbox()
         return len(due)
 
     # --- what adapters report -----------------------------------------------------------------------
@@ -276,7 +289,7 @@ class Processor:
             for invoice_id in touched:
                 await self._reassess(invoice_id)
         self._refresh_spends(chain, tx)
-        self.outbox_wakeup.set()
+        self.wake_outbox()
 
     async def block_connected(self, chain_name: str, block: ChainBlock) -> None:
         """A block joined the main chain on top of the cursor: record it and advance the cursor with it."""
@@ -292,7 +305,7 @@ class Processor:
                 await self._reassess(invoice_id)
         for tx in block.txs:
             self._refresh_spends(chain, tx)
-        self.outbox_wakeup.set()
+        self.wake_outbox()
 
     async def block_disconnected(self, chain_name: str, height: int, block_hash: str, parent: Cursor) -> None:
         """The block at the cursor left the main chain: undo it and move the cursor to its parent."""
@@ -306,7 +319,7 @@ class Processor:
         log.warning(
             "block %d %s disconnected (reorg)", height, block_hash, extra={"chain": chain_name}
         )
-        self.outbox_wakeup.set()
+        self.wake_outbox()
 
     async def set_cursor(self, chain_name: str, cursor: Cursor) -> None:
         """Where a chain starts on its very first run (nothing was issued before it)."""
@@ -330,4 +343,4 @@ class Processor:
                 await self._reassess(invoice_id)
         for outpoint in [o for o, t in chain.watchlist.spends.items() if t in dropped]:
             del chain.watchlist.spends[outpoint]
-        self.outbox_wakeup.set()
+        self.wake_outbox()

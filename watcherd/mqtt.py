@@ -1,0 +1,122 @@
+"""MQTT publishing from the same durable outbox as the webhooks.
+
+Each event goes to `<prefix>/events/<chain>` (QoS 1), and the invoice's state as the API shows it to
+`<prefix>/invoices/<id>` (QoS 1, retained), so a consumer that connects late reads every invoice's latest
+state from the broker. A delivery row is marked done only after the broker acknowledged both (PUBACK); a broker
+restart in between means the event is published again with the same event id (at-least-once, like webhooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from . import metrics
+from .outbox import retry_delay
+from .retry import backoff, sleep_unless
+from .store import Delivery, Store
+
+if TYPE_CHECKING:
+    from .config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT = 10.0
+
+
+class MqttPublisher:
+    transport = "mqtt"
+
+    def __init__(
+        self, store: Store, config: MqttConfig, wakeup: asyncio.Event,
+        invoice_json: Callable[[str], Awaitable[dict[str, Any] | None]], clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.config = config
+        self.wakeup = wakeup
+        self.invoice_json = invoice_json
+        self.clock = clock
+        self.connected = False
+
+    def _client(self) -> aiomqtt.Client:
+        url = urlsplit(self.config.url)
+        tls = ssl.create_default_context() if url.scheme == "mqtts" else None
+        return aiomqtt.Client(
+            url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883), username=self.config.username,
+            password=self.config.password, identifier=self.config.client_id, tls_context=tls, timeout=10,
+            clean_session=True,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delays = backoff(first=1.0, cap=60.0)
+        while not stop.is_set():
+            try:
+                async with self._client() as client:
+                    self.connected = True
+                    metrics.RECONNECTS.labels("mqtt").inc()
+                    log.info("MQTT connected to %s", self.config.url_without_credentials)
+                    delays = backoff(first=1.0, cap=60.0)
+                    while not stop.is_set():
+                        if not await self.publish_due(client):
+                            await self._sleep(stop)
+            except aiomqtt.MqttError as exc:
+                self.connected = False
+                delay = next(delays)
+                log.warning("MQTT %s: %s; reconnecting in %.1f s", self.config.url_without_credentials, exc, delay)
+                await sleep_unless(delay, stop)
+        self.connected = False
+
+    async def drain(self, deadline: float) -> None:
+        """Publish what is due now, for at most until `deadline` (graceful shutdown)."""
+        if not await self.store.due_deliveries(self.transport, self.clock(), limit=1):
+            return
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(max(0.1, deadline - self.clock())), self._client() as client:
+                while self.clock() < deadline and await self.publish_due(client):
+                    pass
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        self.wakeup.clear()  # before reading the store: an event queued after the read still wakes us
+        next_at = await self.store.next_delivery_time(self.transport)
+        wait = 5.0 if next_at is None else max(0.0, min(5.0, next_at - self.clock()))
+        await sleep_unless(wait, stop, self.wakeup)
+
+    async def publish_due(self, client: aiomqtt.Client) -> int:
+        due = await self.store.due_deliveries(self.transport, self.clock())
+        for delivery in due:
+            await self._publish(client, delivery)
+        return len(due)
+
+    async def _publish(self, client: aiomqtt.Client, delivery: Delivery) -> None:
+        event = json.loads(delivery.payload)
+        invoice = event["invoice"]
+        prefix = self.config.topic_prefix
+        try:
+            await client.publish(f"{prefix}/events/{invoice['chain']}", delivery.payload, qos=1,
+                                 timeout=PUBLISH_TIMEOUT)
+            current = await self.invoice_json(delivery.invoice_id) or invoice
+            await client.publish(f"{prefix}/invoices/{delivery.invoice_id}", json.dumps(current), qos=1,
+                                 retain=True, timeout=PUBLISH_TIMEOUT)
+        except aiomqtt.MqttError as exc:
+            metrics.DELIVERY_FAILURES.labels(self.transport).inc()
+            async with self.store.transaction():
+                await self.store.mark_attempt_failed(
+                    self.transport, delivery.event_seq, f"MQTT: {exc}",
+                    self.clock() + retry_delay(delivery.attempts + 1), None,
+                )
+            raise
+        now = self.clock()
+        async with self.store.transaction():
+            await self.store.mark_delivered(self.transport, delivery.event_seq, int(now))
+        metrics.DELIVERED.labels(self.transport).inc()
+        metrics.DELIVERY_LATENCY.labels(self.transport).observe(max(0.0, now - delivery.created_at))
+
