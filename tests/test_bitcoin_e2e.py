@@ -69,6 +69,17 @@ def test_exact_payment_over_zmq(bsv_node, daemon_factory, receiver):
     assert [e["type"] for e in events] == ["invoice.created", "invoice.processing", "invoice.paid"]
     assert events[-1]["invoice"]["payments"][0]["txid"] == txid
     assert receiver.rejected == 0
+    # what an SRE's scrape shows at this point
+    tip = bsv_node.tip()[0]
+    assert daemon.metric("watcherd_node_tip_height", chain="btc") == tip
+    assert daemon.metric("watcherd_processed_height", chain="btc") == tip
+    assert daemon.metric("watcherd_lag_blocks", chain="btc") == 0
+    assert daemon.metric("watcherd_node_up", chain="btc") == 1
+    assert daemon.metric("watcherd_invoices", chain="btc", status="paid") == 1
+    assert daemon.metric("watcherd_notifications_delivered_total", transport="webhook") == 3
+    assert daemon.metric("watcherd_notifications_pending", transport="webhook") == 0
+    assert daemon.metric("watcherd_detection_latency_seconds_count", chain="btc") >= 2
+    assert daemon.metric("watcherd_delivery_latency_seconds_count", transport="webhook") == 3
 
 
 def test_exact_payment_by_polling_bech32(ltc_node, daemon_factory, receiver):
