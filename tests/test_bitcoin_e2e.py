@@ -260,3 +260,22 @@ def test_garbage_rpc_answers_are_counted_and_survived(tmp_path, daemon_factory):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_reorg_while_the_daemon_is_down(bsv_node, daemon_factory, receiver):
+    """The block holding a payment is replaced while watcherd is down: on restart it walks back from its
+    cursor to the common ancestor, undoes the block, and re-applies the new chain."""
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1))
+    invoice = daemon.create_invoice("btc", "0.05")
+    txid = bsv_node.pay(invoice["address"], "0.05")
+    first_block = bsv_node.mine(1)[0]
+    daemon.wait_status(invoice["id"], "paid")
+    daemon.kill()
+    bsv_node.invalidate(first_block)
+    bsv_node.mine(3)  # a longer chain that includes the payment again, in another block
+    daemon.start()
+    wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "paid", "processing", "paid"])
+    paid = daemon.invoice(invoice["id"])
+    assert paid["status"] == "paid" and paid["payments"][0]["txid"] == txid
+    assert paid["payments"][0]["block_hash"] != first_block
+    assert daemon.metric("watcherd_reorgs_total", chain="btc") == 1

@@ -209,22 +209,30 @@ class BitcoinAdapter:
         self.connected = True
         metrics.NODE_UP.labels(self.name).set(1)
 
+    async def _node_tip(self) -> int:
+        self.node_tip = int(await self._rpc.call("getblockcount"))
+        metrics.NODE_TIP.labels(self.name).set(self.node_tip)
+        return self.node_tip
+
     async def catch_up(self, processor: Processor) -> None:
-        while True:
-            tip_height = int(await self._rpc.call("getblockcount"))
-            self.node_tip = tip_height
-            metrics.NODE_TIP.labels(self.name).set(tip_height)
-            cursor = await processor.store.cursor(self.name)
-            if cursor is None:
-                start = tip_height if self.config.start_height is None else min(self.config.start_height, tip_height)
-                cursor = Cursor(start, await self._rpc.call("getblockhash", start))
-                await processor.set_cursor(self.name, cursor)
-                log.info("first run: scanning from block %d", start, extra={"chain": self.name})
-            cursor = await self._walk_back_reorg(processor, cursor, tip_height)
+        tip_height = await self._node_tip()
+        cursor = await processor.store.cursor(self.name)
+        if cursor is None:
+            start = tip_height if self.config.start_height is None else min(self.config.start_height, tip_height)
+            cursor = Cursor(start, await self._rpc.call("getblockhash", start))
+            await processor.set_cursor(self.name, cursor)
+            log.info("first run: scanning from block %d", start, extra={"chain": self.name})
+        cursor = await self._walk_back_reorg(processor, cursor, tip_height)
+        while cursor.height < tip_height:
+            connected = await self._connect_next(processor, cursor)
+            if connected is None:  # the chain changed under us: back to the common ancestor
+                tip_height = await self._node_tip()
+                cursor = await self._walk_back_reorg(processor, cursor, tip_height)
+                continue
+            cursor = connected
+            metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
             if cursor.height >= tip_height:
-                break
-            if not await self._connect_next(processor, cursor):
-                continue  # the chain changed under us: start over from the cursor
+                tip_height = await self._node_tip()  # blocks found while we were catching up
         metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
         metrics.LAG.labels(self.name).set(max(0, tip_height - cursor.height))
 
@@ -256,7 +264,8 @@ class BitcoinAdapter:
             self._mempool_stale = True  # disconnected transactions went back to the mempool
         return cursor
 
-    async def _connect_next(self, processor: Processor, cursor: Cursor) -> bool:
+    async def _connect_next(self, processor: Processor, cursor: Cursor) -> Cursor | None:
+        """Connect the block after `cursor`; None when it does not build on the cursor (a reorg under us)."""
         height = cursor.height + 1
         block_hash = await self._rpc.call("getblockhash", height)
         raw_hex = await self._rpc.call("getblock", block_hash, 0)
@@ -269,14 +278,14 @@ class BitcoinAdapter:
         if block.hash != block_hash:
             raise NodeProtocolError(f"block {height}: node sent {block.hash} for {block_hash}")
         if block.prev_hash != cursor.hash:
-            return False
+            return None
         txs = tuple(tx for scanned in block.txs if (tx := self._chain_tx(scanned)) is not None)
         await processor.block_connected(self.name, ChainBlock(height, block.hash, block.prev_hash, txs))
         metrics.BLOCKS.labels(self.name).inc()
         metrics.TXS.labels(self.name, "block").inc(len(block.txs))
         if txs:
             metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - started)
-        return True
+        return Cursor(height, block.hash)
 
     async def sync_mempool(self, processor: Processor) -> None:
         """Fetch and match the mempool transactions not seen yet (a diff: cheap even on a busy node)."""
