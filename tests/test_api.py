@@ -99,3 +99,17 @@ async def test_amount_atomic_and_cancel_conflict(client):
     await client.post(f"/v1/invoices/{created['id']}/cancel", headers=AUTH)
     again = await client.post(f"/v1/invoices/{created['id']}/cancel", headers=AUTH)
     assert again.status == 200  # idempotent
+
+
+async def test_idempotency_key_replays_instead_of_burning_an_address(client):
+    """A billing system retrying a create after a timeout must get the same invoice, not a second address."""
+    body = {"chain": "btc", "amount": "0.5", "order_id": "A-9"}
+    headers = {**AUTH, "Idempotency-Key": "order-A-9-attempt"}
+    first = await client.post("/v1/invoices", json=body, headers=headers)
+    again = await client.post("/v1/invoices", json=body, headers=headers)
+    assert (first.status, again.status) == (201, 200)
+    assert (await first.json())["id"] == (await again.json())["id"]
+    different = await client.post("/v1/invoices", json={**body, "amount": "0.6"}, headers=headers)
+    assert different.status == 409 and (await different.json())["error"]["field"] == "Idempotency-Key"
+    listed = await (await client.get("/v1/invoices", headers=AUTH)).json()
+    assert len(listed["invoices"]) == 1

@@ -140,11 +140,18 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
 async def create_invoice(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     params = _parse_invoice_request(await _json_body(request), processor)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise error(400, "invalid_field", "must be 1 to 200 characters", "Idempotency-Key")
+    # a replayed request gets the invoice it created the first time, with 200 instead of 201
+    replayed = key is not None and await processor.store.invoice_by_idempotency_key(key) is not None
     try:
-        invoice = await processor.create_invoice(**params)
+        invoice = await processor.create_invoice(**params, idempotency_key=key)
     except InvoiceError as exc:
-        raise error(400, "invalid_field", str(exc), exc.field) from None
-    return web.json_response(invoice, status=201, headers={"Location": f"/v1/invoices/{invoice['id']}"})
+        status = 409 if exc.field == "Idempotency-Key" else 400
+        raise error(status, "conflict" if status == 409 else "invalid_field", str(exc), exc.field) from None
+    return web.json_response(invoice, status=200 if replayed else 201,
+                             headers={"Location": f"/v1/invoices/{invoice['id']}"})
 
 
 async def show_invoice(request: web.Request) -> web.Response:

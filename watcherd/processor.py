@@ -77,8 +77,10 @@ class Processor:
 
     async def create_invoice(
         self, chain_name: str, amount: int, *, asset: str | None = None, order_id: str | None = None,
-        expires_in: int | None = None, metadata: dict[str, Any] | None = None,
+        expires_in: int | None = None, metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """A new invoice with a fresh address; with an `idempotency_key` seen before, the invoice it created
+        (a retried request must not burn a second address), or InvoiceError if the request differs."""
         chain = self.chains.get(chain_name)
         if chain is None:
             raise InvoiceError("chain", f"unknown chain {chain_name!r}; configured: {sorted(self.chains)}")
@@ -88,7 +90,14 @@ class Processor:
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
         now = int(self.clock())
+        request_digest = json.dumps([chain_name, asset, amount, order_id, expires_in, metadata], sort_keys=True)
         async with self.store.transaction():
+            if idempotency_key is not None:
+                earlier = await self.store.invoice_by_idempotency_key(idempotency_key)
+                if earlier is not None:
+                    if earlier.request_digest != request_digest:
+                        raise InvoiceError("Idempotency-Key", "was already used for a different request")
+                    return await self.invoice_json(earlier.id)  # type: ignore[return-value]
             index = await self.store.allocate_address_index(chain_name)
             address, key = chain.derive(index)
             invoice = InvoiceRow(
@@ -97,7 +106,8 @@ class Processor:
                 tolerance_percent=chain.underpaid_tolerance_percent, status=Status.UNPAID, exception=None,
                 order_id=order_id, metadata=metadata or {}, created_at=now,
                 expires_at=now + (expires_in if expires_in is not None else chain.invoice_expiry_seconds),
-                cancelled_at=None, paid_at=None, updated_at=now,
+                cancelled_at=None, paid_at=None, updated_at=now, idempotency_key=idempotency_key,
+                request_digest=request_digest,
             )
             await self.store.insert_invoice(invoice)
             await self._reassess(invoice.id, force_type="invoice.created")
@@ -264,6 +274,7 @@ class Processor:
                 block.height if block else None, block.hash if block else None,
             )
             touched.add(invoice.id)
+            await self.store.mark_address_used(chain.name, invoice.derivation_index)
             log.info(
                 "payment %s:%d of %d to invoice %s%s", tx.txid, output.vout, output.amount, invoice.id,
                 f" in block {block.height}" if block else " (unconfirmed)",

@@ -29,7 +29,8 @@ SCHEMA = [
         name TEXT PRIMARY KEY,
         cursor_height INTEGER,
         cursor_hash TEXT,
-        next_address_index INTEGER NOT NULL DEFAULT 0
+        next_address_index INTEGER NOT NULL DEFAULT 0,
+        last_used_index INTEGER NOT NULL DEFAULT -1  -- highest derivation index that ever received funds
     );
     -- recent blocks of the main chain as we processed them: the reorg walk-back compares against these
     CREATE TABLE blocks (
@@ -51,6 +52,8 @@ SCHEMA = [
         status TEXT NOT NULL,
         exception TEXT,
         order_id TEXT,
+        idempotency_key TEXT UNIQUE,  -- the API's Idempotency-Key: a retried create returns the same invoice
+        request_digest TEXT,
         metadata TEXT NOT NULL DEFAULT '{}',
         created_at INTEGER NOT NULL,
         expires_at INTEGER NOT NULL,
@@ -139,6 +142,8 @@ class InvoiceRow:
     paid_at: int | None
     updated_at: int
     digest: str = ""
+    idempotency_key: str | None = None
+    request_digest: str | None = None
 
     @property
     def terms(self) -> Terms:
@@ -192,6 +197,8 @@ def _invoice(row: sqlite3.Row) -> InvoiceRow:
         paid_at=row["paid_at"],
         updated_at=row["updated_at"],
         digest=row["digest"],
+        idempotency_key=row["idempotency_key"],
+        request_digest=row["request_digest"],
     )
 
 
@@ -321,13 +328,13 @@ class Store:
 
     async def unused_address_run(self, chain: str) -> int:
         """How many of the newest issued addresses in a row have never received anything."""
-        row = await self._one(
-            """SELECT COUNT(*) FROM invoices WHERE chain = ? AND derivation_index > COALESCE(
-                   (SELECT MAX(i.derivation_index) FROM invoices i JOIN payments p ON p.invoice_id = i.id
-                    WHERE i.chain = ?), -1)""",
-            (chain, chain),
-        )
+        row = await self._one("SELECT next_address_index - 1 - last_used_index FROM chains WHERE name = ?", (chain,))
         return int(row[0]) if row else 0
+
+    async def mark_address_used(self, chain: str, derivation_index: int) -> None:
+        await self._write(
+            "UPDATE chains SET last_used_index = MAX(last_used_index, ?) WHERE name = ?", (derivation_index, chain)
+        )
 
     # --- invoices -----------------------------------------------------------------------------------
 
@@ -335,13 +342,13 @@ class Store:
         await self._write(
             """INSERT INTO invoices (id, chain, asset, address, watch_key, derivation_index, amount,
                    confirmations_required, tolerance_percent, status, exception, order_id, metadata,
-                   created_at, expires_at, cancelled_at, paid_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   created_at, expires_at, cancelled_at, paid_at, updated_at, idempotency_key, request_digest)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 inv.id, inv.chain, inv.asset, inv.address, inv.watch_key, inv.derivation_index, str(inv.amount),
                 inv.confirmations_required, str(inv.tolerance_percent), inv.status.value, inv.exception,
                 inv.order_id, json.dumps(inv.metadata), inv.created_at, inv.expires_at, inv.cancelled_at,
-                inv.paid_at, inv.updated_at,
+                inv.paid_at, inv.updated_at, inv.idempotency_key, inv.request_digest,
             ),
         )
 
@@ -354,6 +361,10 @@ class Store:
                    updated_at = ? WHERE id = ?""",
             (status.value, exception, paid_at, cancelled_at, digest, now, invoice_id),
         )
+
+    async def invoice_by_idempotency_key(self, key: str) -> InvoiceRow | None:
+        row = await self._one("SELECT * FROM invoices WHERE idempotency_key = ?", (key,))
+        return _invoice(row) if row else None
 
     async def invoice(self, invoice_id: str) -> InvoiceRow | None:
         row = await self._one("SELECT * FROM invoices WHERE id = ?", (invoice_id,))
