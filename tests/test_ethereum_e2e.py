@@ -1,0 +1,222 @@
+"""The daemon end to end against a real anvil: ETH and ERC-20 invoices over websocket subscriptions.
+
+Every test runs the real `watcherd run` process with its own store and a webhook receiver that verifies
+signatures; the customer pays from anvil's funded accounts. anvil runs with --no-mining, so a payment waits
+in the pool (`processing`) until the test mines it. The node is shared by the session: tests compare
+before/after, never absolute heights.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import WEBHOOK_SECRET, Daemon, eth_table
+
+from watcherd.receiver import WebhookReceiver
+
+ETH = 10**18
+USDC = 10**6
+
+
+@pytest.fixture
+def receiver():
+    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def daemon_factory(tmp_path, receiver):
+    started: list[Daemon] = []
+
+    def make(chains: str, name: str = "d") -> Daemon:
+        daemon = Daemon(tmp_path / name, chains, receiver.url)
+        started.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+def wait_delivered(receiver, invoice_id, statuses, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if receiver.statuses(invoice_id) == statuses:
+            return receiver.for_invoice(invoice_id)
+        time.sleep(0.05)
+    raise AssertionError(f"webhooks for {invoice_id}: {receiver.statuses(invoice_id)}, wanted {statuses}")
+
+
+def wait_caught_up(daemon: Daemon, eth_node, timeout: float = 30) -> None:
+    """The daemon processed the node's tip (so a payment sent now is judged against a known state)."""
+    height = eth_node.tip()[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.metric("watcherd_processed_height", chain="eth") >= height:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"daemon did not reach block {height}:\n{daemon.log_tail()}")
+
+
+def wait_invoice(daemon: Daemon, invoice_id: str, predicate, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        invoice = daemon.invoice(invoice_id)
+        if predicate(invoice):
+            return invoice
+        time.sleep(0.05)
+    raise AssertionError(f"invoice {invoice_id} never matched: {invoice}\n{daemon.log_tail()}")
+
+
+def test_eth_exact_pending_processing_then_paid(eth_node, daemon_factory, receiver):
+    """ETH: the pending tx gives `processing` before it is mined; `paid` once it has 2 confirmations."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=2))
+    wait_caught_up(daemon, eth_node)
+    invoice = daemon.create_invoice("eth", "0.25", order_id="ETH-1")
+    address = invoice["address"]
+    assert address.startswith("0x") and address != address.lower()  # EIP-55 checksummed
+    assert invoice["payment_uri"] == f"ethereum:{address}@31337?value={ETH // 4}"
+    txid = eth_node.pay(address, ETH // 4)
+    processing = daemon.wait_status(invoice["id"], "processing", timeout=10)
+    assert processing["payments"][0]["txid"] == txid and processing["payments"][0]["block_height"] is None
+    eth_node.mine(1)
+    time.sleep(1.0)
+    assert daemon.invoice(invoice["id"])["status"] == "processing"  # one confirmation of two
+    eth_node.mine(1)
+    paid = daemon.wait_status(invoice["id"], "paid", timeout=20)
+    payment = paid["payments"][0]
+    assert (payment["amount"], payment["amount_atomic"], payment["vout"]) == ("0.25", str(ETH // 4), 0)
+    assert payment["block_height"] == eth_node.tip()[0] - 1 and paid["exception"] is None
+    events = wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "paid"])
+    assert [e["type"] for e in events] == ["invoice.created", "invoice.processing", "invoice.paid"]
+    assert receiver.rejected == 0
+
+
+def test_eth_underpaid_topup_and_overpaid(eth_node, daemon_factory):
+    """Several ETH payments add up; an underpaid invoice is paid by a top-up; more than asked is overpaid."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=1))
+    wait_caught_up(daemon, eth_node)
+    under = daemon.create_invoice("eth", "1")
+    over = daemon.create_invoice("eth", "0.1")
+    eth_node.pay(under["address"], ETH // 4)
+    eth_node.pay(over["address"], ETH // 5)
+    eth_node.mine(1)
+    shown = wait_invoice(daemon, under["id"], lambda i: i["amount_confirmed"] == "0.25")
+    assert (shown["status"], shown["exception"], shown["amount_received"]) == ("unpaid", "underpaid", "0.25")
+    assert daemon.wait_status(over["id"], "paid", exception="overpaid")["amount_received"] == "0.2"
+    eth_node.pay(under["address"], 3 * ETH // 4, account=2)
+    eth_node.mine(1)
+    topped = daemon.wait_status(under["id"], "paid", exception=None)
+    assert topped["amount_received_atomic"] == str(ETH) and len(topped["payments"]) == 2
+
+
+def test_token_exact_underpaid_and_wrong_asset(eth_node, daemon_factory, receiver):
+    """USDC invoices count only USDC Transfer logs; DAI or ETH to a USDC invoice is recorded, flagged, not
+    counted."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=1))
+    wait_caught_up(daemon, eth_node)
+    exact = daemon.create_invoice("eth", "12.5", asset="USDC")
+    assert exact["asset"] == "USDC" and exact["amount_atomic"] == str(12_500_000)
+    usdc = eth_node.contracts["USDC"]
+    assert exact["payment_uri"] == f"ethereum:{usdc}@31337/transfer?address={exact['address']}&uint256=12500000"
+    short = daemon.create_invoice("eth", "10", asset="USDC")
+    wrong = daemon.create_invoice("eth", "5", asset="USDC")
+    txid = eth_node.pay_token("USDC", exact["address"], 12_500_000)
+    daemon.wait_status(exact["id"], "processing", timeout=10)  # a pending direct transfer() call
+    eth_node.pay_token("USDC", short["address"], 4 * USDC)
+    eth_node.pay_token("DAI", wrong["address"], 5 * ETH)  # 5 DAI: same number, wrong asset
+    eth_node.pay(wrong["address"], ETH // 100)  # and some ETH, also the wrong asset for this invoice
+    eth_node.mine(1)
+    paid = daemon.wait_status(exact["id"], "paid", exception=None)
+    (payment,) = paid["payments"]  # the pending sighting and the mined log are one payment
+    assert (payment["txid"], payment["vout"], payment["asset"], payment["amount"]) == (txid, 1, "USDC", "12.5")
+    assert daemon.wait_status(short["id"], "unpaid", exception="underpaid")["amount_received"] == "4"
+    flagged = daemon.wait_status(wrong["id"], "unpaid", exception="wrong_asset")
+    assert flagged["amount_received"] == "0"
+    assert sorted((p["asset"], p["amount"], p["status"]) for p in flagged["payments"]) == [
+        ("DAI", "5", "wrong_asset"), ("ETH", "0.01", "wrong_asset")]
+    wait_delivered(receiver, exact["id"], ["unpaid", "processing", "paid"])
+
+
+def test_eth_through_forwarder_found_by_balance_reconciliation(eth_node, daemon_factory):
+    """ETH reaching the invoice address through a contract's internal call (no tx `to` it) is found by the
+    batched balance check and recorded with the block it was seen at."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=2))
+    wait_caught_up(daemon, eth_node)
+    invoice = daemon.create_invoice("eth", "0.3")
+    eth_node.pay_through_forwarder(invoice["address"], 3 * ETH // 10)
+    (block_hash,) = eth_node.mine(1)
+    height = eth_node.tip()[0]
+    shown = daemon.wait_status(invoice["id"], "processing", timeout=20)
+    (payment,) = shown["payments"]
+    assert payment["txid"] == f"internal:{block_hash}:{invoice['address'].lower()}"
+    assert (payment["block_height"], payment["block_hash"], payment["amount"]) == (height, block_hash, "0.3")
+    eth_node.mine(1)
+    paid = daemon.wait_status(invoice["id"], "paid", exception=None)
+    assert len(paid["payments"]) == 1 and paid["amount_received"] == "0.3"  # not re-counted on later blocks
+
+
+def test_reorg_drops_confirmed_payment_then_paid_again(eth_node, daemon_factory, receiver):
+    """anvil_reorg takes the block holding the payment: paid -> back (with events); re-included -> paid."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=2))
+    wait_caught_up(daemon, eth_node)
+    invoice = daemon.create_invoice("eth", "0.05")
+    txid = eth_node.pay(invoice["address"], ETH // 20)
+    daemon.wait_status(invoice["id"], "processing", timeout=10)
+    raw = eth_node.raw_transaction(txid)
+    eth_node.mine(2)
+    daemon.wait_status(invoice["id"], "paid")
+    eth_node.reorg(2)  # both blocks replaced by empty ones: the payment is gone
+    back = daemon.wait_status(invoice["id"], "unpaid", timeout=30)
+    assert back["payments"][0]["status"] == "replaced" and back["amount_received"] == "0"
+    assert eth_node.rebroadcast(raw) == txid
+    daemon.wait_status(invoice["id"], "processing", timeout=10)
+    eth_node.mine(2)
+    again = daemon.wait_status(invoice["id"], "paid", exception=None)
+    assert len(again["payments"]) == 1 and again["payments"][0]["status"] == "confirmed"
+    statuses = wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "paid", "processing", "unpaid",
+                                                        "processing", "paid"], timeout=30)
+    assert statuses[-1]["type"] == "invoice.paid"
+
+
+def test_websocket_drop_and_sigkill_lose_nothing_and_count_once(eth_node, daemon_factory, receiver):
+    """anvil restarted from its dumped state while payments happen: found after reconnect, counted once.
+    Then the daemon is SIGKILLed mid-flow: correct after restart, from its durable cursor."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=2))
+    wait_caught_up(daemon, eth_node)
+    before = daemon.metric("watcherd_feed_reconnects_total", chain="eth")
+    first = daemon.create_invoice("eth", "0.01")
+    second = daemon.create_invoice("eth", "2", asset="USDC")
+    eth_node.pay(first["address"], ETH // 100)
+    eth_node.mine(1)
+    eth_node.stop()  # the websocket drops; the chain is dumped
+    eth_node.start()
+    eth_node.pay_token("USDC", second["address"], 2 * USDC)  # while the daemon is reconnecting
+    eth_node.mine(2)
+    daemon.wait_status(first["id"], "paid", timeout=30)
+    daemon.wait_status(second["id"], "paid", timeout=30)
+    assert daemon.metric("watcherd_feed_reconnects_total", chain="eth") > before
+    third = daemon.create_invoice("eth", "0.02")
+    eth_node.pay(third["address"], ETH // 50)
+    daemon.wait_status(third["id"], "processing", timeout=10)
+    daemon.kill()
+    eth_node.mine(2)
+    daemon.start()
+    for invoice, amount in ((first, "0.01"), (second, "2"), (third, "0.02")):
+        shown = daemon.wait_status(invoice["id"], "paid", timeout=30)
+        assert len(shown["payments"]) == 1 and shown["amount_received"] == amount
+    wait_delivered(receiver, third["id"], ["unpaid", "processing", "paid"])
+
+
+def test_node_with_another_chain_id_is_refused(eth_node, tmp_path):
+    """A config naming chain id 1 against anvil (31337) must not start watching: clear error, non-zero exit."""
+    daemon = Daemon(tmp_path / "d", eth_table("eth", eth_node, confirmations=1, chain_id=1))
+    done = subprocess.run([sys.executable, "-m", "watcherd", "--config", str(daemon.config_path), "run"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    output = done.stdout + done.stderr + daemon.log_path.read_text(errors="replace") if daemon.log_path.exists() \
+        else done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "serves chain id 31337, the config says chain_id = 1" in output, output[-2000:]

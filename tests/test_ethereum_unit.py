@@ -1,0 +1,158 @@
+"""The Ethereum adapter's pure parts: EIP-55, EIP-681, block/log/pending matching, finality, the contracts'
+committed bytecode. No node needed (the compiler check needs node + the pinned npm solc)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from watcherd.chains.eth_address import TRANSFER_TOPIC, parse_address, payment_uri, to_checksum
+from watcherd.chains.ethereum import TOKEN_VOUT_BASE, EthereumAdapter, finality_depth
+from watcherd.config import EthereumChainConfig, EthToken
+from watcherd.devnet import nodes_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+XPUB = "xpub6Bk2fe7f3b5M8UALtNmyLzmiB28KVyhXpN6DM3F2LbkCVJMi1p8FiwCFbTCtGKvameqXB89DapR8N9zEwfUwGKMaXhZh4rfGHPsch3tf3hM"
+TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+
+
+def adapter() -> EthereumAdapter:
+    config = EthereumChainConfig(
+        name="eth", ws_url="ws://127.0.0.1:1", chain_id=1, xpub=XPUB, confirmations=12, finality=None,
+        tokens=(EthToken("USDC", TOKEN, 6),), asset="ETH", underpaid_tolerance_percent=Decimal(0),
+        invoice_expiry_seconds=900, start_height=None,
+    )
+    return EthereumAdapter(config, rpc=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("address", [  # the EIP-55 specification's own test vectors
+    "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+    "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB", "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+])
+def test_eip55_vectors(address):
+    assert to_checksum(parse_address(address)) == address
+    with pytest.raises(ValueError, match="checksum"):
+        parse_address(address[:-1] + (address[-1].swapcase() if address[-1].isalpha() else "F"))
+
+
+def test_derivation_is_the_wallets_m_44_60_0_0_i():
+    """Same addresses as a BIP44 wallet from the seed (MetaMask, Ledger Live's default account 0)."""
+    from bip_utils import Bip44, Bip44Changes, Bip44Coins
+
+    seed = bytes(range(32))
+    account = Bip44.FromSeed(seed, Bip44Coins.ETHEREUM).Purpose().Coin().Account(0)
+    config = adapter().config
+    a = EthereumAdapter(EthereumChainConfig(**{**config.__dict__, "xpub": account.PublicKey().ToExtended()}),
+                        rpc=object())  # type: ignore[arg-type]
+    for i in (0, 1, 17):
+        expected = account.Change(Bip44Changes.CHAIN_EXT).AddressIndex(i).PublicKey().ToAddress()
+        assert a.derive(i) == (expected, bytes.fromhex(expected[2:]))
+
+
+def test_payment_uris_are_eip681_integers():
+    to = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+    assert payment_uri(to, 2_014 * 10**15, 1) == f"ethereum:{to}@1?value=2014000000000000000"
+    assert adapter().payment_uri(to, 12_500_000, "USDC") == (
+        f"ethereum:{TOKEN}@1/transfer?address={to}&uint256=12500000")
+
+
+def _tx(txid: str, to: str | None, value: int, data: str = "0x", sender: str = "0x" + "aa" * 20, nonce: int = 7):
+    return {"hash": txid, "from": sender, "to": to, "value": hex(value), "nonce": hex(nonce), "input": data}
+
+
+def test_scan_block_matches_native_tokens_and_conflicts():
+    """Native value -> vout 0; the n-th Transfer log of a configured token in a tx -> vout 1+n; unknown tokens,
+    other events and removed logs are ignored; a tx re-using a pending payment's (sender, nonce) replaces it."""
+    a = adapter()
+    address, key = a.derive(0)
+    other, other_key = a.derive(1)
+    a.watchlist.keys.update({key, other_key})
+    a.watchlist.spends[bytes.fromhex("bb" * 20) + (3).to_bytes(8, "big")] = "0xpending"
+    word = "0x" + "00" * 12
+    log = {"address": TOKEN.lower(), "topics": [TRANSFER_TOPIC, word + "cc" * 20, word + other[2:].lower()],
+           "data": hex(5 * 10**6), "transactionHash": "0x02", "logIndex": "0x4"}
+    block = {"number": "0x10", "hash": "0xb1", "parentHash": "0xb0", "transactions": [
+        _tx("0x01", address.lower(), 10**18),
+        _tx("0x02", TOKEN.lower(), 0),
+        _tx("0x03", "0x" + "dd" * 20, 1),
+        _tx("0x04", None, 0),  # contract creation
+        _tx("0x05", "0x" + "dd" * 20, 1, sender="0x" + "bb" * 20, nonce=3),
+    ]}
+    logs = [
+        # an earlier Transfer in the same tx, to someone else: it makes the watched one the tx's second
+        {**log, "logIndex": "0x2", "data": hex(1), "topics": [TRANSFER_TOPIC, word + "cc" * 20, word + "dd" * 20]},
+        log,
+        {**log, "address": "0x" + "ee" * 20, "logIndex": "0x5"},  # not a configured token
+        {**log, "topics": log["topics"][:1], "logIndex": "0x6"},  # not a Transfer(address,address,uint256)
+        {**log, "removed": True, "logIndex": "0x7"},
+    ]
+    scanned = a.scan_block(block, logs)
+    assert (scanned.height, scanned.hash, scanned.prev_hash) == (16, "0xb1", "0xb0")
+    by_id = {tx.txid: tx for tx in scanned.txs}
+    assert set(by_id) == {"0x01", "0x02", "0x05"}
+    assert [(r.key, r.vout, r.amount, r.asset) for r in by_id["0x01"].received] == [(key, 0, 10**18, None)]
+    assert [(r.key, r.vout, r.amount, r.asset) for r in by_id["0x02"].received] == [
+        (other_key, TOKEN_VOUT_BASE + 1, 5 * 10**6, "USDC")]
+    assert by_id["0x05"].received == () and a.watchlist.conflicts("0x05", by_id["0x05"].spent) == {"0xpending"}
+
+
+def test_pending_direct_transfer_has_the_identity_it_gets_when_mined():
+    a = adapter()
+    address, key = a.derive(0)
+    a.watchlist.keys.add(key)
+    data = "0xa9059cbb" + "00" * 12 + address[2:].lower() + hex(7 * 10**6)[2:].rjust(64, "0")
+    pending = a._pending_tx(_tx("0x09", TOKEN.lower(), 0, data))
+    assert pending is not None
+    assert [(r.key, r.vout, r.amount, r.asset) for r in pending.received] == [(key, TOKEN_VOUT_BASE, 7 * 10**6,
+                                                                              "USDC")]
+    assert a._pending_tx(_tx("0x0a", "0x" + "dd" * 20, 10**18)) is None
+    assert a._pending_tx(_tx("0x0b", address, 0)) is None  # a zero-value call is no payment
+
+
+def test_wei_amounts_beyond_64_bits_survive():
+    a = adapter()
+    address, key = a.derive(0)
+    a.watchlist.keys.add(key)
+    huge = 2**64 * 10**6 + 1
+    block = {"number": "0x1", "hash": "0xb1", "parentHash": "0xb0", "transactions": [_tx("0x01", address, huge)]}
+    assert a.scan_block(block, []).txs[0].received[0].amount == huge
+
+
+def test_finality_depth():
+    """finality = "finalized": a payment is confirmed once it is as deep as the node's finalized block."""
+    assert finality_depth(head=100, finalized=36) == 65
+    assert finality_depth(head=5, finalized=5) == 1
+    assert finality_depth(head=5, finalized=9) == 1  # a lagging head never means 0 confirmations
+
+
+async def test_malformed_notification_is_counted_and_survived():
+    """A notification that is not ours or is garbage must not kill the follower: it catches up instead."""
+    a = adapter()
+    caught_up = []
+
+    async def catch_up(processor):
+        caught_up.append(processor)
+
+    a.catch_up = catch_up  # type: ignore[method-assign]
+    a._subscriptions = {"0xheads": "head"}
+    await a._on_notification("P", ("0xheads", {"number": "nothex"}))  # type: ignore[arg-type]
+    await a._on_notification("P", ("0xunknown", {}))  # type: ignore[arg-type]
+    await a._on_notification("P", None)  # type: ignore[arg-type]
+    assert caught_up == ["P", "P", "P"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (for the npm solc) is not installed")
+def test_committed_bytecode_matches_the_solidity_sources():
+    """contracts/artifacts.json is what the pinned solc makes of contracts/*.sol, byte for byte."""
+    solc = nodes_dir() / "npm" / "node_modules" / "solc"
+    if not solc.exists():
+        pytest.skip("npm solc missing: run scripts/install-deps")
+    done = subprocess.run(["node", str(ROOT / "contracts" / "build.js"), "--check"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "NODE_PATH": str(solc.parent)}, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0.8.26" in done.stdout

@@ -1,0 +1,434 @@
+"""Ethereum (and any EVM chain) follower: websocket subscriptions, ERC-20 Transfer logs, balance reconciliation.
+
+`newHeads` drives block processing; for each block exactly two calls: the block with its transactions
+(`eth_getBlockByHash(h, true)`) and the configured tokens' Transfer logs of that block (`eth_getLogs` by block
+hash), matched in memory against the watched addresses. Plus one batched `eth_getBalance` at the block for
+the open native-asset invoices (money that arrives through a contract's internal call shows in no
+transaction's `to`). `newPendingTransactions` gives early `processing`.
+
+Payment identifiers, (txid, vout) unique per chain:
+
+* vout 0 (NATIVE_VOUT): the transaction's own ETH value to a watched address;
+* vout 1 + n (TOKEN_VOUT_BASE + n): the n-th Transfer log of a configured token in that transaction (counted
+  among the configured tokens' Transfer logs, in log order). A pending direct `transfer()` call is n = 0,
+  the same identity it gets once mined;
+* txid `internal:<block hash>:<address>`, vout 0: ETH found by balance reconciliation at that block.
+
+`spent` of a transaction is its (sender, nonce): a mined or pending transaction with the same sender and
+nonce as a pending payment replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .. import metrics
+from ..exceptions import NodeError, NodeProtocolError, WatcherdError
+from ..invoices import Status
+from ..retry import backoff
+from ..store import Cursor
+from .base import ChainBlock, ChainTx, Received, Watchlist
+from .eth_address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
+from .eth_rpc import WsRpc
+from .rpc import RpcError
+
+if TYPE_CHECKING:
+    from ..config import EthereumChainConfig
+    from ..processor import Processor
+
+log = logging.getLogger(__name__)
+
+NATIVE_VOUT = 0
+TOKEN_VOUT_BASE = 1
+INTERNAL_PREFIX = "internal:"
+QUIET_SECONDS = 5.0  # no head for this long: ask the node for its tip anyway (a silent feed hides nothing)
+POOL_CHECK_SECONDS = 30.0  # re-check that pending payments are still known to the node this often
+RECONCILE_EXPIRED_SECONDS = 86_400  # keep reconciling balances of invoices expired less than a day ago
+
+
+class ChainMismatch(WatcherdError):
+    """The node serves another chain than the config names: refusing to watch it is the only safe answer."""
+
+
+class Rpc(Protocol):
+    calls: int
+
+    async def call(self, method: str, *params: Any) -> Any: ...
+    async def batch(self, method: str, param_lists: list[tuple[Any, ...]]) -> list[Any]: ...
+
+
+def finality_depth(head: int, finalized: int) -> int:
+    """Confirmations that put a block at or below the node's `finalized` block, seen from `head`."""
+    return max(1, head - finalized + 1)
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ValueError(f"not a hex quantity: {str(value)[:40]!r}")
+    return int(value, 16)
+
+
+def _key(hex_address: Any) -> bytes | None:
+    if not isinstance(hex_address, str) or len(hex_address) != 42:
+        return None
+    try:
+        return bytes.fromhex(hex_address[2:])
+    except ValueError:
+        return None
+
+
+def _spent(tx: dict[str, Any]) -> bytes:
+    return bytes.fromhex(tx["from"][2:]) + _int(tx["nonce"]).to_bytes(8, "big")
+
+
+class EthereumAdapter:
+    decimals = 18
+
+    def __init__(self, config: EthereumChainConfig, rpc: Rpc | None = None):
+        self.config = config
+        self.name = config.name
+        self.asset = config.asset
+        self.assets = {config.asset: self.decimals} | {t.symbol: t.decimals for t in config.tokens}
+        self.confirmations = config.confirmations
+        self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
+        self.invoice_expiry_seconds = config.invoice_expiry_seconds
+        self.watchlist = Watchlist()
+        self.connected = False
+        self.node_tip: int | None = None
+        self._deriver = EthDeriver(config.xpub)
+        self._rpc: Rpc = rpc if rpc is not None else WsRpc(config.ws_url)
+        # contract (lower-case hex, as nodes send it) -> (symbol, checksummed address)
+        self._tokens = {t.contract.lower(): (t.symbol, t.contract) for t in config.tokens}
+        self._token_of_symbol = {t.symbol: t.contract for t in config.tokens}
+        self._subscriptions: dict[str, str] = {}
+        self._pool_stale = True
+
+    def derive(self, index: int) -> tuple[str, bytes]:
+        return self._deriver.derive(index)
+
+    def payment_uri(self, address: str, amount: int, asset: str) -> str:
+        token = self._token_of_symbol.get(asset)
+        return payment_uri(address, amount, self.config.chain_id, token)
+
+    # --- matching (pure, in memory) -----------------------------------------------------------------
+
+    def _pending_tx(self, tx: dict[str, Any]) -> ChainTx | None:
+        """A mempool transaction: native value to a watched address, or a direct ERC-20 transfer() call."""
+        received: list[Received] = []
+        to = tx.get("to")
+        key = _key(to)
+        if key is not None and key in self.watchlist.keys and (value := _int(tx["value"])) > 0:
+            received.append(Received(key, NATIVE_VOUT, value))
+        token = self._tokens.get(to.lower()) if isinstance(to, str) else None
+        data = tx.get("input") or tx.get("data") or ""
+        if token is not None and len(data) == 138 and bytes.fromhex(data[2:10]) == TRANSFER_SELECTOR:
+            recipient = bytes.fromhex(data[34:74])
+            if recipient in self.watchlist.keys:
+                received.append(Received(recipient, TOKEN_VOUT_BASE, int(data[74:138], 16), token[0]))
+        spent = (_spent(tx),)
+        if not received and not self.watchlist.conflicts(tx["hash"], spent):
+            return None
+        return ChainTx(tx["hash"], tuple(received), spent)
+
+    def scan_block(self, block: dict[str, Any], logs: list[dict[str, Any]]) -> ChainBlock:
+        """The block's transactions and the configured tokens' Transfer logs, matched against the watchlist."""
+        keys = self.watchlist.keys
+        spends = self.watchlist.spends
+        by_tx: dict[str, list[Received]] = {}
+        for tx in block["transactions"]:
+            to = tx.get("to")
+            if to is not None and (key := bytes.fromhex(to[2:])) in keys:
+                value = _int(tx["value"])
+                if value > 0:
+                    by_tx.setdefault(tx["hash"], []).append(Received(key, NATIVE_VOUT, value))
+        ordinal: dict[str, int] = {}
+        for entry in sorted(logs, key=lambda e: _int(e["logIndex"])):
+            topics = entry.get("topics") or []
+            token = self._tokens.get(str(entry.get("address", "")).lower())
+            if token is None or len(topics) != 3 or topics[0] != TRANSFER_TOPIC or entry.get("removed"):
+                continue
+            txid = entry["transactionHash"]
+            n = ordinal.get(txid, 0)
+            ordinal[txid] = n + 1
+            recipient = bytes.fromhex(topics[2][-40:])
+            if recipient in keys:
+                by_tx.setdefault(txid, []).append(Received(recipient, TOKEN_VOUT_BASE + n, _int(entry["data"]),
+                                                           token[0]))
+        txs = []
+        for tx in block["transactions"]:
+            received = by_tx.get(tx["hash"])
+            if received is None and not spends:
+                continue
+            spent = (_spent(tx),)
+            if received is not None or self.watchlist.conflicts(tx["hash"], spent):
+                txs.append(ChainTx(tx["hash"], tuple(received or ()), spent))
+        return ChainBlock(_int(block["number"]), block["hash"], block["parentHash"], tuple(txs))
+
+    # --- the supervisor-facing loop -----------------------------------------------------------------
+
+    async def run(self, processor: Processor) -> None:
+        delays = backoff()
+        while True:
+            try:
+                await self._follow(processor)
+            except ChainMismatch as exc:
+                log.critical("%s", exc, extra={"chain": self.name})
+                raise
+            except NodeError as exc:
+                self.connected = False
+                metrics.NODE_UP.labels(self.name).set(0)
+                if isinstance(exc, NodeProtocolError):
+                    metrics.MALFORMED.labels(self.name, "rpc").inc()
+                delay = next(delays)
+                log.warning("%s; reconnecting in %.1f s", exc, delay, extra={"chain": self.name})
+                await asyncio.sleep(delay)
+            else:
+                delays = backoff()
+
+    async def close(self) -> None:
+        close = getattr(self._rpc, "close", None)
+        if close is not None:
+            await close()
+
+    async def check_chain_id(self) -> None:
+        node_chain_id = _int(await self._rpc.call("eth_chainId"))
+        if node_chain_id != self.config.chain_id:
+            raise ChainMismatch(
+                f"chains.{self.name}: the node at ws_url serves chain id {node_chain_id}, the config says "
+                f"chain_id = {self.config.chain_id}; refusing to start (wrong node, or wrong config?)"
+            )
+
+    async def _follow(self, processor: Processor) -> None:
+        rpc = self._rpc
+        assert isinstance(rpc, WsRpc)
+        await rpc.connect()
+        try:
+            await self.check_chain_id()
+            heads = await rpc.call("eth_subscribe", "newHeads")
+            pending = await rpc.call("eth_subscribe", "newPendingTransactions")
+            self._subscriptions = {heads: "head", pending: "pending"}
+            metrics.RECONNECTS.labels(self.name).inc()
+            self._mark_up()
+            self._pool_stale = True
+            await self.catch_up(processor)
+            next_pool_check = time.monotonic() + POOL_CHECK_SECONDS
+            while True:
+                item = await rpc.notification(QUIET_SECONDS)
+                malformed_before = rpc.malformed
+                if item is None:
+                    await self.catch_up(processor)
+                else:
+                    await self._on_notification(processor, item)
+                if rpc.malformed != malformed_before:
+                    metrics.MALFORMED.labels(self.name, "ws").inc(rpc.malformed - malformed_before)
+                if time.monotonic() >= next_pool_check:
+                    self._pool_stale = True
+                    next_pool_check = time.monotonic() + POOL_CHECK_SECONDS
+                if self._pool_stale:
+                    await self.check_pool(processor)
+        finally:
+            self.connected = False
+            await rpc.close()
+
+    def _mark_up(self) -> None:
+        if not self.connected:
+            log.info("node websocket %s answers (chain id %d)", self.config.ws_url.split("/")[2],
+                     self.config.chain_id, extra={"chain": self.name})
+        self.connected = True
+        metrics.NODE_UP.labels(self.name).set(1)
+
+    async def _on_notification(self, processor: Processor, item: tuple[str, Any]) -> None:
+        kind = self._subscriptions.get(item[0]) if isinstance(item, tuple) else None
+        try:
+            if kind == "head":
+                await self.on_head(processor, item[1])
+            elif kind == "pending":
+                await self._on_pending(processor, item[1])
+            else:
+                raise ValueError("not a notification of our subscriptions")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            metrics.MALFORMED.labels(self.name, "ws").inc()
+            log.warning("ignored a malformed notification: %s", exc, extra={"chain": self.name})
+            await self.catch_up(processor)  # whatever it stood for, the cursor finds it
+
+    async def on_head(self, processor: Processor, head: dict[str, Any]) -> None:
+        """A new head: connect it directly when it extends our cursor (2 calls), else catch up."""
+        received_at = time.monotonic()
+        number, block_hash, parent = _int(head["number"]), head["hash"], head["parentHash"]
+        self.node_tip = number
+        metrics.NODE_TIP.labels(self.name).set(number)
+        cursor = await processor.store.cursor(self.name)
+        if cursor is None or number != cursor.height + 1 or parent != cursor.hash:
+            await self.catch_up(processor)
+            return
+        block = await self._rpc.call("eth_getBlockByHash", block_hash, True)
+        if block is None:
+            await self.catch_up(processor)  # reorged away already
+            return
+        await self._connect(processor, block, cursor)
+        metrics.PROCESSED_HEIGHT.labels(self.name).set(number)
+        metrics.LAG.labels(self.name).set(0)
+        metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
+
+    async def _on_pending(self, processor: Processor, item: Any) -> None:
+        tx = item if isinstance(item, dict) else await self._rpc.call("eth_getTransactionByHash", item)
+        if tx is None or tx.get("blockHash"):
+            return  # mined or dropped already: the block path has (or will have) it
+        metrics.TXS.labels(self.name, "mempool").inc()
+        chain_tx = self._pending_tx(tx)
+        if chain_tx is not None:
+            await processor.tx_seen(self.name, chain_tx)
+
+    # --- catch-up -----------------------------------------------------------------------------------
+
+    async def catch_up(self, processor: Processor) -> None:
+        """Bring the store to the node's tip from the durable cursor, walking back over reorgs first."""
+        while True:
+            tip = _int(await self._rpc.call("eth_blockNumber"))
+            self.node_tip = tip
+            metrics.NODE_TIP.labels(self.name).set(tip)
+            if self.config.finality == "finalized":
+                await self._refresh_finality(tip)
+            cursor = await processor.store.cursor(self.name)
+            if cursor is None:
+                start = tip if self.config.start_height is None else min(self.config.start_height, tip)
+                header = await self._block_by_number(start, full=False)
+                cursor = Cursor(start, header["hash"])
+                await processor.set_cursor(self.name, cursor)
+                log.info("first run: following from block %d", start, extra={"chain": self.name})
+            cursor = await self._walk_back_reorg(processor, cursor, tip)
+            if cursor.height >= tip:
+                break
+            block = await self._block_by_number(cursor.height + 1, full=True)
+            if block["parentHash"] != cursor.hash:
+                continue  # the chain changed under us: walk back again
+            await self._connect(processor, block, cursor)
+        metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
+        metrics.LAG.labels(self.name).set(max(0, tip - cursor.height))
+
+    async def _block_by_number(self, height: int, full: bool) -> dict[str, Any]:
+        block = await self._rpc.call("eth_getBlockByNumber", hex(height), full)
+        if not isinstance(block, dict) or "hash" not in block:
+            raise NodeProtocolError(f"eth_getBlockByNumber {height}: no block")
+        return block
+
+    async def _walk_back_reorg(self, processor: Processor, cursor: Cursor, tip: int) -> Cursor:
+        depth = 0
+        while True:
+            if cursor.height <= tip:
+                header = await self._rpc.call("eth_getBlockByNumber", hex(cursor.height), False)
+                if isinstance(header, dict) and header.get("hash") == cursor.hash:
+                    break
+            parent_hash = await processor.store.block_hash(self.name, cursor.height - 1)
+            if parent_hash is None:
+                ours = await self._rpc.call("eth_getBlockByHash", cursor.hash, False)
+                if not isinstance(ours, dict):
+                    raise NodeProtocolError(f"reorg deeper than the blocks kept: {cursor.height} {cursor.hash}")
+                parent_hash = ours["parentHash"]
+            parent = Cursor(cursor.height - 1, parent_hash)
+            await processor.block_disconnected(self.name, cursor.height, cursor.hash, parent)
+            cursor = parent
+            depth += 1
+        if depth:
+            metrics.REORGS.labels(self.name).inc()
+            metrics.REORG_DEPTH.labels(self.name).observe(depth)
+            log.warning("reorg: %d block(s) disconnected, common ancestor %d %s", depth, cursor.height,
+                        cursor.hash, extra={"chain": self.name})
+            self._pool_stale = True
+        return cursor
+
+    async def _connect(self, processor: Processor, block: dict[str, Any], cursor: Cursor) -> None:
+        """Scan one block (+ its token logs), reconcile balances at it, commit it with the cursor."""
+        logs: list[dict[str, Any]] = []
+        if self._tokens:
+            logs = await self._rpc.call("eth_getLogs", {
+                "blockHash": block["hash"], "address": [c for _, c in self._tokens.values()],
+                "topics": [TRANSFER_TOPIC],
+            })
+        try:
+            scanned = self.scan_block(block, logs)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            metrics.MALFORMED.labels(self.name, "rpc").inc()
+            raise NodeProtocolError(f"block {block.get('number')} {block.get('hash')}: unusable: {exc}") from exc
+        if scanned.prev_hash != cursor.hash or scanned.height != cursor.height + 1:
+            return  # not on top of our cursor: the caller's next round walks back
+        internal = await self.reconcile_balances(processor, scanned)
+        if internal:
+            scanned = ChainBlock(scanned.height, scanned.hash, scanned.prev_hash, scanned.txs + internal)
+        await processor.block_connected(self.name, scanned)
+        metrics.BLOCKS.labels(self.name).inc()
+        metrics.TXS.labels(self.name, "block").inc(len(block["transactions"]))
+
+    # --- balance reconciliation ---------------------------------------------------------------------
+
+    async def reconcile_balances(self, processor: Processor, block: ChainBlock) -> tuple[ChainTx, ...]:
+        """ETH that reached an open native invoice's address without a transaction `to` it (a contract's
+        internal call): the balance at the block minus what recorded payments mined at or before it explain.
+
+        Idempotent: the payment is recorded with this block, in the same store transaction that advances the
+        cursor past it, so a restart never reconciles the same block twice and a reorg that disconnects the
+        block takes the payment back (it is then marked replaced, as no node knows its txid)."""
+        now = time.time()
+        store = processor.store
+        open_invoices = []
+        for status in (Status.UNPAID, Status.PROCESSING, Status.EXPIRED):
+            for invoice in await store.invoices(status=status.value, chain=self.name, limit=1_000_000):
+                if invoice.asset != self.asset:
+                    continue
+                if status is Status.EXPIRED and invoice.expires_at < now - RECONCILE_EXPIRED_SECONDS:
+                    continue
+                open_invoices.append(invoice)
+        if not open_invoices:
+            return ()
+        balances = await self._rpc.batch(
+            "eth_getBalance", [(inv.address, {"blockHash": block.hash}) for inv in open_invoices]
+        )
+        in_block: dict[bytes, int] = {}
+        for tx in block.txs:
+            for r in tx.received:
+                if r.asset is None:
+                    in_block[r.key] = in_block.get(r.key, 0) + r.amount
+        found = []
+        for invoice, balance_hex in zip(open_invoices, balances, strict=True):
+            explained = in_block.get(invoice.watch_key, 0)
+            for row in await store.payments_for(invoice.id):
+                p = row.payment
+                if (row.asset == self.asset and not p.replaced and p.block_height is not None
+                        and p.block_height <= block.height):
+                    explained += p.amount
+            unexplained = _int(balance_hex) - explained
+            if unexplained > 0:
+                log.info("balance of %s exceeds its recorded payments by %d wei at block %d: internal transfer",
+                         invoice.address, unexplained, block.height,
+                         extra={"chain": self.name, "invoice_id": invoice.id})
+                txid = f"{INTERNAL_PREFIX}{block.hash}:{invoice.address.lower()}"
+                found.append(ChainTx(txid, (Received(invoice.watch_key, NATIVE_VOUT, unexplained),)))
+        return tuple(found)
+
+    # --- pending payments still known? --------------------------------------------------------------
+
+    async def check_pool(self, processor: Processor) -> None:
+        """Unconfirmed payments the node no longer knows (dropped, or internal ones whose block a reorg
+        took) stop counting. Judged only at our cursor = the node's tip, like Bitcoin's mempool diff."""
+        unconfirmed = await processor.store.unconfirmed_txids(self.name)
+        onchain = [t for t in unconfirmed if not t.startswith(INTERNAL_PREFIX)]
+        answers = await self._rpc.batch("eth_getTransactionByHash", [(t,) for t in onchain])
+        cursor = await processor.store.cursor(self.name)
+        tip = _int(await self._rpc.call("eth_blockNumber"))
+        if cursor is None or cursor.height != tip:
+            return  # judge at the tip only; the next round does
+        known = {t for t, a in zip(onchain, answers, strict=True) if a is not None}
+        await processor.mempool_synced(self.name, known)
+        self._pool_stale = False
+
+    async def _refresh_finality(self, tip: int) -> None:
+        try:
+            finalized = await self._rpc.call("eth_getBlockByNumber", "finalized", False)
+        except RpcError:
+            return
+        if isinstance(finalized, dict):
+            self.confirmations = finality_depth(tip, _int(finalized["number"]))
