@@ -6,13 +6,21 @@ disconnected) and hands them to the core; the core never knows which chain it ta
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
+from .. import metrics
+from ..exceptions import NodeError, NodeProtocolError
+from ..retry import backoff
+
 if TYPE_CHECKING:
     from ..processor import Processor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +83,23 @@ class ChainAdapter(Protocol):
 
     async def run(self, processor: Processor) -> None:
         """Follow the node forever: catch up from the cursor, then react to its feed; reconnect on loss."""
+
+
+async def follow_forever(adapter: ChainAdapter, session: Callable[[], Awaitable[None]]) -> None:
+    """Run `session` (one connected stretch with the node) again and again. Node errors are logged, counted and
+    retried with backoff: the next session catches up from the cursor, so nothing is lost meanwhile. Any other
+    exception propagates and takes the daemon down (systemd restarts it)."""
+    delays = backoff()
+    while True:
+        try:
+            await session()
+        except NodeError as exc:
+            adapter.connected = False  # type: ignore[attr-defined]
+            metrics.NODE_UP.labels(adapter.name).set(0)
+            if isinstance(exc, NodeProtocolError):
+                metrics.MALFORMED.labels(adapter.name, "rpc").inc()
+            delay = next(delays)
+            log.warning("%s; reconnecting in %.1f s", exc, delay, extra={"chain": adapter.name})
+            await asyncio.sleep(delay)
+        else:
+            delays = backoff()

@@ -19,11 +19,10 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from .. import metrics
-from ..exceptions import DecodeError, NodeError, NodeProtocolError
+from ..exceptions import DecodeError, NodeProtocolError
 from ..money import to_decimal_string
-from ..retry import backoff
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist
+from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever
 from .btc_address import AddressDeriver
 from .btc_codec import ScannedTx, scan_block, scan_tx
 from .rpc import JsonRpc, RpcError
@@ -77,23 +76,8 @@ class BitcoinAdapter:
     # --- the supervisor-facing loop -----------------------------------------------------------------
 
     async def run(self, processor: Processor) -> None:
-        delays = backoff()
-        while True:
-            try:
-                if self.config.zmq:
-                    await self._follow_zmq(processor)
-                else:
-                    await self._follow_polling(processor)
-            except NodeError as exc:
-                self.connected = False
-                metrics.NODE_UP.labels(self.name).set(0)
-                if isinstance(exc, NodeProtocolError):
-                    metrics.MALFORMED.labels(self.name, "rpc").inc()
-                delay = next(delays)
-                log.warning("%s; retrying in %.1f s", exc, delay, extra={"chain": self.name})
-                await asyncio.sleep(delay)
-            else:
-                delays = backoff()
+        follow = self._follow_zmq if self.config.zmq else self._follow_polling
+        await follow_forever(self, lambda: follow(processor))
 
     async def close(self) -> None:
         await self._rpc.close()

@@ -20,18 +20,16 @@ nonce as a pending payment replaces it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import metrics
-from ..exceptions import NodeError, NodeProtocolError, WatcherdError
+from ..exceptions import NodeProtocolError, WatcherdError
 from ..invoices import Status
-from ..retry import backoff
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist
+from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever
 from .eth_address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
 from .eth_rpc import WsRpc
 from .rpc import RpcError
@@ -171,23 +169,11 @@ class EthereumAdapter:
     # --- the supervisor-facing loop -----------------------------------------------------------------
 
     async def run(self, processor: Processor) -> None:
-        delays = backoff()
-        while True:
-            try:
-                await self._follow(processor)
-            except ChainMismatch as exc:
-                log.critical("%s", exc, extra={"chain": self.name})
-                raise
-            except NodeError as exc:
-                self.connected = False
-                metrics.NODE_UP.labels(self.name).set(0)
-                if isinstance(exc, NodeProtocolError):
-                    metrics.MALFORMED.labels(self.name, "rpc").inc()
-                delay = next(delays)
-                log.warning("%s; reconnecting in %.1f s", exc, delay, extra={"chain": self.name})
-                await asyncio.sleep(delay)
-            else:
-                delays = backoff()
+        try:
+            await follow_forever(self, lambda: self._follow(processor))
+        except ChainMismatch as exc:
+            log.critical("%s", exc, extra={"chain": self.name})
+            raise
 
     async def close(self) -> None:
         close = getattr(self._rpc, "close", None)
