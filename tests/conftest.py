@@ -108,3 +108,32 @@ def ltc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """litecoind: no ZMQ (polled), bech32, BIP125 + bumpfee, MWEB active, funded wallet "w"."""
     with running_node("ltc", tmp_path_factory.mktemp("ltc-node")) as node:
         yield node
+
+
+@pytest.fixture(scope="session")
+def xmr_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """monerod --regtest --offline with ZMQ pub, plus a funded customer monero-wallet-rpc (the payer)."""
+    from watcherd.devnet_monero import START_TIMEOUT as XMR_START_TIMEOUT
+    from watcherd.devnet_monero import MoneroNode
+
+    node = MoneroNode("xmr", tmp_path_factory.mktemp("xmr-node"), die_with_parent=True)
+    try:
+        node.start(timeout=scaled(XMR_START_TIMEOUT))
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def eth_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """anvil --no-mining (payments wait in the pool until mined), with the test USDC/DAI tokens and the
+    Forwarder deployed from account 0; accounts 1-3 hold ETH and tokens."""
+    from watcherd.devnet_eth import EthNode
+
+    node = EthNode("eth", tmp_path_factory.mktemp("eth-node"), die_with_parent=True)
+    try:
+        node.start(timeout=scaled(START_TIMEOUT))
+        node.deploy_contracts()
+        yield node
+    finally:
+        node.stop()

@@ -1,0 +1,415 @@
+"""Monero adapter: monerod's ZMQ publications as wake-ups, its RPC as the truth, outputs scanned with the
+view key only (no spend key, no monero-wallet-rpc).
+
+Same shape as the Bitcoin adapter: a durable cursor (height + hash), catch-up block by block with a walk
+back over reorgs, a mempool diff, and a periodic safety-net reconcile. monerod's ZMQ feed has no sequence
+numbers, so a (re)connection of the socket is what triggers a full reconcile.
+
+Watch key of an invoice: its subaddress public spend key D. An output pays D when P - Hs(8aR ‖ i)·G == D.
+An output only counts when its decrypted amount opens its Pedersen commitment, its unlock time is zero,
+and its one-time key P was not seen before (the "burning bug": a second output with the same P is unspendable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from .. import metrics
+from ..exceptions import NodeError, NodeProtocolError, NodeUnavailable
+from ..money import to_decimal_string
+from ..retry import backoff
+from ..store import Cursor
+from .base import ChainBlock, ChainTx, Received, Watchlist
+from .xmr_crypto import MoneroKeyError, ParsedTx, Scanner, parse_tx_json
+
+if TYPE_CHECKING:
+    from ..config import MoneroChainConfig
+    from ..processor import Processor
+
+log = logging.getLogger(__name__)
+
+TX_BATCH = 100
+MEMPOOL_SAFETY_NET_SECONDS = 30.0
+ZMQ_TOPICS = (b"json-minimal-txpool_add", b"json-minimal-chain_main")
+
+
+class MoneroRpc:
+    """monerod's JSON-RPC (/json_rpc) and its plain JSON endpoints (/get_transactions ...)."""
+
+    def __init__(self, url: str, user: str | None, password: str | None, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self._auth = (user, password) if user is not None and password is not None else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, path: str, payload: dict[str, Any], what: str) -> Any:
+        if self._session is None:
+            middlewares = ()
+            if self._auth is not None:  # monerod --rpc-login uses HTTP digest authentication
+                middlewares = (aiohttp.DigestAuthMiddleware(*self._auth),)  # type: ignore[assignment]
+            self._session = aiohttp.ClientSession(timeout=self._timeout, middlewares=middlewares)
+        try:
+            async with self._session.post(f"{self.url}/{path}", data=json.dumps(payload)) as response:
+                body = await response.read()
+                if response.status in (401, 403):
+                    raise NodeProtocolError(f"{what}: monerod refused our RPC credentials (HTTP {response.status})")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise NodeUnavailable(f"{what}: {self.url} unreachable: {type(exc).__name__}: {exc}") from exc
+        try:
+            answer = json.loads(body, parse_float=Decimal)
+        except ValueError as exc:
+            raise NodeProtocolError(f"{what}: not a JSON answer (HTTP {response.status}): {body[:80]!r}") from exc
+        if not isinstance(answer, dict):
+            raise NodeProtocolError(f"{what}: malformed answer: {str(answer)[:80]!r}")
+        return answer
+
+    async def call(self, method: str, **params: Any) -> Any:
+        answer = await self._post("json_rpc", {"jsonrpc": "2.0", "id": "0", "method": method, "params": params},
+                                  method)
+        if answer.get("error"):
+            error = answer["error"]
+            raise NodeProtocolError(f"{method}: RPC error {error.get('code')}: {error.get('message')}")
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            raise NodeProtocolError(f"{method}: malformed JSON-RPC answer: {str(answer)[:80]!r}")
+        return result
+
+    async def other(self, path: str, **params: Any) -> Any:
+        answer = await self._post(path, params, path)
+        if answer.get("status") != "OK":
+            raise NodeProtocolError(f"{path}: status {str(answer.get('status'))[:80]!r}")
+        return answer
+
+    async def transactions(self, txids: list[str]) -> dict[str, dict[str, Any]]:
+        """txid -> decoded transaction JSON, for those monerod knows (pool or chain), in batches."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(txids), TX_BATCH):
+            chunk = txids[start:start + TX_BATCH]
+            answer = await self.other("get_transactions", txs_hashes=chunk, decode_as_json=True)
+            for entry in answer.get("txs") or []:
+                try:
+                    found[str(entry["tx_hash"])] = json.loads(entry["as_json"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise NodeProtocolError(f"get_transactions: malformed entry: {exc}") from exc
+        return found
+
+
+class MoneroAdapter:
+    decimals = 12
+
+    def __init__(self, config: MoneroChainConfig):
+        self.config = config
+        self.name = config.name
+        self.asset = config.asset
+        self.assets = {config.asset: self.decimals}
+        self.confirmations = config.confirmations
+        self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
+        self.invoice_expiry_seconds = config.invoice_expiry_seconds
+        self.watchlist = Watchlist()
+        self.connected = False
+        self.node_tip: int | None = None
+        self._deriver = config.address_deriver()
+        self._scanner = Scanner(config.view_key)
+        self._rpc = MoneroRpc(config.rpc_url, config.rpc_user, config.rpc_password)
+        self._mempool_seen: set[str] = set()
+        self._mempool_stale = True
+        self._resync = asyncio.Event()
+        # one-time output key -> (txid, output index) of the first output that paid us with it
+        self._output_keys: dict[bytes, tuple[str, int]] = {}
+
+    def derive(self, index: int) -> tuple[str, bytes]:
+        return self._deriver.derive(index)
+
+    def payment_uri(self, address: str, amount: int, asset: str) -> str:
+        """The monero: URI scheme of the reference wallets (tx_amount in XMR)."""
+        return f"monero:{address}?tx_amount={to_decimal_string(amount, self.decimals)}"
+
+    # --- matching ------------------------------------------------------------------------------------
+
+    def _chain_tx(self, tx: ParsedTx) -> ChainTx | None:
+        received = []
+        for out in ([] if tx.coinbase else self._scanner.scan(tx, self.watchlist.keys)):
+            where = f"{tx.txid}:{out.index}"
+            if not out.commitment_ok:
+                metrics.MALFORMED.labels(self.name, "commitment").inc()
+                log.warning("ignored output %s: its amount does not open its commitment (forged amount)", where,
+                            extra={"chain": self.name, "txid": tx.txid})
+                continue
+            if tx.unlock_time != 0:
+                metrics.MALFORMED.labels(self.name, "unlock_time").inc()
+                log.warning("ignored output %s: unlock_time %d (funds locked; pays no invoice)", where,
+                            tx.unlock_time, extra={"chain": self.name, "txid": tx.txid})
+                continue
+            first = self._output_keys.setdefault(out.key, (tx.txid, out.index))
+            if first != (tx.txid, out.index):
+                metrics.MALFORMED.labels(self.name, "duplicate_output_key").inc()
+                log.warning("ignored output %s: its one-time key was already paid by %s:%d (burning bug)", where,
+                            *first, extra={"chain": self.name, "txid": tx.txid})
+                continue
+            received.append(Received(out.spend_key, out.index, out.amount))
+        if not received and not self.watchlist.conflicts(tx.txid, tx.key_images):
+            return None
+        return ChainTx(tx.txid, tuple(received), tx.key_images)
+
+    def _scan_all(self, decoded: dict[str, dict[str, Any]], txids: list[str]) -> list[ChainTx]:
+        """Parse and match `txids` in order (runs in a worker thread for blocks)."""
+        found = []
+        for txid in txids:
+            tx = parse_tx_json(txid, decoded[txid])
+            chain_tx = self._chain_tx(tx)
+            if chain_tx is not None:
+                found.append(chain_tx)
+        return found
+
+    # --- the supervisor-facing loop -----------------------------------------------------------------
+
+    async def run(self, processor: Processor) -> None:
+        delays = backoff()
+        while True:
+            try:
+                if self.config.zmq_pub:
+                    await self._follow_zmq(processor)
+                else:
+                    await self._follow_polling(processor)
+            except NodeError as exc:
+                self.connected = False
+                metrics.NODE_UP.labels(self.name).set(0)
+                if isinstance(exc, NodeProtocolError):
+                    metrics.MALFORMED.labels(self.name, "rpc").inc()
+                delay = next(delays)
+                log.warning("%s; retrying in %.1f s", exc, delay, extra={"chain": self.name})
+                await asyncio.sleep(delay)
+            else:
+                delays = backoff()
+
+    async def close(self) -> None:
+        await self._rpc.close()
+
+    async def _follow_polling(self, processor: Processor) -> None:
+        while True:
+            await self.reconcile(processor)
+            await asyncio.sleep(self.config.poll_interval_seconds)
+
+    async def _follow_zmq(self, processor: Processor) -> None:
+        assert self.config.zmq_pub is not None
+        context = zmq.asyncio.Context.instance()
+        socket = context.socket(zmq.SUB)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)
+        monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        try:
+            for topic in ZMQ_TOPICS:
+                socket.setsockopt(zmq.SUBSCRIBE, topic)
+            socket.connect(self.config.zmq_pub)
+            poller = zmq.asyncio.Poller()
+            poller.register(socket, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
+            await self.reconcile(processor)
+            next_check = time.monotonic() + self.config.poll_interval_seconds
+            next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
+            while True:
+                timeout_ms = max(0, int((next_check - time.monotonic()) * 1000))
+                ready = dict(await poller.poll(timeout_ms))
+                if monitor in ready:
+                    self._on_monitor(await monitor.recv_multipart())
+                if socket in ready:
+                    await self._on_message(processor, await socket.recv_multipart())
+                if time.monotonic() >= next_mempool_read:
+                    self._mempool_stale = True
+                    next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
+                if self._resync.is_set() or time.monotonic() >= next_check:
+                    self._resync.clear()
+                    await self.reconcile(processor, full=False)
+                    next_check = time.monotonic() + self.config.poll_interval_seconds
+        finally:
+            socket.disable_monitor()
+            monitor.close(linger=0)
+            socket.close(linger=0)
+
+    def _on_monitor(self, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)
+        if event["event"] == zmq.EVENT_CONNECTED:
+            metrics.RECONNECTS.labels(self.name).inc()
+            log.info("ZMQ connected to %s", event["endpoint"].decode(), extra={"chain": self.name})
+        else:
+            log.warning("ZMQ disconnected from %s", event["endpoint"].decode(), extra={"chain": self.name})
+        # no sequence numbers on monerod's feed: whatever was published while away is only found over RPC
+        self._mempool_stale = True
+        self._resync.set()
+
+    def _malformed_zmq(self, why: str) -> None:
+        metrics.MALFORMED.labels(self.name, "zmq").inc()
+        log.warning("ignored a malformed ZMQ message: %s", why, extra={"chain": self.name})
+        self._mempool_stale = True
+        self._resync.set()
+
+    async def _on_message(self, processor: Processor, frames: list[bytes]) -> None:
+        received_at = time.monotonic()
+        message = b"".join(frames)
+        topic, sep, body = message.partition(b":")
+        if not sep or topic not in ZMQ_TOPICS:
+            self._malformed_zmq(f"topic {topic[:40]!r}")
+            return
+        if topic == b"json-minimal-chain_main":
+            self._resync.set()
+            return
+        try:
+            txids = [str(entry["id"]) for entry in json.loads(body)]
+            if not all(len(t) == 64 and bytes.fromhex(t) for t in txids):
+                raise ValueError("not a tx hash")
+        except (ValueError, TypeError, KeyError) as exc:
+            self._malformed_zmq(f"txpool_add body: {exc}")
+            return
+        new = [t for t in txids if t not in self._mempool_seen]
+        if not new:
+            return
+        decoded = await self._rpc.transactions(new)
+        await self._seen_in_pool(processor, [t for t in new if t in decoded], decoded)
+        metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
+
+    async def _seen_in_pool(self, processor: Processor, txids: list[str], decoded: dict[str, Any]) -> None:
+        for txid in txids:
+            try:
+                tx = self._chain_tx(parse_tx_json(txid, decoded[txid]))
+            except (MoneroKeyError, KeyError, TypeError, ValueError, IndexError) as exc:
+                metrics.MALFORMED.labels(self.name, "rpc").inc()
+                log.warning("pool tx %s undecodable: %s", txid, exc, extra={"chain": self.name})
+                continue
+            metrics.TXS.labels(self.name, "mempool").inc()
+            self._mempool_seen.add(txid)
+            if tx is not None:
+                await processor.tx_seen(self.name, tx)
+
+    # --- catch-up over RPC --------------------------------------------------------------------------
+
+    async def _tip(self) -> tuple[int, str]:
+        header = (await self._rpc.call("get_last_block_header"))["block_header"]
+        return int(header["height"]), str(header["hash"])
+
+    async def reconcile(self, processor: Processor, full: bool = True) -> None:
+        _, tip_hash = await self._tip()
+        self._mark_up()
+        cursor = await processor.store.cursor(self.name)
+        if cursor is None or tip_hash != cursor.hash:
+            await self.catch_up(processor)
+        # Always diff the pool (one cheap call): monerod publishes txpool_add only for transactions it relays
+        # publicly, so one still in its Dandelion++ stem phase (or on an --offline node) arrives unannounced.
+        await self.sync_mempool(processor)
+
+    def _mark_up(self) -> None:
+        if not self.connected:
+            log.info("monerod RPC %s answers", self._rpc.url, extra={"chain": self.name})
+        self.connected = True
+        metrics.NODE_UP.labels(self.name).set(1)
+
+    async def _header(self, height: int) -> dict[str, Any] | None:
+        try:
+            return (await self._rpc.call("get_block_header_by_height", height=height))["block_header"]
+        except NodeProtocolError:
+            return None  # above the node's tip (it moved down since we asked)
+
+    async def catch_up(self, processor: Processor) -> None:
+        while True:
+            tip_height, _ = await self._tip()
+            self.node_tip = tip_height
+            metrics.NODE_TIP.labels(self.name).set(tip_height)
+            cursor = await processor.store.cursor(self.name)
+            if cursor is None:
+                start = tip_height if self.config.start_height is None else min(self.config.start_height, tip_height)
+                header = await self._header(start)
+                if header is None:
+                    continue
+                cursor = Cursor(start, str(header["hash"]))
+                await processor.set_cursor(self.name, cursor)
+                log.info("first run: scanning from block %d", start, extra={"chain": self.name})
+            cursor = await self._walk_back_reorg(processor, cursor)
+            if cursor.height >= tip_height:
+                break
+            if not await self._connect_next(processor, cursor):
+                continue
+        metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
+        metrics.LAG.labels(self.name).set(max(0, tip_height - cursor.height))
+
+    async def _walk_back_reorg(self, processor: Processor, cursor: Cursor) -> Cursor:
+        depth = 0
+        while True:
+            header = await self._header(cursor.height)
+            if header is not None and header["hash"] == cursor.hash:
+                break
+            parent_hash = await processor.store.block_hash(self.name, cursor.height - 1)
+            if parent_hash is None:
+                # below what we ever connected (our first cursor, or a node that lost its last blocks in a
+                # crash): nothing of ours to undo there, follow the node's own chain
+                parent = await self._header(cursor.height - 1)
+                if parent is None:
+                    raise NodeProtocolError(f"block {cursor.height - 1}: header unavailable")
+                parent_hash = str(parent["hash"])
+            parent_cursor = Cursor(cursor.height - 1, parent_hash)
+            await processor.block_disconnected(self.name, cursor.height, cursor.hash, parent_cursor)
+            cursor = parent_cursor
+            depth += 1
+        if depth:
+            metrics.REORGS.labels(self.name).inc()
+            metrics.REORG_DEPTH.labels(self.name).observe(depth)
+            log.warning("reorg: %d block(s) disconnected, common ancestor %d %s", depth, cursor.height,
+                        cursor.hash, extra={"chain": self.name})
+            self._mempool_stale = True
+        return cursor
+
+    async def _connect_next(self, processor: Processor, cursor: Cursor) -> bool:
+        height = cursor.height + 1
+        started = time.monotonic()
+        block = await self._rpc.call("get_block", height=height)
+        header = block.get("block_header") or {}
+        block_hash, prev_hash = str(header.get("hash")), str(header.get("prev_hash"))
+        if int(header.get("height", -1)) != height:
+            raise NodeProtocolError(f"get_block {height}: node sent height {header.get('height')}")
+        if prev_hash != cursor.hash:
+            return False
+        txids = [str(t) for t in block.get("tx_hashes") or []]
+        decoded = await self._rpc.transactions(txids)
+        missing = [t for t in txids if t not in decoded]
+        if missing:
+            raise NodeProtocolError(f"block {height}: node does not know its txs {missing[:3]}")
+        try:
+            txs = await asyncio.to_thread(self._scan_all, decoded, txids)
+        except (MoneroKeyError, KeyError, TypeError, ValueError, IndexError) as exc:
+            metrics.MALFORMED.labels(self.name, "rpc").inc()
+            raise NodeProtocolError(f"block {height} {block_hash}: cannot decode: {exc}") from exc
+        await processor.block_connected(self.name, ChainBlock(height, block_hash, prev_hash, tuple(txs)))
+        metrics.BLOCKS.labels(self.name).inc()
+        metrics.TXS.labels(self.name, "block").inc(len(txids))
+        if txs:
+            metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - started)
+        return True
+
+    async def sync_mempool(self, processor: Processor) -> None:
+        answer = await self._rpc.other("get_transaction_pool_hashes")
+        mempool = {str(t) for t in answer.get("tx_hashes") or []}
+        new = [t for t in mempool if t not in self._mempool_seen]
+        if new:
+            decoded = await self._rpc.transactions(new)
+            await self._seen_in_pool(processor, [t for t in new if t in decoded], decoded)
+        cursor = await processor.store.cursor(self.name)
+        _, tip_hash = await self._tip()
+        if cursor is not None and tip_hash == cursor.hash:
+            await processor.mempool_synced(self.name, mempool)
+            self._mempool_seen = mempool
+            self._mempool_stale = False
+        else:
+            self._resync.set()
