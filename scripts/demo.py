@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,16 @@ def wait_status(api: Api, invoice_id: str, status: str, timeout: float = 60) -> 
     raise SystemExit(f"demo: invoice {invoice_id} did not become {status} within {timeout:.0f}s")
 
 
-def pay_invoice(api: Api, devnet: Devnet, chain: str, amount: str, confirmations: int) -> None:
+def pay_invoice(api: Api, devnet: Devnet, chain: str, amount: str, confirmations: int, asset: str | None = None,
+                pay: Callable[[str], str] | None = None) -> None:
     node = devnet.node(chain)
-    invoice = api("POST", "/v1/invoices", {"chain": chain, "amount": amount, "order_id": f"DEMO-{chain.upper()}"})
+    body = {"chain": chain, "amount": amount, "order_id": f"DEMO-{(asset or chain).upper()}"}
+    if asset:
+        body["asset"] = asset
+    invoice = api("POST", "/v1/invoices", body)
     say(f"{chain}: invoice {invoice['id']} for {invoice['amount']} {invoice['asset']} is {invoice['status'].upper()}")
     say(f"{chain}: customer is shown  {invoice['payment_uri']}")
-    txid = node.pay(invoice["address"], amount)
+    txid = (pay or (lambda address: node.pay(address, amount)))(invoice["address"])
     say(f"{chain}: customer paid, txid {txid}")
     wait_status(api, invoice["id"], "processing")
     for _ in range(confirmations):
@@ -87,8 +92,8 @@ def main() -> int:
     daemon: subprocess.Popen[bytes] | None = None
     ok = False
     try:
-        say("starting regtest nodes: bitcoind (ZMQ) and litecoind (polled); first start funds their wallets")
-        devnet.up(["btc", "ltc"])
+        say("starting regtest nodes: bitcoind (ZMQ), litecoind (polled), anvil (websocket, with a test USDC)")
+        devnet.up(["btc", "ltc", "eth"])
         with WebhookReceiver(secret) as receiver:
             receiver.on_event = show_event
             api_port, metrics_port = free_ports(2)
@@ -115,6 +120,9 @@ def main() -> int:
                 f"webhooks to {receiver.url} (signatures verified)")
             pay_invoice(api, devnet, "btc", "0.015", 2)
             pay_invoice(api, devnet, "ltc", "0.25", 2)
+            eth = devnet.node("eth")
+            pay_invoice(api, devnet, "eth", "25", 2, asset="USDC",
+                        pay=lambda address: eth.pay_token("USDC", address, 25 * 10**6))
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
                 wanted = ("watcherd_processed_height", "watcherd_lag_blocks", "watcherd_invoices{",
                           "watcherd_notifications_delivered_total")
@@ -134,7 +142,7 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             say(f"work directory kept: {workdir}")
-    say("demo complete: both invoices went UNPAID -> PROCESSING -> PAID")
+    say("demo complete: every invoice went UNPAID -> PROCESSING -> PAID")
     return 0
 
 

@@ -379,6 +379,37 @@ def test_scripts_devnet_round_trip(tmp_path: Path) -> None:
     assert not Devnet(root).node("btc").is_running()
 
 
+def test_scripts_devnet_runs_anvil_with_the_test_tokens(tmp_path: Path) -> None:
+    """anvil joins the devnet: its config table carries the deployed tokens and passes check-config; ETH and
+    token payments and mining work from separate processes."""
+    root = tmp_path / "dn"
+
+    def devnet_cli(*args: str) -> str:
+        result = subprocess.run([str(REPO_ROOT / "scripts" / "devnet"), *args, "--dir", str(root)],
+                                capture_output=True, text=True, timeout=scaled(120))
+        assert result.returncode == 0, f"scripts/devnet {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    try:
+        assert "eth: anvil" in devnet_cli("up", "--chains", "eth")
+        config = tomllib.loads((root / "watcherd.toml").read_text())
+        assert config["chains"]["eth"]["kind"] == "ethereum"
+        assert {t["symbol"] for t in config["chains"]["eth"]["tokens"]} == {"USDC", "DAI"}
+        check = subprocess.run([sys.executable, "-m", "watcherd", "--config", str(root / "watcherd.toml"),
+                                "check-config"], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+        node = Devnet(root).node("eth")
+        target = "0x000000000000000000000000000000000000dEaD"
+        before = node.balance(target)
+        assert devnet_cli("pay", "eth", target, "1.5").strip().startswith("0x")
+        assert devnet_cli("pay", "--token", "USDC", "eth", target, "2").strip().startswith("0x")
+        devnet_cli("mine", "eth", "1")
+        assert node.balance(target) - before == 15 * 10**17
+    finally:
+        devnet_cli("down")
+    assert not Devnet(root).node("eth").is_running()
+
+
 # ---- helpers ----------------------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-CHAIN_KINDS = {"btc": "bsv", "ltc": "litecoin"}
+CHAIN_KINDS = {"btc": "bsv", "ltc": "litecoin", "eth": "anvil"}
 COIN_OF_KIND = {"bsv": "bitcoin", "litecoin": "litecoin"}
 
 RPC_USER = "watcherd"
@@ -505,6 +505,27 @@ class Node:
             self.rpc("unloadwallet", sink)
 
 
+def _node_class(kind: str) -> Any:
+    if kind == "anvil":
+        from .devnet_eth import EthNode
+
+        return EthNode
+    return Node
+
+
+def _ethereum_table(node: Any, xpub: str, confirmations: int) -> list[str]:
+    from .devnet_eth import TOKEN_DECIMALS
+
+    q = json.dumps
+    lines = [f"[chains.{node.name}]", 'kind = "ethereum"', f"ws_url = {q(node.ws_url)}", f"chain_id = {node.chain_id}",
+             f"xpub = {q(xpub)}", f"confirmations = {int(confirmations)}", ""]
+    for symbol, decimals in (("USDC", TOKEN_DECIMALS), ("DAI", 18)):
+        if symbol in node.contracts:
+            lines += [f"[[chains.{node.name}.tokens]]", f"symbol = {q(symbol)}",
+                      f"contract = {q(node.contracts[symbol])}", f"decimals = {decimals}", ""]
+    return lines
+
+
 class Devnet:
     """A directory of regtest nodes plus `state.json`, so separate processes can find what `up` started."""
 
@@ -541,7 +562,7 @@ class Devnet:
             state = self._load_state()["nodes"]
             if name not in state:
                 raise KeyError(f"no {name!r} node in {self.state_path}; run `scripts/devnet up` first")
-            node = Node.from_state(name, state[name])
+            node = _node_class(state[name]["kind"]).from_state(name, state[name])
             node.die_with_parent = self.die_with_parent
             self._nodes[name] = node
         return self._nodes[name]
@@ -558,6 +579,9 @@ class Devnet:
         for name in chains:
             if name not in CHAIN_KINDS:
                 raise ValueError(f"unknown chain {name!r}; known: {', '.join(CHAIN_KINDS)}")
+            if CHAIN_KINDS[name] == "anvil":
+                self._up_anvil(name, known)
+                continue
             if name in known:
                 node = self.node(name)
                 if node.is_running():
@@ -573,6 +597,22 @@ class Devnet:
                 node.start()
             finally:
                 self._save_state()
+
+    def _up_anvil(self, name: str, known: list[str]) -> None:
+        from .devnet_eth import EthNode
+
+        node = self.node(name) if name in known else EthNode(name, self.root / name)
+        node.die_with_parent = self.die_with_parent
+        self._nodes[name] = node
+        if node.is_running():
+            return
+        if name in known and not _port_free(node.port):
+            node.port = free_ports(1)[0]
+        try:
+            node.start()
+            node.deploy_contracts()  # the test tokens and the forwarder; idempotent across restarts
+        finally:
+            self._save_state()
 
     def down(self) -> None:
         """Stop every node this devnet started, each by its own pid."""
@@ -601,9 +641,11 @@ class Devnet:
         btc = Bip44.FromSeed(seed, Bip44Coins.BITCOIN_TESTNET).Purpose().Coin().Account(0)
         # Bitcoin-testnet BIP84 gives the common vpub encoding; the key at m/84'/1'/0' is the same for LTC.
         ltc = Bip84.FromSeed(seed, Bip84Coins.BITCOIN_TESTNET).Purpose().Coin().Account(0)
+        eth = Bip44.FromSeed(seed, Bip44Coins.ETHEREUM).Purpose().Coin().Account(0)
         return {
             "btc": (btc.PublicKey().ToExtended(), "p2pkh"),
             "ltc": (ltc.PublicKey().ToExtended(), "p2wpkh"),
+            "eth": (eth.PublicKey().ToExtended(), "eip55"),
         }
 
     def write_config(
@@ -636,6 +678,9 @@ class Devnet:
         lines += ["[log]", 'level = "info"', ""]
         for node in sorted(self.running_nodes(), key=lambda n: n.name):
             xpub, address_type = xpubs[node.name]
+            if node.kind == "anvil":
+                lines += _ethereum_table(node, xpub, confirmations)
+                continue
             lines += [
                 f"[chains.{node.name}]",
                 'kind = "bitcoin"',

@@ -73,6 +73,18 @@ class EthNode:
         self._proc: subprocess.Popen[bytes] | None = None
         self.contracts: dict[str, str] = {}  # name -> address, once deployed
 
+    def to_state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "datadir": str(self.datadir), "port": self.port, "chain_id": self.chain_id,
+                "pid": self.pid}
+
+    @classmethod
+    def from_state(cls, name: str, state: dict[str, Any]) -> EthNode:
+        node = cls(name, Path(state["datadir"]), port=state["port"], chain_id=state["chain_id"])
+        node.pid = state.get("pid")
+        if (node.datadir / "contracts.json").exists():
+            node.contracts = json.loads((node.datadir / "contracts.json").read_text())
+        return node
+
     @property
     def state_path(self) -> Path:
         return self.datadir / "state.json"
