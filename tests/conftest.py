@@ -137,3 +137,34 @@ def eth_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield node
     finally:
         node.stop()
+
+
+# ---- the daemon under test -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A webhook endpoint that verifies signatures, like a billing system's."""
+    from harness import WEBHOOK_SECRET
+
+    from watcherd.receiver import WebhookReceiver
+
+    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, receiver: Any) -> Iterator[Callable[..., Any]]:
+    """Start real `watcherd run` processes (webhooks to `receiver`); each is stopped after the test."""
+    from harness import Daemon
+
+    started: list[Daemon] = []
+
+    def make(chains: str, name: str = "d") -> Daemon:
+        daemon = Daemon(tmp_path / name, chains, receiver.url)
+        started.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in started:
+        daemon.stop()

@@ -88,6 +88,16 @@ def eth_table(name: str, node: Any, *, confirmations: int, tokens: tuple[str, ..
     return "\n".join(lines) + "\n"
 
 
+def wait_delivered(receiver: Any, invoice_id: str, statuses: list[str], timeout: float = 30) -> list[dict]:
+    """Wait until the webhooks delivered for the invoice show exactly `statuses`; returns the deliveries."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if receiver.statuses(invoice_id) == statuses:
+            return receiver.for_invoice(invoice_id)
+        time.sleep(0.05)
+    raise AssertionError(f"webhooks for {invoice_id}: {receiver.statuses(invoice_id)}, wanted {statuses}")
+
+
 class Daemon:
     def __init__(self, workdir: Path, chains: str, webhook_url: str | None = None, extra: str = "",
                  env: dict[str, str] | None = None, log_format: str = "plain"):

@@ -10,38 +10,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from harness import WEBHOOK_SECRET, Daemon, chain_table
-
-from watcherd.receiver import WebhookReceiver
-
-
-@pytest.fixture
-def receiver():
-    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def daemon_factory(tmp_path, receiver):
-    started: list[Daemon] = []
-
-    def make(chains: str, name: str = "d") -> Daemon:
-        daemon = Daemon(tmp_path / name, chains, receiver.url)
-        started.append(daemon)
-        return daemon.start()
-
-    yield make
-    for daemon in started:
-        daemon.stop()
-
-
-def wait_delivered(receiver, invoice_id, statuses, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if receiver.statuses(invoice_id) == statuses:
-            return receiver.for_invoice(invoice_id)
-        time.sleep(0.05)
-    raise AssertionError(f"webhooks for {invoice_id}: {receiver.statuses(invoice_id)}, wanted {statuses}")
+from harness import chain_table, wait_delivered
 
 
 def test_exact_payment_over_zmq(bsv_node, daemon_factory, receiver):

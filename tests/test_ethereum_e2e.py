@@ -12,42 +12,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-from harness import WEBHOOK_SECRET, Daemon, eth_table
-
-from watcherd.receiver import WebhookReceiver
+from harness import Daemon, eth_table, wait_delivered
 
 ETH = 10**18
 USDC = 10**6
-
-
-@pytest.fixture
-def receiver():
-    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def daemon_factory(tmp_path, receiver):
-    started: list[Daemon] = []
-
-    def make(chains: str, name: str = "d") -> Daemon:
-        daemon = Daemon(tmp_path / name, chains, receiver.url)
-        started.append(daemon)
-        return daemon.start()
-
-    yield make
-    for daemon in started:
-        daemon.stop()
-
-
-def wait_delivered(receiver, invoice_id, statuses, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if receiver.statuses(invoice_id) == statuses:
-            return receiver.for_invoice(invoice_id)
-        time.sleep(0.05)
-    raise AssertionError(f"webhooks for {invoice_id}: {receiver.statuses(invoice_id)}, wanted {statuses}")
 
 
 def wait_caught_up(daemon: Daemon, eth_node, timeout: float = 30) -> None:
