@@ -13,16 +13,24 @@ from pathlib import Path
 
 import pytest
 
+from watcherd import metrics
+from watcherd.chains.base import ChainBlock
 from watcherd.chains.monero import MoneroAdapter
 from watcherd.chains.xmr_crypto import (
+    H_POINT,
+    L,
     SubaddressDeriver,
+    commitment_ok,
     decode_address,
     encode_address,
+    hash_to_scalar,
     parse_tx_json,
     scalar_base,
 )
 from watcherd.config import MoneroChainConfig, MoneroNetwork
 from watcherd.devnet_monero import new_keys, primary_address
+from watcherd.exceptions import NodeProtocolError
+from watcherd.store import Cursor
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "monero_regtest.json").read_text())
 VIEW = bytes.fromhex(VECTORS["view_key"])
@@ -111,6 +119,89 @@ def test_wrong_view_tag_short_circuits():
         tag["view_tag"] = f"{(int(tag['view_tag'], 16) + 1) % 256:02x}"
     tx = adapter()._chain_tx(parse_tx_json(entry["txid"], entry["json"]))
     assert tx is None or not tx.received
+
+
+class FakeBlockRpc:
+    """monerod's answers for one block at height 101: get_block, then get_transactions' JSON texts."""
+
+    def __init__(self, texts: dict[str, str], tx_hashes: list[str]):
+        self.texts, self.tx_hashes = texts, tx_hashes
+
+    async def call(self, method: str, **params):
+        assert (method, params) == ("get_block", {"height": 101})
+        return {"block_header": {"height": 101, "hash": "bb" * 32, "prev_hash": "aa" * 32},
+                "tx_hashes": self.tx_hashes}
+
+    async def transactions(self, txids: list[str]) -> dict[str, str]:
+        return {t: self.texts[t] for t in txids if t in self.texts}
+
+
+class BlockRecorder:
+    def __init__(self):
+        self.blocks: list[ChainBlock] = []
+
+    async def block_connected(self, chain: str, block: ChainBlock) -> None:
+        self.blocks.append(block)
+
+
+def malformed_rpc_count() -> float:
+    return metrics.MALFORMED.labels("xmr", "rpc")._value.get()
+
+
+async def test_undecodable_tx_is_skipped_not_its_block():
+    """One transaction we cannot decode (pre-2019 RingCT, not JSON, not an object, a vout without a target)
+    is logged, counted and skipped: the block still connects with the other transactions' payments, instead
+    of failing (and being retried) forever."""
+    owned = owned_entry()
+    old_rct = copy.deepcopy(owned["json"])
+    old_rct["rct_signatures"]["type"] = 3
+    no_target = copy.deepcopy(owned["json"])
+    del no_target["vout"][0]["target"]
+    bad = {"01" * 32: json.dumps(old_rct), "02" * 32: "{not json", "03" * 32: "[1, 2]",
+           "04" * 32: json.dumps(no_target)}
+    texts = {owned["txid"]: json.dumps(owned["json"]), **bad}
+    order = ["01" * 32, "02" * 32, owned["txid"], "03" * 32, "04" * 32]
+    chain, recorder = adapter(), BlockRecorder()
+    chain._rpc = FakeBlockRpc(texts, order)
+    before = malformed_rpc_count()
+    assert await chain._connect_next(recorder, Cursor(100, "aa" * 32))
+    [block] = recorder.blocks
+    assert (block.height, block.hash) == (101, "bb" * 32)
+    assert [tx.txid for tx in block.txs] == [owned["txid"]]
+    paid: dict[tuple[int, int], int] = {}  # summed per subaddress, as the reference wallet reports it
+    for r in block.txs[0].received:
+        paid[WATCHED[r.key]] = paid.get(WATCHED[r.key], 0) + r.amount
+    assert paid == {(major, minor): amount for txid, major, minor, amount in VECTORS["expected"]
+                    if txid == owned["txid"]}
+    assert malformed_rpc_count() - before == len(bad)
+
+
+async def test_block_whose_txs_the_node_cannot_give_stays_an_error():
+    """A block we cannot read at all (the node does not know one of its txs) is not connected half: it is a
+    NodeProtocolError, retried from the cursor."""
+    owned = owned_entry()
+    chain, recorder = adapter(), BlockRecorder()
+    chain._rpc = FakeBlockRpc({owned["txid"]: json.dumps(owned["json"])}, [owned["txid"], "05" * 32])
+    with pytest.raises(NodeProtocolError, match="does not know its txs"):
+        await chain._connect_next(recorder, Cursor(100, "aa" * 32))
+    assert recorder.blocks == []
+
+
+@pytest.mark.parametrize("amount", [1, 7, 8, 2**40, 10**12, 25 * 10**11, 2**63, 2**64 - 1, 123456789012345])
+def test_commitment_check_through_x25519(amount):
+    """The X25519 commitment check agrees with the plain ed25519 one: round amounts (many trailing zero bits)
+    included, and a wrong amount or mask never opens the commitment."""
+    from nacl import bindings as sodium
+
+    mask = hash_to_scalar(amount.to_bytes(8, "little"))
+    amount_h = sodium.crypto_scalarmult_ed25519_noclamp(amount.to_bytes(32, "little"), H_POINT)
+    commitment = sodium.crypto_core_ed25519_add(scalar_base(mask), amount_h)
+    assert commitment_ok(amount, mask, commitment)
+    assert not commitment_ok(amount ^ 1, mask, commitment)
+    assert not commitment_ok((amount * 3 + 1) % 2**64, mask, commitment)
+    assert not commitment_ok(amount, hash_to_scalar(mask), commitment)
+    assert not commitment_ok(amount, mask, bytes(32))
+    assert (L - amount) >= 2**64, "the sign the u-coordinate drops cannot stand for another 64-bit amount"
 
 
 def test_address_codec_roundtrip():

@@ -132,7 +132,9 @@ class MoneroNode:
 
     def command(self) -> list[str]:
         return [
-            _binary("monerod"), "--regtest", "--offline", "--fixed-difficulty", "1",
+            # --keep-fakechain: without it a --regtest monerod wipes its chain at every start, so a restarted
+            # node would come back at height 1, below every cursor and every wallet's outputs
+            _binary("monerod"), "--regtest", "--keep-fakechain", "--offline", "--fixed-difficulty", "1",
             "--data-dir", str(self.datadir / "chain"), "--rpc-bind-ip", "127.0.0.1",
             "--rpc-bind-port", str(self.rpc_port), "--p2p-bind-ip", "127.0.0.1",
             "--p2p-bind-port", str(self.p2p_port), "--zmq-rpc-bind-port", str(self.zmq_rpc_port),

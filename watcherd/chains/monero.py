@@ -25,11 +25,10 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from .. import metrics
-from ..exceptions import NodeError, NodeProtocolError, NodeUnavailable
+from ..exceptions import NodeProtocolError, NodeUnavailable
 from ..money import to_decimal_string
-from ..retry import backoff
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist
+from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever
 from .xmr_crypto import MoneroKeyError, ParsedTx, Scanner, parse_tx_json
 
 if TYPE_CHECKING:
@@ -95,18 +94,30 @@ class MoneroRpc:
             raise NodeProtocolError(f"{path}: status {str(answer.get('status'))[:80]!r}")
         return answer
 
-    async def transactions(self, txids: list[str]) -> dict[str, dict[str, Any]]:
-        """txid -> decoded transaction JSON, for those monerod knows (pool or chain), in batches."""
-        found: dict[str, dict[str, Any]] = {}
+    async def transactions(self, txids: list[str]) -> dict[str, str]:
+        """txid -> the transaction's JSON text (decode_as_json), for those monerod knows (pool or chain), in
+        batches. The text is parsed per transaction later (decode_tx), so that one bad tx fails alone."""
+        found: dict[str, str] = {}
         for start in range(0, len(txids), TX_BATCH):
             chunk = txids[start:start + TX_BATCH]
             answer = await self.other("get_transactions", txs_hashes=chunk, decode_as_json=True)
             for entry in answer.get("txs") or []:
                 try:
-                    found[str(entry["tx_hash"])] = json.loads(entry["as_json"])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise NodeProtocolError(f"get_transactions: malformed entry: {exc}") from exc
+                    found[str(entry["tx_hash"])] = str(entry["as_json"])
+                except (KeyError, TypeError) as exc:
+                    raise NodeProtocolError(f"get_transactions: malformed entry: {exc!r}") from exc
         return found
+
+
+# What a transaction that monerod's JSON describes badly (or in a format we do not scan) raises in decode_tx.
+UNDECODABLE = (MoneroKeyError, KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+
+def decode_tx(txid: str, as_json: str) -> ParsedTx:
+    tx = json.loads(as_json)
+    if not isinstance(tx, dict):
+        raise ValueError(f"not a JSON object: {as_json[:40]!r}")
+    return parse_tx_json(txid, tx)
 
 
 class MoneroAdapter:
@@ -166,12 +177,22 @@ class MoneroAdapter:
             return None
         return ChainTx(tx.txid, tuple(received), tx.key_images)
 
-    def _scan_all(self, decoded: dict[str, dict[str, Any]], txids: list[str]) -> list[ChainTx]:
-        """Parse and match `txids` in order (runs in a worker thread for blocks)."""
+    def _decode_and_match(self, txid: str, as_json: str, where: str) -> ChainTx | None:
+        """One transaction: None when it does not concern us, or when it cannot be decoded (logged and counted,
+        then skipped: a transaction monerod accepted but we cannot read must not hold its block up forever)."""
+        try:
+            return self._chain_tx(decode_tx(txid, as_json))
+        except UNDECODABLE as exc:
+            metrics.MALFORMED.labels(self.name, "rpc").inc()
+            log.warning("%s tx %s undecodable, skipped: %s: %s", where, txid, type(exc).__name__, exc,
+                        extra={"chain": self.name, "txid": txid})
+            return None
+
+    def _scan_all(self, decoded: dict[str, str], txids: list[str], where: str = "block") -> list[ChainTx]:
+        """Decode and match `txids` in order (runs in a worker thread for blocks)."""
         found = []
         for txid in txids:
-            tx = parse_tx_json(txid, decoded[txid])
-            chain_tx = self._chain_tx(tx)
+            chain_tx = self._decode_and_match(txid, decoded[txid], where)
             if chain_tx is not None:
                 found.append(chain_tx)
         return found
@@ -179,23 +200,10 @@ class MoneroAdapter:
     # --- the supervisor-facing loop -----------------------------------------------------------------
 
     async def run(self, processor: Processor) -> None:
-        delays = backoff()
-        while True:
-            try:
-                if self.config.zmq_pub:
-                    await self._follow_zmq(processor)
-                else:
-                    await self._follow_polling(processor)
-            except NodeError as exc:
-                self.connected = False
-                metrics.NODE_UP.labels(self.name).set(0)
-                if isinstance(exc, NodeProtocolError):
-                    metrics.MALFORMED.labels(self.name, "rpc").inc()
-                delay = next(delays)
-                log.warning("%s; retrying in %.1f s", exc, delay, extra={"chain": self.name})
-                await asyncio.sleep(delay)
-            else:
-                delays = backoff()
+        if self.config.zmq_pub:
+            await follow_forever(self, lambda: self._follow_zmq(processor))
+        else:
+            await follow_forever(self, lambda: self._follow_polling(processor))
 
     async def close(self) -> None:
         await self._rpc.close()
@@ -282,16 +290,11 @@ class MoneroAdapter:
         await self._seen_in_pool(processor, [t for t in new if t in decoded], decoded)
         metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
 
-    async def _seen_in_pool(self, processor: Processor, txids: list[str], decoded: dict[str, Any]) -> None:
+    async def _seen_in_pool(self, processor: Processor, txids: list[str], decoded: dict[str, str]) -> None:
         for txid in txids:
-            try:
-                tx = self._chain_tx(parse_tx_json(txid, decoded[txid]))
-            except (MoneroKeyError, KeyError, TypeError, ValueError, IndexError) as exc:
-                metrics.MALFORMED.labels(self.name, "rpc").inc()
-                log.warning("pool tx %s undecodable: %s", txid, exc, extra={"chain": self.name})
-                continue
+            tx = self._decode_and_match(txid, decoded[txid], "pool")
             metrics.TXS.labels(self.name, "mempool").inc()
-            self._mempool_seen.add(txid)
+            self._mempool_seen.add(txid)  # an undecodable one too: read again, it would only be counted again
             if tx is not None:
                 await processor.tx_seen(self.name, tx)
 
@@ -386,11 +389,7 @@ class MoneroAdapter:
         missing = [t for t in txids if t not in decoded]
         if missing:
             raise NodeProtocolError(f"block {height}: node does not know its txs {missing[:3]}")
-        try:
-            txs = await asyncio.to_thread(self._scan_all, decoded, txids)
-        except (MoneroKeyError, KeyError, TypeError, ValueError, IndexError) as exc:
-            metrics.MALFORMED.labels(self.name, "rpc").inc()
-            raise NodeProtocolError(f"block {height} {block_hash}: cannot decode: {exc}") from exc
+        txs = await asyncio.to_thread(self._scan_all, decoded, txids)
         await processor.block_connected(self.name, ChainBlock(height, block_hash, prev_hash, tuple(txs)))
         metrics.BLOCKS.labels(self.name).inc()
         metrics.TXS.labels(self.name, "block").inc(len(txids))
