@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import metrics
 from ..exceptions import NodeError, NodeProtocolError
 from ..retry import backoff
+from ..store import Cursor
 
 if TYPE_CHECKING:
     from ..processor import Processor
@@ -103,3 +104,27 @@ async def follow_forever(adapter: ChainAdapter, session: Callable[[], Awaitable[
             await asyncio.sleep(delay)
         else:
             delays = backoff()
+
+
+async def walk_back(
+    adapter: ChainAdapter, processor: Processor, cursor: Cursor,
+    main_chain_hash: Callable[[int], Awaitable[str | None]], parent_of: Callable[[Cursor], Awaitable[str]],
+) -> tuple[Cursor, int]:
+    """Disconnect our blocks until the cursor is on the node's main chain again (the common ancestor).
+
+    `main_chain_hash(height)` is the node's main-chain hash there (None if it has none); `parent_of(cursor)`
+    the parent hash of the cursor's block, asked only when the store no longer remembers it. Returns the
+    new cursor and how many blocks were disconnected."""
+    depth = 0
+    while await main_chain_hash(cursor.height) != cursor.hash:
+        parent_hash = await processor.store.block_hash(adapter.name, cursor.height - 1) or await parent_of(cursor)
+        parent = Cursor(cursor.height - 1, parent_hash)
+        await processor.block_disconnected(adapter.name, cursor.height, cursor.hash, parent)
+        cursor = parent
+        depth += 1
+    if depth:
+        metrics.REORGS.labels(adapter.name).inc()
+        metrics.REORG_DEPTH.labels(adapter.name).observe(depth)
+        log.warning("reorg: %d block(s) disconnected, common ancestor %d %s", depth, cursor.height, cursor.hash,
+                    extra={"chain": adapter.name})
+    return cursor, depth

@@ -22,7 +22,7 @@ from .. import metrics
 from ..exceptions import DecodeError, NodeProtocolError
 from ..money import to_decimal_string
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever
+from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever, walk_back
 from .btc_address import AddressDeriver
 from .btc_codec import ScannedTx, scan_block, scan_tx
 from .rpc import JsonRpc, RpcError
@@ -229,22 +229,11 @@ class BitcoinAdapter:
             return None  # the node's tip moved down since getblockcount
 
     async def _walk_back_reorg(self, processor: Processor, cursor: Cursor, tip_height: int) -> Cursor:
-        """Disconnect our blocks until the cursor is on the node's main chain again (the common ancestor)."""
-        depth = 0
-        while await self._hash_at(cursor.height, tip_height) != cursor.hash:
-            parent_hash = await processor.store.block_hash(self.name, cursor.height - 1)
-            if parent_hash is None:
-                header = await self._rpc.call("getblockheader", cursor.hash)
-                parent_hash = str(header["previousblockhash"])
-            parent = Cursor(cursor.height - 1, parent_hash)
-            await processor.block_disconnected(self.name, cursor.height, cursor.hash, parent)
-            cursor = parent
-            depth += 1
+        async def parent_of(block: Cursor) -> str:
+            return str((await self._rpc.call("getblockheader", block.hash))["previousblockhash"])
+
+        cursor, depth = await walk_back(self, processor, cursor, lambda h: self._hash_at(h, tip_height), parent_of)
         if depth:
-            metrics.REORGS.labels(self.name).inc()
-            metrics.REORG_DEPTH.labels(self.name).observe(depth)
-            log.warning("reorg: %d block(s) disconnected, common ancestor %d %s", depth, cursor.height,
-                        cursor.hash, extra={"chain": self.name})
             self._mempool_stale = True  # disconnected transactions went back to the mempool
         return cursor
 

@@ -29,7 +29,7 @@ from .. import metrics
 from ..exceptions import NodeProtocolError, WatcherdError
 from ..invoices import Status
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever
+from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever, walk_back
 from .eth_address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
 from .eth_rpc import WsRpc
 from .rpc import RpcError
@@ -303,27 +303,20 @@ class EthereumAdapter:
         return block
 
     async def _walk_back_reorg(self, processor: Processor, cursor: Cursor, tip: int) -> Cursor:
-        depth = 0
-        while True:
-            if cursor.height <= tip:
-                header = await self._rpc.call("eth_getBlockByNumber", hex(cursor.height), False)
-                if isinstance(header, dict) and header.get("hash") == cursor.hash:
-                    break
-            parent_hash = await processor.store.block_hash(self.name, cursor.height - 1)
-            if parent_hash is None:
-                ours = await self._rpc.call("eth_getBlockByHash", cursor.hash, False)
-                if not isinstance(ours, dict):
-                    raise NodeProtocolError(f"reorg deeper than the blocks kept: {cursor.height} {cursor.hash}")
-                parent_hash = ours["parentHash"]
-            parent = Cursor(cursor.height - 1, parent_hash)
-            await processor.block_disconnected(self.name, cursor.height, cursor.hash, parent)
-            cursor = parent
-            depth += 1
+        async def main_chain_hash(height: int) -> str | None:
+            if height > tip:
+                return None
+            header = await self._rpc.call("eth_getBlockByNumber", hex(height), False)
+            return header.get("hash") if isinstance(header, dict) else None
+
+        async def parent_of(block: Cursor) -> str:
+            ours = await self._rpc.call("eth_getBlockByHash", block.hash, False)
+            if not isinstance(ours, dict):
+                raise NodeProtocolError(f"reorg deeper than the blocks kept: {block.height} {block.hash}")
+            return str(ours["parentHash"])
+
+        cursor, depth = await walk_back(self, processor, cursor, main_chain_hash, parent_of)
         if depth:
-            metrics.REORGS.labels(self.name).inc()
-            metrics.REORG_DEPTH.labels(self.name).observe(depth)
-            log.warning("reorg: %d block(s) disconnected, common ancestor %d %s", depth, cursor.height,
-                        cursor.hash, extra={"chain": self.name})
             self._pool_stale = True
         return cursor
 

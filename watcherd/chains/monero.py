@@ -28,7 +28,7 @@ from .. import metrics
 from ..exceptions import NodeProtocolError, NodeUnavailable
 from ..money import to_decimal_string
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever
+from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever, walk_back
 from .xmr_crypto import MoneroKeyError, ParsedTx, Scanner, parse_tx_json
 
 if TYPE_CHECKING:
@@ -349,31 +349,22 @@ class MoneroAdapter:
         metrics.LAG.labels(self.name).set(max(0, tip_height - cursor.height))
 
     async def _walk_back_reorg(self, processor: Processor, cursor: Cursor) -> Cursor:
-        depth = 0
-        while True:
-            header = await self._header(cursor.height)
-            if header is not None and header["hash"] == cursor.hash:
-                break
-            parent_hash = await processor.store.block_hash(self.name, cursor.height - 1)
-            if parent_hash is None:
-                # below what we ever connected (our first cursor, or a node that lost its last blocks in a
-                # crash): nothing of ours to undo there, follow the node's own chain
-                parent = await self._header(cursor.height - 1)
-                if parent is None:
-                    raise NodeProtocolError(f"block {cursor.height - 1}: header unavailable")
-                parent_hash = str(parent["hash"])
-            parent_cursor = Cursor(cursor.height - 1, parent_hash)
-            await processor.block_disconnected(self.name, cursor.height, cursor.hash, parent_cursor)
-            cursor = parent_cursor
-            depth += 1
+        async def main_chain_hash(height: int) -> str | None:
+            header = await self._header(height)
+            return None if header is None else str(header["hash"])
+
+        async def parent_of(block: Cursor) -> str:
+            # below what we ever connected (our first cursor, or a node that lost its last blocks in a crash):
+            # nothing of ours to undo there, follow the node's own chain
+            parent = await main_chain_hash(block.height - 1)
+            if parent is None:
+                raise NodeProtocolError(f"block {block.height - 1}: header unavailable")
+            return parent
+
+        cursor, depth = await walk_back(self, processor, cursor, main_chain_hash, parent_of)
         if depth:
-            metrics.REORGS.labels(self.name).inc()
-            metrics.REORG_DEPTH.labels(self.name).observe(depth)
-            log.warning("reorg: %d block(s) disconnected, common ancestor %d %s", depth, cursor.height,
-                        cursor.hash, extra={"chain": self.name})
             self._mempool_stale = True
         return cursor
-
     async def _connect_next(self, processor: Processor, cursor: Cursor) -> bool:
         height = cursor.height + 1
         started = time.monotonic()
