@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from harness import WEBHOOK_SECRET, Daemon, monero_table
+from harness import Daemon, monero_table, wait_delivered
 
 from watcherd.chains.xmr_crypto import SubaddressDeriver, scalar_base
 from watcherd.devnet_monero import new_keys, primary_address
-from watcherd.receiver import WebhookReceiver
 
 XMR = 10**12
-
-
-@pytest.fixture
-def receiver():
-    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
-        yield receiver
 
 
 class Operator:
@@ -37,35 +29,12 @@ class Operator:
                             confirmations=confirmations, **extra)
 
 
-@pytest.fixture
-def daemon_factory(tmp_path, receiver):
-    started: list[Daemon] = []
-
-    def make(chains: str, name: str = "d") -> Daemon:
-        daemon = Daemon(tmp_path / name, chains, receiver.url)
-        started.append(daemon)
-        return daemon.start()
-
-    yield make
-    for daemon in started:
-        daemon.stop()
-
-
 def wait_ready(daemon: Daemon, timeout: float = 30) -> None:
     """Invoices made before the first catch-up would be fine too; waiting keeps 'mined before' unambiguous."""
     deadline = time.monotonic() + timeout
     while daemon.metric("watcherd_node_up", chain="xmr") != 1:
         assert time.monotonic() < deadline, daemon.log_tail()
         time.sleep(0.1)
-
-
-def wait_delivered(receiver, invoice_id, statuses, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if receiver.statuses(invoice_id) == statuses:
-            return receiver.for_invoice(invoice_id)
-        time.sleep(0.05)
-    raise AssertionError(f"webhooks for {invoice_id}: {receiver.statuses(invoice_id)}, wanted {statuses}")
 
 
 def test_exact_payment_pool_then_confirmed(xmr_node, daemon_factory, receiver):
