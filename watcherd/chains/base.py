@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import metrics
 from ..exceptions import NodeError, NodeProtocolError
@@ -65,6 +65,24 @@ class Watchlist:
 
     def concerns(self, txid: str, received: bool, spent: Iterable[bytes]) -> bool:
         return received or bool(self.conflicts(txid, spent))
+
+
+class AdapterBase:
+    """What every adapter exposes to the core, taken from its chain's config table."""
+
+    decimals: int  # of the native asset
+
+    def __init__(self, config: Any, tokens: dict[str, int] | None = None):
+        self.config = config
+        self.name: str = config.name
+        self.asset: str = config.asset
+        self.assets = {config.asset: self.decimals, **(tokens or {})}
+        self.confirmations: int = config.confirmations
+        self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
+        self.invoice_expiry_seconds: int = config.invoice_expiry_seconds
+        self.watchlist = Watchlist()
+        self.connected = False  # the node answered on the last attempt
+        self.node_tip: int | None = None
 
 
 class ChainAdapter(Protocol):

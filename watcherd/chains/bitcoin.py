@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import zmq
@@ -22,7 +21,7 @@ from .. import metrics
 from ..exceptions import DecodeError, NodeProtocolError
 from ..money import to_decimal_string
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever, walk_back
+from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, walk_back
 from .btc_address import AddressDeriver
 from .btc_codec import ScannedTx, scan_block, scan_tx
 from .rpc import JsonRpc, RpcError
@@ -38,20 +37,11 @@ MEMPOOL_SAFETY_NET_SECONDS = 30.0  # with ZMQ, diff the mempool this often in ca
 NULL_OUTPOINT = bytes(32) + b"\xff\xff\xff\xff"  # what every coinbase "spends": never a conflict
 
 
-class BitcoinAdapter:
+class BitcoinAdapter(AdapterBase):
     decimals = 8
 
     def __init__(self, config: BitcoinChainConfig):
-        self.config = config
-        self.name = config.name
-        self.asset = config.asset
-        self.assets = {config.asset: self.decimals}
-        self.confirmations = config.confirmations
-        self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
-        self.invoice_expiry_seconds = config.invoice_expiry_seconds
-        self.watchlist = Watchlist()
-        self.connected = False
-        self.node_tip: int | None = None
+        super().__init__(config)
         self._deriver = AddressDeriver(config.xpub, config.address_type, config.network)
         self._rpc = JsonRpc(config.rpc_url, config.rpc_user, config.rpc_password, config.rpc_cookie_file)
         self._mempool_seen: set[str] = set()

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import metrics
 from ..exceptions import NodeProtocolError, WatcherdError
 from ..invoices import Status
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever, walk_back
+from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, walk_back
 from .eth_address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
 from .eth_rpc import WsRpc
 from .rpc import RpcError
@@ -83,20 +82,11 @@ def _spent(tx: dict[str, Any]) -> bytes:
     return bytes.fromhex(tx["from"][2:]) + _int(tx["nonce"]).to_bytes(8, "big")
 
 
-class EthereumAdapter:
+class EthereumAdapter(AdapterBase):
     decimals = 18
 
     def __init__(self, config: EthereumChainConfig, rpc: Rpc | None = None):
-        self.config = config
-        self.name = config.name
-        self.asset = config.asset
-        self.assets = {config.asset: self.decimals} | {t.symbol: t.decimals for t in config.tokens}
-        self.confirmations = config.confirmations
-        self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
-        self.invoice_expiry_seconds = config.invoice_expiry_seconds
-        self.watchlist = Watchlist()
-        self.connected = False
-        self.node_tip: int | None = None
+        super().__init__(config, {t.symbol: t.decimals for t in config.tokens})
         self._deriver = EthDeriver(config.xpub)
         self._rpc: Rpc = rpc if rpc is not None else WsRpc(config.ws_url)
         # contract (lower-case hex, as nodes send it) -> (symbol, checksummed address)

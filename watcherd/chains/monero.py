@@ -28,7 +28,7 @@ from .. import metrics
 from ..exceptions import NodeProtocolError, NodeUnavailable
 from ..money import to_decimal_string
 from ..store import Cursor
-from .base import ChainBlock, ChainTx, Received, Watchlist, follow_forever, walk_back
+from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, walk_back
 from .xmr_crypto import MoneroKeyError, ParsedTx, Scanner, parse_tx_json
 
 if TYPE_CHECKING:
@@ -120,20 +120,11 @@ def decode_tx(txid: str, as_json: str) -> ParsedTx:
     return parse_tx_json(txid, tx)
 
 
-class MoneroAdapter:
+class MoneroAdapter(AdapterBase):
     decimals = 12
 
     def __init__(self, config: MoneroChainConfig):
-        self.config = config
-        self.name = config.name
-        self.asset = config.asset
-        self.assets = {config.asset: self.decimals}
-        self.confirmations = config.confirmations
-        self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
-        self.invoice_expiry_seconds = config.invoice_expiry_seconds
-        self.watchlist = Watchlist()
-        self.connected = False
-        self.node_tip: int | None = None
+        super().__init__(config)
         self._deriver = config.address_deriver()
         self._scanner = Scanner(config.view_key)
         self._rpc = MoneroRpc(config.rpc_url, config.rpc_user, config.rpc_password)
