@@ -102,6 +102,7 @@ async def test_client_error_is_not_retried_but_kept_for_redelivery(core):
             assert await sender.deliver_due(session) == 1
         failed = await processor.store.deliveries(state="failed")
         assert [d["last_error"] for d in failed] == ["HTTP 404"]
+        assert await processor.store.failed_deliveries() == {"webhook": 1}
         receiver.fail_with = None
         async with processor.store.transaction():
             assert await processor.store.redeliver(failed[0]["id"], time.time())

@@ -47,6 +47,9 @@ DETECTION_LATENCY = Histogram(
 )
 INVOICES = Gauge("watcherd_invoices", "Invoices by chain and status", ["chain", "status"])
 NOTIFICATIONS_PENDING = Gauge("watcherd_notifications_pending", "Events not yet delivered", ["transport"])
+NOTIFICATIONS_FAILED = Gauge(
+    "watcherd_notifications_failed", "Events given up on (retries exhausted or a 4xx): redeliver by hand", ["transport"]
+)
 OLDEST_PENDING_AGE = Gauge(
     "watcherd_notification_oldest_pending_age_seconds", "Age of the oldest undelivered event", ["transport"]
 )
@@ -58,7 +61,9 @@ async def refresh_from_store(store: Store, transports: tuple[str, ...], now: flo
     for chain, status, count in await store.invoice_counts():
         INVOICES.labels(chain, status).set(count)
     pending = {transport: (count, oldest) for transport, count, oldest in await store.pending_deliveries()}
+    failed = await store.failed_deliveries()
     for transport in transports:
+        NOTIFICATIONS_FAILED.labels(transport).set(failed.get(transport, 0))
         count, oldest = pending.get(transport, (0, None))
         NOTIFICATIONS_PENDING.labels(transport).set(count)
         OLDEST_PENDING_AGE.labels(transport).set(0 if oldest is None else max(0.0, now - oldest))

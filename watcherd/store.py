@@ -598,6 +598,13 @@ class Store:
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
+    async def failed_deliveries(self) -> dict[str, int]:
+        """Per transport, the deliveries given up on (kept for `webhooks redeliver`)."""
+        rows = await self._all(
+            "SELECT transport, COUNT(*) FROM deliveries WHERE failed_at IS NOT NULL GROUP BY transport"
+        )
+        return {r[0]: r[1] for r in rows}
+
     async def events_for(self, invoice_id: str) -> list[dict[str, Any]]:
         rows = await self._all(
             "SELECT id, type, created_at, payload FROM events WHERE invoice_id = ? ORDER BY seq", (invoice_id,)
