@@ -4,7 +4,6 @@ committed bytecode. No node needed (the compiler check needs node + the pinned n
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from watcherd.chains.eth_address import TRANSFER_TOPIC, parse_address, payment_uri, to_checksum
-from watcherd.chains.ethereum import TOKEN_VOUT_BASE, EthereumAdapter, finality_depth
+from watcherd.chains.ethereum import TOKEN_VOUT_BASE, EthereumAdapter
 from watcherd.config import EthereumChainConfig, EthToken
 from watcherd.devnet import nodes_dir
 
@@ -123,30 +122,6 @@ def test_wei_amounts_beyond_64_bits_survive():
     assert a.scan_block(block, []).txs[0].received[0].amount == huge
 
 
-def test_finality_depth():
-    """finality = "finalized": a payment is confirmed once it is as deep as the node's finalized block."""
-    assert finality_depth(head=100, finalized=36) == 65
-    assert finality_depth(head=5, finalized=5) == 1
-    assert finality_depth(head=5, finalized=9) == 1  # a lagging head never means 0 confirmations
-
-
-async def test_malformed_notification_is_counted_and_survived():
-    """A notification that is not ours or is garbage must not kill the follower: it catches up instead."""
-    a = adapter()
-    caught_up = []
-
-    async def catch_up(processor):
-        caught_up.append(processor)
-
-    a.catch_up = catch_up  # type: ignore[method-assign]
-    a._subscriptions = {"0xheads": "head"}
-    await a._on_notification("P", ("0xheads", {"number": "nothex"}))  # type: ignore[arg-type]
-    await a._on_notification("P", ("0xunknown", {}))  # type: ignore[arg-type]
-    await a._on_notification("P", None)  # type: ignore[arg-type]
-    assert caught_up == ["P", "P", "P"]
-
-
-@pytest.mark.skipif(shutil.which("node") is None, reason="node (for the npm solc) is not installed")
 def test_committed_bytecode_matches_the_solidity_sources():
     """contracts/artifacts.json is what the pinned solc makes of contracts/*.sol, byte for byte."""
     solc = nodes_dir() / "npm" / "node_modules" / "solc"

@@ -6,6 +6,7 @@ import pytest
 
 from watcherd.chains.base import ChainBlock, ChainTx, Received
 from watcherd.chains.fake import FakeChain
+from watcherd.invoices import FINALITY
 from watcherd.processor import Processor
 from watcherd.store import Cursor, Store
 
@@ -183,3 +184,26 @@ async def test_token_invoice_and_wrong_asset_is_recorded_not_counted(core):
     await processor.block_connected("fake", block(102, []))
     shown = await processor.invoice_json(token["id"])
     assert (shown["status"], shown["exception"], shown["amount_received"]) == ("paid", "wrong_asset", "5")
+
+
+async def test_finality_chain_confirms_at_the_final_height_not_a_depth(tmp_path):
+    """On a chain with finality (Ethereum's `finalized`), a payment is confirmed only once the final height
+    covers its block: however deep it already is, a stalled finality keeps the invoice processing."""
+    store = await Store.open(tmp_path / "w.sqlite3")
+    chain = FakeChain(confirmations=FINALITY)
+    processor = Processor(store, {"fake": chain}, [])
+    await processor.start()
+    await processor.set_cursor("fake", Cursor(100, "h100"))
+    inv = await processor.create_invoice("fake", 1000)
+    key = chain.derive(0)[1]
+    processor.final_heights["fake"] = 100
+    await processor.block_connected("fake", block(101, [tx("t1", key, 1000)]))
+    for height in range(102, 110):  # eight blocks deep, finality stalled at 100
+        await processor.block_connected("fake", block(height, []))
+    shown = await processor.invoice_json(inv["id"])
+    assert shown["status"] == "processing" and shown["payments"][0]["confirmations"] == 9
+    assert shown["finality"] == "finalized" and shown["confirmations_required"] is None
+    processor.final_heights["fake"] = 101
+    await processor.block_connected("fake", block(110, []))
+    assert (await processor.invoice_json(inv["id"]))["status"] == "paid"
+    await store.close()

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
+# `confirmations_required` of an invoice on a chain with finality (Ethereum's `finalized` tag): a payment is
+# confirmed once the chain's final height covers its block, however many blocks that takes.
+FINALITY = 0
+
 
 class Status(enum.StrEnum):
     UNPAID = "unpaid"

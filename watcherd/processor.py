@@ -13,13 +13,14 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from . import metrics
 from .chains.base import ChainAdapter, ChainBlock, ChainTx
 from .exceptions import InvoiceError
-from .invoices import PaymentStatus, Status, assess, event_type
+from .invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
 from .money import to_decimal_string
 from .store import Cursor, InvoiceRow, PaymentRow, Store
 
@@ -47,6 +48,7 @@ class Processor:
         self.clock = clock
         self.outbox_listeners: list[asyncio.Event] = []  # one per transport: set when events are queued
         self.tips: dict[str, int] = {}
+        self.final_heights: dict[str, int] = {}  # chains with finality: the node's last finalized height
 
     def outbox_listener(self) -> asyncio.Event:
         event = asyncio.Event()
@@ -146,13 +148,21 @@ class Processor:
             return None
         return self._render(invoice, await self.store.payments_for(invoice_id))
 
+    def _counting(self, invoice: InvoiceRow) -> tuple[Terms, int]:
+        """The terms and the height that payment confirmations are counted against: the chain tip, or on a
+        chain with finality the final height, where one "confirmation" means "at or below it"."""
+        if invoice.confirmations_required == FINALITY:
+            return replace(invoice.terms, confirmations_required=1), self.final_heights.get(invoice.chain, -1)
+        return invoice.terms, self.tips.get(invoice.chain, 0)
+
     def _render(self, invoice: InvoiceRow, payments: list[PaymentRow]) -> dict[str, Any]:
         chain = self.chains.get(invoice.chain)
         assets = chain.assets if chain else {}
         decimals = assets.get(invoice.asset, 0)
         tip = self.tips.get(invoice.chain, 0)
-        required = invoice.confirmations_required
-        assessment = assess(invoice.terms, [p.payment for p in payments], tip, self.clock())
+        terms, counting_tip = self._counting(invoice)
+        required = terms.confirmations_required
+        assessment = assess(terms, [p.payment for p in payments], counting_tip, self.clock())
         return {
             "id": invoice.id,
             "chain": invoice.chain,
@@ -167,7 +177,8 @@ class Processor:
             "status": invoice.status.value,
             "exception": invoice.exception,
             "payment_uri": chain.payment_uri(invoice.address, invoice.amount, invoice.asset) if chain else None,
-            "confirmations_required": required,
+            "confirmations_required": invoice.confirmations_required or None,
+            "finality": "finalized" if invoice.confirmations_required == FINALITY else None,
             "order_id": invoice.order_id,
             "metadata": invoice.metadata,
             "created_at": iso(invoice.created_at),
@@ -186,7 +197,7 @@ class Processor:
                     "block_hash": p.block_hash,
                     "first_seen_at": iso(p.payment.first_seen_at),
                     "confirmed_at": iso(p.confirmed_at),
-                    "status": p.payment.status(tip, required).value,
+                    "status": p.payment.status(counting_tip, required).value,
                 }
                 for p in payments
             ],
@@ -200,9 +211,9 @@ class Processor:
         if invoice is None:
             return
         now = int(self.clock())
-        tip = self.tips.get(invoice.chain, 0)
+        terms, tip = self._counting(invoice)
         payments = await self.store.payments_for(invoice_id)
-        required = invoice.confirmations_required
+        required = terms.confirmations_required
         for row in payments:
             confirmed = row.payment.status(tip, required) is PaymentStatus.CONFIRMED
             if confirmed != (row.confirmed_at is not None):
@@ -210,7 +221,7 @@ class Processor:
                     invoice.chain, row.payment.txid, row.payment.vout, now if confirmed else None
                 )
         payments = await self.store.payments_for(invoice_id)
-        assessment = assess(invoice.terms, [p.payment for p in payments], tip, now)
+        assessment = assess(terms, [p.payment for p in payments], tip, now)
         exception = assessment.exception.value if assessment.exception else None
         digest = json.dumps(
             [assessment.status, exception,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import metrics
 from ..exceptions import NodeProtocolError, WatcherdError
-from ..invoices import Status
+from ..invoices import FINALITY, Status
 from ..store import Cursor
 from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, walk_back
 from .eth_address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
@@ -58,9 +58,6 @@ class Rpc(Protocol):
     async def batch(self, method: str, param_lists: list[tuple[Any, ...]]) -> list[Any]: ...
 
 
-def finality_depth(head: int, finalized: int) -> int:
-    """Confirmations that put a block at or below the node's `finalized` block, seen from `head`."""
-    return max(1, head - finalized + 1)
 
 
 def _int(value: Any) -> int:
@@ -87,6 +84,8 @@ class EthereumAdapter(AdapterBase):
 
     def __init__(self, config: EthereumChainConfig, rpc: Rpc | None = None):
         super().__init__(config, {t.symbol: t.decimals for t in config.tokens})
+        if config.finality == "finalized":
+            self.confirmations = FINALITY
         self._deriver = EthDeriver(config.xpub)
         self._rpc: Rpc = rpc if rpc is not None else WsRpc(config.ws_url)
         # contract (lower-case hex, as nodes send it) -> (symbol, checksummed address)
@@ -268,7 +267,7 @@ class EthereumAdapter(AdapterBase):
             self.node_tip = tip
             metrics.NODE_TIP.labels(self.name).set(tip)
             if self.config.finality == "finalized":
-                await self._refresh_finality(tip)
+                await self._refresh_finality(processor)
             cursor = await processor.store.cursor(self.name)
             if cursor is None:
                 start = tip if self.config.start_height is None else min(self.config.start_height, tip)
@@ -394,10 +393,12 @@ class EthereumAdapter(AdapterBase):
         await processor.mempool_synced(self.name, known)
         self._pool_stale = False
 
-    async def _refresh_finality(self, tip: int) -> None:
+    async def _refresh_finality(self, processor: Processor) -> None:
+        """Finality mode: payments at or below the node's `finalized` block are confirmed (applied when the
+        next block commits)."""
         try:
             finalized = await self._rpc.call("eth_getBlockByNumber", "finalized", False)
         except RpcError:
             return
         if isinstance(finalized, dict):
-            self.confirmations = finality_depth(tip, _int(finalized["number"]))
+            processor.final_heights[self.name] = _int(finalized["number"])
