@@ -60,7 +60,7 @@ def wait_status(api: Api, invoice_id: str, status: str, timeout: float = 60) -> 
 
 
 def pay_invoice(api: Api, devnet: Devnet, chain: str, amount: str, confirmations: int, asset: str | None = None,
-                pay: Callable[[str], str] | None = None) -> None:
+                pay: Callable[[str], str] | None = None, timeout: float = 60) -> None:
     node = devnet.node(chain)
     body = {"chain": chain, "amount": amount, "order_id": f"DEMO-{(asset or chain).upper()}"}
     if asset:
@@ -70,12 +70,12 @@ def pay_invoice(api: Api, devnet: Devnet, chain: str, amount: str, confirmations
     say(f"{chain}: customer is shown  {invoice['payment_uri']}")
     txid = (pay or (lambda address: node.pay(address, amount)))(invoice["address"])
     say(f"{chain}: customer paid, txid {txid}")
-    wait_status(api, invoice["id"], "processing")
+    wait_status(api, invoice["id"], "processing", timeout)
     for _ in range(confirmations):
         time.sleep(0.5)
         say(f"{chain}: a block is mined")
         node.mine(1)
-    paid = wait_status(api, invoice["id"], "paid")
+    paid = wait_status(api, invoice["id"], "paid", timeout)
     time.sleep(0.5)  # let the last webhook land before printing the ledger line
     payment = paid["payments"][0]
     say(f"{chain}: billing ledger  date={paid['paid_at']}  type=Crypto Payments ({paid['asset']})  "
@@ -92,8 +92,9 @@ def main() -> int:
     daemon: subprocess.Popen[bytes] | None = None
     ok = False
     try:
-        say("starting regtest nodes: bitcoind (ZMQ), litecoind (polled), anvil (websocket, with a test USDC)")
-        devnet.up(["btc", "ltc", "eth"])
+        say("starting regtest nodes: bitcoind (ZMQ), litecoind (polled), anvil (websocket, with a test USDC), "
+            "monerod (ZMQ blocks, polled pool) with a customer wallet")
+        devnet.up(["btc", "ltc", "eth", "xmr"])
         with WebhookReceiver(secret) as receiver:
             receiver.on_event = show_event
             api_port, metrics_port = free_ports(2)
@@ -123,6 +124,11 @@ def main() -> int:
             eth = devnet.node("eth")
             pay_invoice(api, devnet, "eth", "25", 2, asset="USDC",
                         pay=lambda address: eth.pay_token("USDC", address, 25 * 10**6))
+            xmr = devnet.node("xmr")
+            # monerod's pool is polled (every poll_interval_seconds) and each block is scanned with the view
+            # key: allow more time than for the others
+            pay_invoice(api, devnet, "xmr", "1.5", 2, pay=lambda address: xmr.pay(address, 15 * 10**11),
+                        timeout=180)
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
                 wanted = ("watcherd_processed_height", "watcherd_lag_blocks", "watcherd_invoices{",
                           "watcherd_notifications_delivered_total")

@@ -7,6 +7,7 @@ Runs against the session nodes from conftest (shared: never assert absolute heig
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import tomllib
@@ -19,7 +20,7 @@ import zmq
 from bip_utils import Bip44, Bip44Changes, Bip44Coins, Bip84, Bip84Coins, Hash160, P2PKHAddr, P2WPKHAddr
 from conftest import scaled, wait_for
 
-from watcherd.devnet import Devnet, Node
+from watcherd.devnet import Devnet, Node, _pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -408,6 +409,52 @@ def test_scripts_devnet_runs_anvil_with_the_test_tokens(tmp_path: Path) -> None:
     finally:
         devnet_cli("down")
     assert not Devnet(root).node("eth").is_running()
+
+
+def test_scripts_devnet_runs_monerod_with_a_customer_wallet(tmp_path: Path) -> None:
+    """monerod and the customer's wallet-rpc join the devnet: the config carries the operator's primary
+    address and view key (never the spend key) and passes check-config; paying and mining work from separate
+    processes, and `down` stops both processes by their pids."""
+    from watcherd.chains import xmr_crypto
+
+    root = tmp_path / "dn"
+    pids: tuple[int | None, ...] = ()
+
+    def devnet_cli(*args: str) -> str:
+        result = subprocess.run([str(REPO_ROOT / "scripts" / "devnet"), *args, "--dir", str(root)],
+                                capture_output=True, text=True, timeout=scaled(240))
+        assert result.returncode == 0, f"scripts/devnet {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    try:
+        assert "xmr: monerod" in devnet_cli("up", "--chains", "xmr")
+        table = tomllib.loads((root / "watcherd.toml").read_text())["chains"]["xmr"]
+        assert (table["kind"], table["network"]) == ("monero", "regtest")
+        keys_file = root / "operator-monero-keys.json"
+        assert keys_file.stat().st_mode & 0o777 == 0o600
+        spend_secret = bytes.fromhex(json.loads(keys_file.read_text())["spend_secret"])
+        assert spend_secret.hex() not in (root / "watcherd.toml").read_text()
+        address = xmr_crypto.decode_address(table["primary_address"])
+        assert xmr_crypto.public_key(bytes.fromhex(table["view_key"])) == address.view_public
+        assert xmr_crypto.public_key(spend_secret) == address.spend_public
+        check = subprocess.run([sys.executable, "-m", "watcherd", "--config", str(root / "watcherd.toml"),
+                                "check-config"], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+
+        node = Devnet(root).node("xmr")
+        assert node.is_running() and node.pid and node.wallet_pid
+        pids = (node.pid, node.wallet_pid)
+        height = int(devnet_cli("tip", "xmr").split()[0])
+        txid = devnet_cli("pay", "xmr", table["primary_address"], "1.5").strip()
+        assert len(txid) == 64 and txid in node.pool()
+        assert len(devnet_cli("mine", "xmr", "2").split()) == 2
+        assert node.tip()[0] == height + 2
+        assert txid not in node.pool()
+        assert "xmr: monerod" in devnet_cli("status")
+    finally:
+        devnet_cli("down")
+    assert not Devnet(root).node("xmr").is_running()
+    assert not any(_pid_alive(pid) for pid in pids if pid)  # a zombie awaiting its reaper counts as gone
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-CHAIN_KINDS = {"btc": "bsv", "ltc": "litecoin", "eth": "anvil"}
+CHAIN_KINDS = {"btc": "bsv", "ltc": "litecoin", "eth": "anvil", "xmr": "monero"}
 COIN_OF_KIND = {"bsv": "bitcoin", "litecoin": "litecoin"}
 
 RPC_USER = "watcherd"
@@ -510,6 +510,10 @@ def _node_class(kind: str) -> Any:
         from .devnet_eth import EthNode
 
         return EthNode
+    if kind == "monero":
+        from .devnet_monero import MoneroNode
+
+        return MoneroNode
     return Node
 
 
@@ -526,6 +530,16 @@ def _ethereum_table(node: Any, xpub: str, confirmations: int) -> list[str]:
     return lines
 
 
+def _monero_table(node: Any, primary_address: str, view_key: str, confirmations: int,
+                  poll_interval_seconds: float) -> list[str]:
+    q = json.dumps
+    return [f"[chains.{node.name}]", 'kind = "monero"', 'network = "regtest"', f"rpc_url = {q(node.rpc_url)}",
+            f"zmq_pub = {q(node.zmq_endpoint)}", f"primary_address = {q(primary_address)}",
+            # the PRIVATE VIEW key, inline for a throwaway devnet (production: view_key_file); never the spend key
+            f"view_key = {q(view_key)}", f"confirmations = {int(confirmations)}",
+            f"poll_interval_seconds = {float(poll_interval_seconds)!r}", ""]
+
+
 class Devnet:
     """A directory of regtest nodes plus `state.json`, so separate processes can find what `up` started."""
 
@@ -534,6 +548,7 @@ class Devnet:
         self.die_with_parent = die_with_parent  # for tests: see Node.die_with_parent
         self.state_path = self.root / "state.json"
         self.seed_path = self.root / "operator-seed.hex"
+        self.monero_keys_path = self.root / "operator-monero-keys.json"
         self._nodes: dict[str, Node] = {}
 
     # ---- state file ---------------------------------------------------------------------------------------
@@ -582,6 +597,9 @@ class Devnet:
             if CHAIN_KINDS[name] == "anvil":
                 self._up_anvil(name, known)
                 continue
+            if CHAIN_KINDS[name] == "monero":
+                self._up_monero(name, known)
+                continue
             if name in known:
                 node = self.node(name)
                 if node.is_running():
@@ -614,6 +632,22 @@ class Devnet:
         finally:
             self._save_state()
 
+    def _up_monero(self, name: str, known: list[str]) -> None:
+        from .devnet_monero import MoneroNode
+
+        node = self.node(name) if name in known else MoneroNode(name, self.root / name)
+        if node.is_running():
+            return
+        node.stop()  # half up (monerod without its wallet-rpc, or the reverse): start both afresh
+        if name in known and not all(_port_free(p) for p in node.ports):
+            node = MoneroNode(name, node.datadir)  # its old ports were taken while it was down: move it
+        node.die_with_parent = self.die_with_parent
+        self._nodes[name] = node
+        try:
+            node.start()  # the first start mines and funds the customer wallet (~10 s)
+        finally:
+            self._save_state()
+
     def down(self) -> None:
         """Stop every node this devnet started, each by its own pid."""
         for name in self.chains():
@@ -629,6 +663,24 @@ class Devnet:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32) + "\n")
         return bytes.fromhex(self.seed_path.read_text().strip())
+
+    def operator_monero_keys(self) -> tuple[str, str]:
+        """(primary address, private view key hex) of the operator's Monero wallet: a spend/view keypair made
+        once and kept in the devnet dir (mode 0600) as the operator's cold wallet. Only the address and the
+        view key ever reach the daemon's config; the spend key stays in this file."""
+        from .devnet_monero import new_keys, primary_address
+
+        if not self.monero_keys_path.exists():
+            spend, view = new_keys()
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.monero_keys_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"spend_secret": spend.hex(), "view_secret": view.hex()}, f)
+                f.write("\n")
+        keys = json.loads(self.monero_keys_path.read_text())
+        view = bytes.fromhex(keys["view_secret"])
+        # regtest uses mainnet address prefixes (config maps network = "regtest" to mainnet addresses)
+        return primary_address(bytes.fromhex(keys["spend_secret"]), view, "mainnet"), view.hex()
 
     def operator_xpubs(self) -> dict[str, tuple[str, str]]:
         """chain -> (account-level extended public key, address type): what the operator's cold wallet would
@@ -664,7 +716,8 @@ class Devnet:
         xpubs = self.operator_xpubs()
         q = json.dumps  # a JSON string literal is a valid TOML basic string
         lines = [
-            "# Written by watcherd.devnet for the local regtest devnet. Holds only public keys.",
+            "# Written by watcherd.devnet for the local regtest devnet. Holds only public keys (and, for Monero,",
+            "# the private VIEW key, which can see payments but never spend them).",
             "[store]",
             f"path = {q(str(store_path))}",
             "",
@@ -677,6 +730,10 @@ class Devnet:
             lines += ["[webhook]", f"url = {q(webhook_url)}", f"secret = {q(webhook_secret or '')}", ""]
         lines += ["[log]", 'level = "info"', ""]
         for node in sorted(self.running_nodes(), key=lambda n: n.name):
+            if node.kind == "monero":
+                address, view_key = self.operator_monero_keys()
+                lines += _monero_table(node, address, view_key, confirmations, poll_interval_seconds)
+                continue
             xpub, address_type = xpubs[node.name]
             if node.kind == "anvil":
                 lines += _ethereum_table(node, xpub, confirmations)

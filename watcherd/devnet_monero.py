@@ -51,9 +51,14 @@ def primary_address(spend_secret: bytes, view_secret: bytes, network: str = "mai
 
 
 class _Process:
-    def __init__(self, args: list[str], log: Path, marker: str, die_with_parent: bool):
+    """One child process. Started here it has a Popen handle; found again by a later process (scripts/devnet)
+    it has only its pid, and is signalled only while that pid's command line still carries `marker` (the
+    node's own directory), so a reused pid is never touched."""
+
+    def __init__(self, args: list[str], log: Path, marker: str, die_with_parent: bool, pid: int | None = None):
         self.args, self.log, self.marker, self.die_with_parent = args, log, marker, die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = pid
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -64,22 +69,40 @@ class _Process:
                 preexec_fn=(_die_with_parent if self.die_with_parent
                             and threading.current_thread() is threading.main_thread() else None),
             )
+        self.pid = self.proc.pid
+
+    def _owns(self, pid: int) -> bool:
+        return _pid_alive(pid) and self.marker in " ".join(_pid_cmdline(pid))
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and self._owns(self.pid)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None:
-            return
-        pid = self.proc.pid
-        if self.running() and _pid_alive(pid) and self.marker in " ".join(_pid_cmdline(pid)):
-            os.kill(pid, signal.SIGTERM)
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait for the process to exit (reaping it when it is our child); False if it still runs."""
+        if self.proc is not None:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                return False
+            return True
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        pid = self.pid
+        if pid is not None and self.running() and self._owns(pid):
+            os.kill(pid, signal.SIGTERM)
+            if not self.wait_exit(timeout) and self._owns(pid):
                 os.kill(pid, signal.SIGKILL)
-                self.proc.wait(10)
+                self.wait_exit(10)
         self.proc = None
+        self.pid = None
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -107,10 +130,11 @@ class MoneroNode:
 
     kind = "monero"
 
-    def __init__(self, name: str, datadir: Path, die_with_parent: bool = False):
+    def __init__(self, name: str, datadir: Path, die_with_parent: bool = False,
+                 ports: tuple[int, int, int, int, int] | None = None):
         self.name = name
         self.datadir = Path(datadir).absolute()
-        self.rpc_port, self.zmq_rpc_port, self.zmq_port, self.p2p_port, self.wallet_port = free_ports(5)
+        self.rpc_port, self.zmq_rpc_port, self.zmq_port, self.p2p_port, self.wallet_port = ports or free_ports(5)
         self.die_with_parent = die_with_parent
         self._monerod = _Process(self.command(), self.datadir / "monerod.console.log",
                                  f"--data-dir {self.datadir / 'chain'}", die_with_parent)
@@ -121,6 +145,57 @@ class MoneroNode:
             "--log-file", str(self.datadir / "wallet-rpc.log"),
         ], self.datadir / "wallet.console.log", f"--wallet-dir {self.datadir / 'wallets'}", die_with_parent)
         self.customer_address = ""
+
+    # ---- state, for scripts/devnet's separate processes ------------------------------------------------
+
+    @property
+    def ports(self) -> tuple[int, int, int, int, int]:
+        return self.rpc_port, self.zmq_rpc_port, self.zmq_port, self.p2p_port, self.wallet_port
+
+    @property
+    def pid(self) -> int | None:
+        """monerod's pid (the wallet-rpc's is `wallet_pid`)."""
+        return self._monerod.pid
+
+    @property
+    def wallet_pid(self) -> int | None:
+        return self._wallet.pid
+
+    @property
+    def die_with_parent(self) -> bool:
+        return self._die_with_parent
+
+    @die_with_parent.setter
+    def die_with_parent(self, value: bool) -> None:
+        # Devnet.node() sets it after from_state: the processes started later must follow it
+        self._die_with_parent = value
+        for process in (getattr(self, "_monerod", None), getattr(self, "_wallet", None)):
+            if process is not None:
+                process.die_with_parent = value
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "datadir": str(self.datadir), "rpc_port": self.rpc_port,
+            "zmq_rpc_port": self.zmq_rpc_port, "zmq_port": self.zmq_port, "p2p_port": self.p2p_port,
+            "wallet_port": self.wallet_port, "pid": self._monerod.pid, "wallet_pid": self._wallet.pid,
+            "customer_address": self.customer_address,
+        }
+
+    @classmethod
+    def from_state(cls, name: str, state: dict[str, Any]) -> MoneroNode:
+        ports = (state["rpc_port"], state["zmq_rpc_port"], state["zmq_port"], state["p2p_port"],
+                 state["wallet_port"])
+        node = cls(name, Path(state["datadir"]), ports=ports)
+        node._monerod.pid = state.get("pid")
+        node._wallet.pid = state.get("wallet_pid")
+        node.customer_address = state.get("customer_address", "")
+        return node
+
+    def is_running(self) -> bool:
+        return self._monerod.running() and self._wallet.running()
+
+    def __repr__(self) -> str:
+        return f"<MoneroNode {self.name} rpc={self.rpc_port} pid={self.pid} wallet_pid={self.wallet_pid}>"
 
     @property
     def rpc_url(self) -> str:
@@ -176,9 +251,8 @@ class MoneroNode:
         if self._monerod.running():
             try:
                 _post(f"{self.rpc_url}/stop_daemon", {}, timeout=10)
-                assert self._monerod.proc is not None
-                self._monerod.proc.wait(30)
-            except (NodeRPCError, subprocess.TimeoutExpired):
+                self._monerod.wait_exit(30)
+            except NodeRPCError:
                 pass
         self._monerod.stop()
 
