@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -25,8 +26,13 @@ from watcherd.receiver import WebhookReceiver  # noqa: E402
 STARTED = time.monotonic()
 
 
+PRINTING = threading.Lock()  # the webhook receiver prints from its own thread
+
+
 def say(text: str) -> None:
-    print(f"[{time.monotonic() - STARTED:6.1f}s] {text}", flush=True)
+    with PRINTING:
+        sys.stdout.write(f"[{time.monotonic() - STARTED:6.1f}s] {text}\n")
+        sys.stdout.flush()
 
 
 def show_event(event: dict[str, Any]) -> None:
