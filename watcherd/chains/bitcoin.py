@@ -13,10 +13,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
-
 from .. import metrics
 from ..exceptions import DecodeError, NodeProtocolError
 from ..money import to_decimal_string
@@ -25,6 +21,7 @@ from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, wa
 from .btc_address import AddressDeriver
 from .btc_codec import ScannedTx, scan_block, scan_tx
 from .rpc import JsonRpc, RpcError
+from .zmqfeed import ZmqFollowing
 
 if TYPE_CHECKING:
     from ..config import BitcoinChainConfig
@@ -33,11 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MEMPOOL_BATCH = 500
-MEMPOOL_SAFETY_NET_SECONDS = 30.0  # with ZMQ, diff the mempool this often in case the feed went quiet
 NULL_OUTPOINT = bytes(32) + b"\xff\xff\xff\xff"  # what every coinbase "spends": never a conflict
 
 
-class BitcoinAdapter(AdapterBase):
+class BitcoinAdapter(AdapterBase, ZmqFollowing):
     decimals = 8
 
     def __init__(self, config: BitcoinChainConfig):
@@ -47,7 +43,7 @@ class BitcoinAdapter(AdapterBase):
         self._mempool_seen: set[str] = set()
         self._mempool_stale = True  # read the mempool (what we have not seen of it) at the next reconcile
         self._sequences: dict[bytes, int] = {}
-        self._resync = asyncio.Event()
+        self._init_feed()
 
     def derive(self, index: int) -> tuple[str, bytes]:
         return self._deriver.derive(index)
@@ -78,53 +74,11 @@ class BitcoinAdapter(AdapterBase):
             await asyncio.sleep(self.config.poll_interval_seconds)
 
     async def _follow_zmq(self, processor: Processor) -> None:
-        context = zmq.asyncio.Context.instance()
-        socket = context.socket(zmq.SUB)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.RCVHWM, 0)  # never drop a notification on our side; the node's HWM still applies
-        monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        try:
-            for topic in (b"rawtx", b"hashblock"):
-                socket.setsockopt(zmq.SUBSCRIBE, topic)
-            for endpoint in {self.config.zmq_rawtx, self.config.zmq_hashblock}:
-                socket.connect(endpoint)
-            self._sequences.clear()
-            poller = zmq.asyncio.Poller()
-            poller.register(socket, zmq.POLLIN)
-            poller.register(monitor, zmq.POLLIN)
-            await self.reconcile(processor)
-            next_check = time.monotonic() + self.config.poll_interval_seconds
-            next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
-            while True:
-                timeout_ms = max(0, int((next_check - time.monotonic()) * 1000))
-                ready = dict(await poller.poll(timeout_ms))
-                if monitor in ready:
-                    await self._on_monitor(await monitor.recv_multipart())
-                if socket in ready:
-                    await self._on_message(processor, await socket.recv_multipart())
-                if time.monotonic() >= next_mempool_read:
-                    self._mempool_stale = True
-                    next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
-                if self._resync.is_set() or time.monotonic() >= next_check:
-                    # the safety net: even a silent feed can't hide a block for longer than one interval
-                    self._resync.clear()
-                    await self.reconcile(processor, full=False)
-                    next_check = time.monotonic() + self.config.poll_interval_seconds
-        finally:
-            socket.disable_monitor()
-            monitor.close(linger=0)
-            socket.close(linger=0)
+        endpoints = {self.config.zmq_rawtx, self.config.zmq_hashblock}
+        await self._follow_zmq_feed(processor, endpoints, (b"rawtx", b"hashblock"))  # type: ignore[arg-type]
 
-    async def _on_monitor(self, frames: list[bytes]) -> None:
-        event = parse_monitor_message(frames)
-        if event["event"] == zmq.EVENT_CONNECTED:
-            metrics.RECONNECTS.labels(self.name).inc()
-            log.info("ZMQ connected to %s", event["endpoint"].decode(), extra={"chain": self.name})
-            self._sequences.clear()
-            self._mempool_stale = True  # whatever was published while we were away: re-read the mempool
-        else:
-            log.warning("ZMQ disconnected from %s", event["endpoint"].decode(), extra={"chain": self.name})
-        self._resync.set()
+    def _on_zmq_connected(self) -> None:
+        self._sequences.clear()  # each connection starts its own sequence
 
     async def _on_message(self, processor: Processor, frames: list[bytes]) -> None:
         received_at = time.monotonic()

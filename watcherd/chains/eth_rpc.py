@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from ..exceptions import NodeProtocolError, NodeUnavailable
-from .rpc import RpcError
+from ..exceptions import NodeUnavailable
+from .rpc import result
 
 _CLOSED = object()
 
@@ -148,17 +148,6 @@ class WsRpc:
             self._notifications.put_nowait(_CLOSED)
             raise NodeUnavailable(f"{_redact(self.url)}: websocket closed")
         return item  # type: ignore[no-any-return]
-
-
-def result(method: str, answer: Any) -> Any:
-    if not isinstance(answer, dict) or ("result" not in answer and "error" not in answer):
-        raise NodeProtocolError(f"{method}: malformed JSON-RPC answer: {str(answer)[:80]!r}")
-    error = answer.get("error")
-    if error:
-        if isinstance(error, dict):
-            raise RpcError(method, int(error.get("code", 0)), str(error.get("message", "")))
-        raise NodeProtocolError(f"{method}: malformed RPC error: {str(error)[:80]!r}")
-    return answer["result"]
 
 
 def _redact(url: str) -> str:

@@ -20,9 +20,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from .. import metrics
 from ..exceptions import NodeProtocolError, NodeUnavailable
@@ -30,6 +27,7 @@ from ..money import to_decimal_string
 from ..store import Cursor
 from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, walk_back
 from .xmr_crypto import MoneroKeyError, ParsedTx, Scanner, parse_tx_json
+from .zmqfeed import ZmqFollowing
 
 if TYPE_CHECKING:
     from ..config import MoneroChainConfig
@@ -38,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TX_BATCH = 100
-MEMPOOL_SAFETY_NET_SECONDS = 30.0
 ZMQ_TOPICS = (b"json-minimal-txpool_add", b"json-minimal-chain_main")
 
 
@@ -120,7 +117,7 @@ def decode_tx(txid: str, as_json: str) -> ParsedTx:
     return parse_tx_json(txid, tx)
 
 
-class MoneroAdapter(AdapterBase):
+class MoneroAdapter(AdapterBase, ZmqFollowing):
     decimals = 12
 
     def __init__(self, config: MoneroChainConfig):
@@ -130,7 +127,7 @@ class MoneroAdapter(AdapterBase):
         self._rpc = MoneroRpc(config.rpc_url, config.rpc_user, config.rpc_password)
         self._mempool_seen: set[str] = set()
         self._mempool_stale = True
-        self._resync = asyncio.Event()
+        self._init_feed()
         # one-time output key -> (txid, output index) of the first output that paid us with it
         self._output_keys: dict[bytes, tuple[str, int]] = {}
 
@@ -206,50 +203,8 @@ class MoneroAdapter(AdapterBase):
 
     async def _follow_zmq(self, processor: Processor) -> None:
         assert self.config.zmq_pub is not None
-        context = zmq.asyncio.Context.instance()
-        socket = context.socket(zmq.SUB)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.RCVHWM, 0)
-        monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        try:
-            for topic in ZMQ_TOPICS:
-                socket.setsockopt(zmq.SUBSCRIBE, topic)
-            socket.connect(self.config.zmq_pub)
-            poller = zmq.asyncio.Poller()
-            poller.register(socket, zmq.POLLIN)
-            poller.register(monitor, zmq.POLLIN)
-            await self.reconcile(processor)
-            next_check = time.monotonic() + self.config.poll_interval_seconds
-            next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
-            while True:
-                timeout_ms = max(0, int((next_check - time.monotonic()) * 1000))
-                ready = dict(await poller.poll(timeout_ms))
-                if monitor in ready:
-                    self._on_monitor(await monitor.recv_multipart())
-                if socket in ready:
-                    await self._on_message(processor, await socket.recv_multipart())
-                if time.monotonic() >= next_mempool_read:
-                    self._mempool_stale = True
-                    next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
-                if self._resync.is_set() or time.monotonic() >= next_check:
-                    self._resync.clear()
-                    await self.reconcile(processor, full=False)
-                    next_check = time.monotonic() + self.config.poll_interval_seconds
-        finally:
-            socket.disable_monitor()
-            monitor.close(linger=0)
-            socket.close(linger=0)
-
-    def _on_monitor(self, frames: list[bytes]) -> None:
-        event = parse_monitor_message(frames)
-        if event["event"] == zmq.EVENT_CONNECTED:
-            metrics.RECONNECTS.labels(self.name).inc()
-            log.info("ZMQ connected to %s", event["endpoint"].decode(), extra={"chain": self.name})
-        else:
-            log.warning("ZMQ disconnected from %s", event["endpoint"].decode(), extra={"chain": self.name})
-        # no sequence numbers on monerod's feed: whatever was published while away is only found over RPC
-        self._mempool_stale = True
-        self._resync.set()
+        # no sequence numbers on monerod's feed: whatever it published while we were away is found over RPC
+        await self._follow_zmq_feed(processor, {self.config.zmq_pub}, ZMQ_TOPICS)
 
     def _malformed_zmq(self, why: str) -> None:
         metrics.MALFORMED.labels(self.name, "zmq").inc()

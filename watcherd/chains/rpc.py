@@ -75,7 +75,7 @@ class JsonRpc:
     async def call(self, method: str, *params: Any) -> Any:
         answer = await self._post({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": params},
                                   method)
-        return _result(method, answer)
+        return result(method, answer)
 
     async def batch(self, method: str, param_lists: list[tuple[Any, ...]]) -> list[Any]:
         """One HTTP round trip for many calls of `method`; results in the order of `param_lists`."""
@@ -89,12 +89,13 @@ class JsonRpc:
         self._ids = itertools.count(first + len(param_lists))
         answers = await self._post(payload, f"{method} (batch of {len(param_lists)})")
         if not isinstance(answers, list):
-            return [_result(method, answers)]  # a node rejecting the whole batch answers one error object
+            return [result(method, answers)]  # a node rejecting the whole batch answers one error object
         by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
-        return [_result(method, by_id.get(first + i)) for i in range(len(param_lists))]
+        return [result(method, by_id.get(first + i)) for i in range(len(param_lists))]
 
 
-def _result(method: str, answer: Any) -> Any:
+def result(method: str, answer: Any) -> Any:
+    """The `result` of one JSON-RPC answer; its error as RpcError, a malformed answer as NodeProtocolError."""
     if not isinstance(answer, dict) or "result" not in answer and "error" not in answer:
         raise NodeProtocolError(f"{method}: malformed JSON-RPC answer: {str(answer)[:80]!r}")
     error = answer.get("error")
