@@ -207,3 +207,39 @@ async def test_finality_chain_confirms_at_the_final_height_not_a_depth(tmp_path)
     await processor.block_connected("fake", block(110, []))
     assert (await processor.invoice_json(inv["id"]))["status"] == "paid"
     await store.close()
+
+
+async def test_reorg_above_the_payment_block_takes_confirmations_back(core):
+    """The payment's block stays in the chain but the blocks above it are disconnected: with fewer than the
+    required confirmations the invoice goes back from paid to processing."""
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1000)
+    await processor.block_connected("fake", block(101, [tx("t1", chain.derive(0)[1], 1000)]))
+    await processor.block_connected("fake", block(102, []))
+    assert (await processor.invoice_json(inv["id"]))["status"] == "paid"
+    await processor.block_disconnected("fake", 102, "h102", Cursor(101, "h101"))
+    shown = await processor.invoice_json(inv["id"])
+    assert shown["status"] == "processing" and shown["payments"][0]["status"] == "pending"
+    assert shown["payments"][0]["block_height"] == 101 and shown["payments"][0]["confirmed_at"] is None
+    await processor.block_connected("fake", block(102, [], parent="h101"))
+    assert (await processor.invoice_json(inv["id"]))["status"] == "paid"
+
+
+async def test_blocks_only_recheck_invoices_whose_payments_they_confirm(core, monkeypatch):
+    """A new block re-assesses only the invoices it can change, not every invoice still maturing."""
+    processor, chain, _ = core
+    invoices = [await processor.create_invoice("fake", 1000) for _ in range(3)]
+    for i in range(3):
+        await processor.block_connected("fake", block(101 + i, [tx(f"t{i}", chain.derive(i)[1], 1000,
+                                                                     spent=(f"o{i}".encode(),))]))
+    reassessed: list[str] = []
+    original = processor._reassess
+
+    async def spy(invoice_id, force_type=None):
+        reassessed.append(invoice_id)
+        await original(invoice_id, force_type)
+
+    monkeypatch.setattr(processor, "_reassess", spy)
+    await processor.block_connected("fake", block(104, []))  # confirms the payment of block 103 only
+    assert reassessed == [invoices[2]["id"]]
+    assert [(await processor.invoice_json(i["id"]))["status"] for i in invoices] == ["paid"] * 3

@@ -214,13 +214,16 @@ class Processor:
         terms, tip = self._counting(invoice)
         payments = await self.store.payments_for(invoice_id)
         required = terms.confirmations_required
+        changed = False
         for row in payments:
             confirmed = row.payment.status(tip, required) is PaymentStatus.CONFIRMED
             if confirmed != (row.confirmed_at is not None):
                 await self.store.set_payment_confirmed_at(
                     invoice.chain, row.payment.txid, row.payment.vout, now if confirmed else None
                 )
-        payments = await self.store.payments_for(invoice_id)
+                changed = True
+        if changed:
+            payments = await self.store.payments_for(invoice_id)
         assessment = assess(terms, [p.payment for p in payments], tip, now)
         exception = assessment.exception.value if assessment.exception else None
         digest = json.dumps(
@@ -239,8 +242,8 @@ class Processor:
             cancelled_at=invoice.cancelled_at, digest=digest, now=now,
         )
         type_ = force_type or event_type(invoice.status, assessment.status)
-        updated = await self.store.invoice(invoice_id)
-        assert updated is not None
+        updated = replace(invoice, status=assessment.status, exception=exception, paid_at=paid_at, digest=digest,
+                          updated_at=now)
         body = self._render(updated, payments)
         event_id = new_id("evt")
         payload = json.dumps(
@@ -322,7 +325,8 @@ class Processor:
                 touched |= await self._apply_tx(chain, tx, block)
             await self.store.set_cursor(chain_name, Cursor(block.height, block.hash))
             self.tips[chain_name] = block.height
-            touched.update(await self.store.invoices_maturing(chain_name))
+            final = self.final_heights.get(chain_name, -1)
+            touched.update(await self.store.invoices_gaining_confirmation(chain_name, block.height, final))
             for invoice_id in sorted(touched):
                 await self._reassess(invoice_id)
         for tx in block.txs:
@@ -335,7 +339,8 @@ class Processor:
             touched = await self.store.unconfirm_block(chain_name, block_hash)
             await self.store.set_cursor(chain_name, parent)
             self.tips[chain_name] = parent.height
-            touched.extend(await self.store.invoices_maturing(chain_name))
+            final = self.final_heights.get(chain_name, -1)
+            touched.extend(await self.store.invoices_losing_confirmation(chain_name, parent.height, final))
             for invoice_id in sorted(set(touched)):
                 await self._reassess(invoice_id)
         log.warning(

@@ -82,6 +82,8 @@ SCHEMA = [
     );
     CREATE INDEX payments_invoice ON payments (invoice_id);
     CREATE INDEX payments_block ON payments (chain, block_hash);
+    CREATE INDEX payments_height ON payments (chain, block_height);
+    CREATE INDEX payments_unconfirmed ON payments (chain) WHERE confirmed_at IS NULL;
     -- the outpoints spent by each paying transaction: another transaction spending one of them replaces it
     CREATE TABLE spends (
         chain TEXT NOT NULL,
@@ -272,8 +274,8 @@ class Store:
         async with self._db.execute(sql, tuple(params)) as cur:
             return await cur.fetchone()
 
-    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, tuple(params)) as cur:
+    async def _all(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        async with self._db.execute(sql, params if isinstance(params, dict) else tuple(params)) as cur:
             return list(await cur.fetchall())
 
     async def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
@@ -397,6 +399,30 @@ class Store:
         row = await self._one("SELECT * FROM invoices WHERE chain = ? AND watch_key = ?", (chain, watch_key))
         return _invoice(row) if row else None
 
+    async def open_invoices(self, chain: str, asset: str, expired_since: int) -> list[InvoiceRow]:
+        """Invoices that may still receive money worth reconciling: unpaid, processing, or expired lately."""
+        rows = await self._all(
+            """SELECT * FROM invoices WHERE chain = :chain AND asset = :asset
+               AND (status IN ('unpaid', 'processing') OR (status = 'expired' AND expires_at >= :since))""",
+            {"chain": chain, "asset": asset, "since": expired_since},
+        )
+        return [_invoice(r) for r in rows]
+
+    async def mined_totals(self, chain: str, asset: str, invoice_ids: list[str], height: int) -> dict[str, int]:
+        """Per invoice, the `asset` payments that still count and were mined at or below `height`."""
+        totals: dict[str, int] = {}
+        for start in range(0, len(invoice_ids), 500):  # SQLite's bound-parameter limit
+            chunk = invoice_ids[start:start + 500]
+            rows = await self._all(
+                f"""SELECT invoice_id, amount FROM payments WHERE chain = ? AND asset = ? AND replaced = 0
+                    AND block_height IS NOT NULL AND block_height <= ?
+                    AND invoice_id IN ({", ".join("?" * len(chunk))})""",
+                (chain, asset, height, *chunk),
+            )
+            for invoice_id, amount in rows:
+                totals[invoice_id] = totals.get(invoice_id, 0) + int(amount)
+        return totals
+
     async def expiring(self, now: int) -> list[str]:
         rows = await self._all(
             "SELECT id FROM invoices WHERE status = ? AND expires_at <= ?", (Status.UNPAID.value, now)
@@ -473,11 +499,28 @@ class Store:
         )
         return [r[0] for r in rows]
 
-    async def invoices_maturing(self, chain: str) -> list[str]:
-        """Invoices with a payment that still counts and is not yet confirmed: a new block may confirm it."""
+    # A payment is confirmed at `tip` when its block is at or below the invoice's threshold height: the tip
+    # less its required confirmations (plus one), or on a chain with finality (required 0) the final height.
+    _THRESHOLD = "CASE i.confirmations_required WHEN 0 THEN :final ELSE :tip - i.confirmations_required + 1 END"
+
+    async def invoices_gaining_confirmation(self, chain: str, tip: int, final: int) -> list[str]:
+        """Invoices with a mined payment that the new tip (or final height) confirms."""
         rows = await self._all(
-            "SELECT DISTINCT invoice_id FROM payments WHERE chain = ? AND replaced = 0 AND confirmed_at IS NULL",
-            (chain,),
+            f"""SELECT DISTINCT p.invoice_id FROM payments p JOIN invoices i ON i.id = p.invoice_id
+                WHERE p.chain = :chain AND p.confirmed_at IS NULL AND p.replaced = 0
+                  AND p.block_height IS NOT NULL AND p.block_height <= {self._THRESHOLD}""",
+            {"chain": chain, "tip": tip, "final": final},
+        )
+        return [r[0] for r in rows]
+
+    async def invoices_losing_confirmation(self, chain: str, tip: int, final: int) -> list[str]:
+        """Invoices with a confirmed payment that a lower tip (after a reorg) no longer confirms."""
+        deepest = await self._one("SELECT MAX(confirmations_required) FROM invoices WHERE chain = ?", (chain,))
+        rows = await self._all(
+            f"""SELECT DISTINCT p.invoice_id FROM payments p JOIN invoices i ON i.id = p.invoice_id
+                WHERE p.chain = :chain AND p.block_height > :lowest AND p.confirmed_at IS NOT NULL
+                  AND p.block_height > {self._THRESHOLD}""",
+            {"chain": chain, "tip": tip, "final": final, "lowest": min(tip, final) - (deepest[0] or 0) - 1},
         )
         return [r[0] for r in rows]
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import metrics
 from ..exceptions import NodeProtocolError, WatcherdError
-from ..invoices import FINALITY, Status
+from ..invoices import FINALITY
 from ..store import Cursor
 from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, walk_back
 from .eth_address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
@@ -340,16 +340,8 @@ class EthereumAdapter(AdapterBase):
         Idempotent: the payment is recorded with this block, in the same store transaction that advances the
         cursor past it, so a restart never reconciles the same block twice and a reorg that disconnects the
         block takes the payment back (it is then marked replaced, as no node knows its txid)."""
-        now = time.time()
         store = processor.store
-        open_invoices = []
-        for status in (Status.UNPAID, Status.PROCESSING, Status.EXPIRED):
-            for invoice in await store.invoices(status=status.value, chain=self.name, limit=1_000_000):
-                if invoice.asset != self.asset:
-                    continue
-                if status is Status.EXPIRED and invoice.expires_at < now - RECONCILE_EXPIRED_SECONDS:
-                    continue
-                open_invoices.append(invoice)
+        open_invoices = await store.open_invoices(self.name, self.asset, int(time.time()) - RECONCILE_EXPIRED_SECONDS)
         if not open_invoices:
             return ()
         balances = await self._rpc.batch(
@@ -360,14 +352,10 @@ class EthereumAdapter(AdapterBase):
             for r in tx.received:
                 if r.asset is None:
                     in_block[r.key] = in_block.get(r.key, 0) + r.amount
+        recorded = await store.mined_totals(self.name, self.asset, [inv.id for inv in open_invoices], block.height)
         found = []
         for invoice, balance_hex in zip(open_invoices, balances, strict=True):
-            explained = in_block.get(invoice.watch_key, 0)
-            for row in await store.payments_for(invoice.id):
-                p = row.payment
-                if (row.asset == self.asset and not p.replaced and p.block_height is not None
-                        and p.block_height <= block.height):
-                    explained += p.amount
+            explained = in_block.get(invoice.watch_key, 0) + recorded.get(invoice.id, 0)
             unexplained = _int(balance_hex) - explained
             if unexplained > 0:
                 log.info("balance of %s exceeds its recorded payments by %d wei at block %d: internal transfer",
