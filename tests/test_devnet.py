@@ -350,14 +350,7 @@ def test_scripts_devnet_round_trip(tmp_path: Path) -> None:
     root = tmp_path / "dn"
 
     def devnet_cli(*args: str) -> str:
-        result = subprocess.run(
-            [str(REPO_ROOT / "scripts" / "devnet"), *args, "--dir", str(root)],
-            capture_output=True,
-            text=True,
-            timeout=scaled(120),
-        )
-        assert result.returncode == 0, f"scripts/devnet {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-        return result.stdout
+        return run_devnet_cli(root, *args, timeout=120)
 
     try:
         out = devnet_cli("up", "--chains", "btc", "--webhook-url", "http://127.0.0.1:9/hook")
@@ -386,10 +379,7 @@ def test_scripts_devnet_runs_anvil_with_the_test_tokens(tmp_path: Path) -> None:
     root = tmp_path / "dn"
 
     def devnet_cli(*args: str) -> str:
-        result = subprocess.run([str(REPO_ROOT / "scripts" / "devnet"), *args, "--dir", str(root)],
-                                capture_output=True, text=True, timeout=scaled(120))
-        assert result.returncode == 0, f"scripts/devnet {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-        return result.stdout
+        return run_devnet_cli(root, *args, timeout=120)
 
     try:
         assert "eth: anvil" in devnet_cli("up", "--chains", "eth")
@@ -421,10 +411,7 @@ def test_scripts_devnet_runs_monerod_with_a_customer_wallet(tmp_path: Path) -> N
     pids: tuple[int | None, ...] = ()
 
     def devnet_cli(*args: str) -> str:
-        result = subprocess.run([str(REPO_ROOT / "scripts" / "devnet"), *args, "--dir", str(root)],
-                                capture_output=True, text=True, timeout=scaled(240))
-        assert result.returncode == 0, f"scripts/devnet {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-        return result.stdout
+        return run_devnet_cli(root, *args, timeout=240)
 
     try:
         assert "xmr: monerod" in devnet_cli("up", "--chains", "xmr")
@@ -458,6 +445,14 @@ def test_scripts_devnet_runs_monerod_with_a_customer_wallet(tmp_path: Path) -> N
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
+
+
+def run_devnet_cli(root: Path, *args: str, timeout: float) -> str:
+    """`scripts/devnet ARGS --dir ROOT` in its own process; its stdout, or an assertion naming what failed."""
+    result = subprocess.run([str(REPO_ROOT / "scripts" / "devnet"), *args, "--dir", str(root)],
+                            capture_output=True, text=True, timeout=scaled(timeout))
+    assert result.returncode == 0, f"scripts/devnet {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
 
 
 def test_wait_for_returns_the_value_or_names_what_it_waited_for() -> None:

@@ -68,11 +68,6 @@ class BitcoinAdapter(AdapterBase, ZmqFollowing):
     async def close(self) -> None:
         await self._rpc.close()
 
-    async def _follow_polling(self, processor: Processor) -> None:
-        while True:
-            await self.reconcile(processor)
-            await asyncio.sleep(self.config.poll_interval_seconds)
-
     async def _follow_zmq(self, processor: Processor) -> None:
         endpoints = {self.config.zmq_rawtx, self.config.zmq_hashblock}
         await self._follow_zmq_feed(processor, endpoints, (b"rawtx", b"hashblock"))  # type: ignore[arg-type]

@@ -188,18 +188,11 @@ class MoneroAdapter(AdapterBase, ZmqFollowing):
     # --- the supervisor-facing loop -----------------------------------------------------------------
 
     async def run(self, processor: Processor) -> None:
-        if self.config.zmq_pub:
-            await follow_forever(self, lambda: self._follow_zmq(processor))
-        else:
-            await follow_forever(self, lambda: self._follow_polling(processor))
+        follow = self._follow_zmq if self.config.zmq_pub else self._follow_polling
+        await follow_forever(self, lambda: follow(processor))
 
     async def close(self) -> None:
         await self._rpc.close()
-
-    async def _follow_polling(self, processor: Processor) -> None:
-        while True:
-            await self.reconcile(processor)
-            await asyncio.sleep(self.config.poll_interval_seconds)
 
     async def _follow_zmq(self, processor: Processor) -> None:
         assert self.config.zmq_pub is not None

@@ -40,6 +40,12 @@ class ZmqFollowing:
     def _on_zmq_connected(self) -> None:
         """Hook: forget per-connection feed state (sequence numbers)."""
 
+    async def _follow_polling(self, processor: Processor) -> None:
+        """Without a feed: the same reconcile, on the poll interval."""
+        while True:
+            await self.reconcile(processor)  # type: ignore[attr-defined]
+            await asyncio.sleep(self.config.poll_interval_seconds)  # type: ignore[attr-defined]
+
     async def _follow_zmq_feed(self, processor: Processor, endpoints: set[str], topics: tuple[bytes, ...]) -> None:
         context = zmq.asyncio.Context.instance()
         socket = context.socket(zmq.SUB)
