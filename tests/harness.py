@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,10 @@ class Daemon:
     def invoice(self, invoice_id: str) -> dict[str, Any]:
         return self.api("GET", f"/v1/invoices/{invoice_id}")
 
-    def wait_status(self, invoice_id: str, status: str, timeout: float = 20, exception: Any = ...) -> dict:
+    def wait_status(self, invoice_id: str, status: str, timeout: float = 20, exception: Any = ...,
+                    where: Callable[[dict], bool] = lambda invoice: True) -> dict:
+        """Wait for the status (and exception, if given) with `where(invoice)` true: a chain can pass through
+        intermediate states (invalidateblock disconnects one block at a time) that have the same status."""
         deadline = time.monotonic() + timeout
         invoice: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -192,7 +196,8 @@ class Daemon:
                 invoice = {}
             except OSError:  # the daemon is (re)starting
                 invoice = {}
-            if invoice.get("status") == status and (exception is ... or invoice.get("exception") == exception):
+            if (invoice.get("status") == status and (exception is ... or invoice.get("exception") == exception)
+                    and where(invoice)):
                 return invoice
             time.sleep(0.05)
         raise AssertionError(

@@ -118,8 +118,9 @@ def test_reorg_with_pop_blocks(xmr_node, daemon_factory, receiver):
     first_block = xmr_node.mine(2)[0]
     daemon.wait_status(invoice["id"], "paid")
     xmr_node.pop_blocks(2)
-    back = daemon.wait_status(invoice["id"], "processing", timeout=20)
-    assert back["payments"][0]["block_height"] is None and back["payments"][0]["txid"] == txid
+    back = daemon.wait_status(invoice["id"], "processing", timeout=20,
+                              where=lambda inv: inv["payments"][0]["block_height"] is None)
+    assert back["payments"][0]["txid"] == txid
     assert txid in xmr_node.pool(), "monerod returns a popped block's txs to its pool"
     xmr_node.mine(2)
     again = daemon.wait_status(invoice["id"], "paid", timeout=20)
