@@ -1,6 +1,7 @@
 """The chain-agnostic core driven by a fake adapter: payments, blocks, reorgs, replacements, outbox rows."""
 
 import json
+import sqlite3
 
 import pytest
 
@@ -8,7 +9,7 @@ from watcherd.chains.base import ChainBlock, ChainTx, Received
 from watcherd.chains.fake import FakeChain
 from watcherd.invoices import FINALITY
 from watcherd.processor import Processor
-from watcherd.store import Cursor, Store
+from watcherd.store import SCHEMA, Cursor, Store
 
 
 class Clock:
@@ -243,3 +244,55 @@ async def test_blocks_only_recheck_invoices_whose_payments_they_confirm(core, mo
     await processor.block_connected("fake", block(104, []))  # confirms the payment of block 103 only
     assert reassessed == [invoices[2]["id"]]
     assert [(await processor.invoice_json(i["id"]))["status"] for i in invoices] == ["paid"] * 3
+
+
+async def test_reused_one_time_output_key_counts_once_even_after_restart(core, tmp_path):
+    """Monero's burning bug: a second output with an already-paid one-time key pays nothing, also when it
+    arrives after a restart; once the first payment is gone (replaced), the key is free again."""
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1_000)
+    key = chain.derive(0)[1]
+
+    def paying(txid, output_key):
+        return ChainTx(txid, (Received(key, 0, 600, output_key=output_key),), ())
+
+    await processor.block_connected("fake", block(101, [paying("t1", b"P1")]))
+    await processor.block_connected("fake", block(102, [paying("t2", b"P1")]))  # same P: ignored
+    assert (await processor.invoice_json(inv["id"]))["amount_received_atomic"] == "600"
+
+    restarted = Processor(processor.store, {"fake": FakeChain(confirmations=2)}, ["webhook"], clock=Clock())
+    await restarted.start()
+    await restarted.block_connected("fake", block(103, [paying("t3", b"P1"), paying("t4", b"P2")]))
+    shown = await restarted.invoice_json(inv["id"])
+    assert shown["amount_received_atomic"] == "1200"
+    assert sorted(p["txid"] for p in shown["payments"]) == ["t1", "t4"]
+
+    await restarted.block_disconnected("fake", 103, "h103", Cursor(102, "h102"))
+    await restarted.block_disconnected("fake", 102, "h102", Cursor(101, "h101"))
+    await restarted.block_disconnected("fake", 101, "h101", Cursor(100, "h100"))
+    await restarted.mempool_synced("fake", set())  # t1 and t4 are gone for good
+    await restarted.block_connected("fake", block(101, [paying("t3", b"P1")]))
+    shown = await restarted.invoice_json(inv["id"])
+    assert [p["txid"] for p in shown["payments"] if p["status"] != "replaced"] == ["t3"]
+
+
+async def test_a_version_1_store_is_migrated_in_place(tmp_path):
+    """A store written by the first schema opens with the output-key column added and its payments kept."""
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(f"BEGIN; {SCHEMA[0]}; PRAGMA user_version=1; COMMIT;")
+        db.execute("""INSERT INTO invoices (id, chain, asset, address, watch_key, derivation_index, amount,
+                          confirmations_required, tolerance_percent, status, created_at, expires_at, updated_at)
+                      VALUES ('inv_1', 'fake', 'FAKE', 'addr0', x'00', 0, '5', 1, '0', 'paid', 1, 2, 1)""")
+        db.execute("""INSERT INTO payments (chain, txid, vout, invoice_id, asset, amount, first_seen_at)
+                      VALUES ('fake', 't1', 0, 'inv_1', 'FAKE', '5', 1)""")
+    store = await Store.open(path)
+    try:
+        assert (await store._one("PRAGMA user_version"))[0] == len(SCHEMA)
+        assert await store.payment_with_output_key("fake", b"P1") is None
+        async with store.transaction():
+            await store.upsert_payment("fake", "inv_1", "FAKE", "t2", 0, 7, 3, output_key=b"P1")
+        assert await store.payment_with_output_key("fake", b"P1") == ("t2", 0)
+        assert [(p.payment.txid, p.payment.amount) for p in await store.payments_for("inv_1")] == [("t1", 5), ("t2", 7)]
+    finally:
+        await store.close()

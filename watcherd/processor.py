@@ -283,9 +283,19 @@ class Processor:
             invoice = await self.store.invoice_by_key(chain.name, output.key)
             if invoice is None:
                 continue
+            if output.output_key is not None:
+                first = await self.store.payment_with_output_key(chain.name, output.output_key)
+                if first is not None and first != (tx.txid, output.vout):
+                    metrics.MALFORMED.labels(chain.name, "duplicate_output_key").inc()
+                    log.warning(
+                        "ignored output %s:%d to invoice %s: its one-time key already paid us in %s:%d (burning bug)",
+                        tx.txid, output.vout, invoice.id, *first,
+                        extra={"chain": chain.name, "txid": tx.txid, "invoice_id": invoice.id},
+                    )
+                    continue
             await self.store.upsert_payment(
                 chain.name, invoice.id, output.asset or chain.asset, tx.txid, output.vout, output.amount, now,
-                block.height if block else None, block.hash if block else None,
+                block.height if block else None, block.hash if block else None, output.output_key,
             )
             touched.add(invoice.id)
             await self.store.mark_address_used(chain.name, invoice.derivation_index)

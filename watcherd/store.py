@@ -114,6 +114,11 @@ SCHEMA = [
     CREATE INDEX deliveries_pending ON deliveries (transport, delivered_at, failed_at, next_attempt_at);
     CREATE INDEX deliveries_invoice ON deliveries (transport, invoice_id, event_seq);
     """,
+    # version 2: Monero's one-time output keys, so a reused one counts once across restarts
+    """
+    ALTER TABLE payments ADD COLUMN output_key BLOB;
+    CREATE INDEX payments_output_key ON payments (chain, output_key) WHERE output_key IS NOT NULL;
+    """,
 ]
 
 
@@ -447,19 +452,27 @@ class Store:
 
     async def upsert_payment(
         self, chain: str, invoice_id: str, asset: str, txid: str, vout: int, amount: int, now: int,
-        block_height: int | None = None, block_hash: str | None = None,
+        block_height: int | None = None, block_hash: str | None = None, output_key: bytes | None = None,
     ) -> None:
         """Record a payment (seen again, it counts again); a block puts it in that block, while a mempool
         sighting (block_height None) never takes a mined payment out of its block."""
         await self._write(
             """INSERT INTO payments (chain, txid, vout, invoice_id, asset, amount, first_seen_at, block_height,
-                   block_hash, replaced)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
+                   block_hash, replaced, output_key)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
                ON CONFLICT (chain, txid, vout) DO UPDATE SET replaced = 0,
                    block_height = COALESCE(excluded.block_height, block_height),
                    block_hash = COALESCE(excluded.block_hash, block_hash)""",
-            (chain, txid, vout, invoice_id, asset, str(amount), now, block_height, block_hash),
+            (chain, txid, vout, invoice_id, asset, str(amount), now, block_height, block_hash, output_key),
         )
+
+    async def payment_with_output_key(self, chain: str, output_key: bytes) -> tuple[str, int] | None:
+        """(txid, vout) of the payment still counting that holds this one-time output key, if any."""
+        row = await self._one(
+            "SELECT txid, vout FROM payments WHERE chain = ? AND output_key = ? AND replaced = 0 LIMIT 1",
+            (chain, output_key),
+        )
+        return None if row is None else (row[0], row[1])
 
     async def set_payment_confirmed_at(self, chain: str, txid: str, vout: int, when: int | None) -> None:
         await self._write(

@@ -32,6 +32,9 @@ class Received:
     vout: int  # the output's index (or a log index: whatever makes (txid, vout) unique on the chain)
     amount: int
     asset: str | None = None  # None: the chain's native asset; else a token symbol from `assets`
+    # an id the chain's rules make one-spend-only across transactions (Monero's one-time output key): a second
+    # output with the same one pays nothing, even after a restart (Monero's "burning bug")
+    output_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ numbers, so a (re)connection of the socket is what triggers a full reconcile.
 
 Watch key of an invoice: its subaddress public spend key D. An output pays D when P - Hs(8aR ‖ i)·G == D.
 An output only counts when its decrypted amount opens its Pedersen commitment, its unlock time is zero,
-and its one-time key P was not seen before (the "burning bug": a second output with the same P is unspendable).
+and its one-time key P has not paid us before (the "burning bug": a second output with the same P is unspendable;
+the core keeps P with the payment and refuses the second one).
 """
 
 from __future__ import annotations
@@ -128,8 +129,6 @@ class MoneroAdapter(AdapterBase, ZmqFollowing):
         self._mempool_seen: set[str] = set()
         self._mempool_stale = True
         self._init_feed()
-        # one-time output key -> (txid, output index) of the first output that paid us with it
-        self._output_keys: dict[bytes, tuple[str, int]] = {}
 
     def derive(self, index: int) -> tuple[str, bytes]:
         return self._deriver.derive(index)
@@ -154,13 +153,7 @@ class MoneroAdapter(AdapterBase, ZmqFollowing):
                 log.warning("ignored output %s: unlock_time %d (funds locked; pays no invoice)", where,
                             tx.unlock_time, extra={"chain": self.name, "txid": tx.txid})
                 continue
-            first = self._output_keys.setdefault(out.key, (tx.txid, out.index))
-            if first != (tx.txid, out.index):
-                metrics.MALFORMED.labels(self.name, "duplicate_output_key").inc()
-                log.warning("ignored output %s: its one-time key was already paid by %s:%d (burning bug)", where,
-                            *first, extra={"chain": self.name, "txid": tx.txid})
-                continue
-            received.append(Received(out.spend_key, out.index, out.amount))
+            received.append(Received(out.spend_key, out.index, out.amount, output_key=out.key))
         if not received and not self.watchlist.conflicts(tx.txid, tx.key_images):
             return None
         return ChainTx(tx.txid, tuple(received), tx.key_images)
