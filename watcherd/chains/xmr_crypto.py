@@ -313,6 +313,7 @@ def key_derivation(view_secret: bytes, tx_public_key: bytes) -> bytes | None:
 
 
 P25519 = 2**255 - 19
+_P, _ZERO, _ONE = mpz(P25519), mpz(0), mpz(1)
 _Y_MASK = (1 << 255) - 1
 
 
@@ -335,17 +336,17 @@ def derivation_candidates(k: bytes, tx_public_key: bytes) -> tuple[bytes, bytes]
     libsodium's ed25519 scalar multiplication first proves R is in the prime-order subgroup, which costs a
     second scalar multiplication; the Montgomery ladder needs only R's y. The sign of x is lost on the way,
     so both signs come back: the view tag (1 keccak) tells which, a wrong one costs nothing but a hash."""
-    y = int.from_bytes(tx_public_key, "little") & _Y_MASK
-    if y >= P25519 or y == 1:
+    p = _P  # mpz throughout: converting to and from Python ints costs as much as the arithmetic
+    y = mpz.from_bytes(tx_public_key, "little") & _Y_MASK
+    if y >= p or y == 1:
         return None
-    u = (1 + y) * int(gmpy2.invert(1 - y, P25519)) % P25519
-    q = _x25519(k, u.to_bytes(32, "little"))
+    q = _x25519(k, ((1 + y) * gmpy2.invert(1 - y, p) % p).to_bytes(32, "little"))
     if q is None:
         return None
-    uq = int.from_bytes(q, "little")
-    if uq == P25519 - 1:
+    uq = mpz.from_bytes(q, "little")
+    if uq == p - 1:
         return None
-    encoded = ((uq - 1) * int(gmpy2.invert(uq + 1, P25519)) % P25519).to_bytes(32, "little")
+    encoded = ((uq - 1) * gmpy2.invert(uq + 1, p) % p).to_bytes(32, "little")
     return encoded, encoded[:31] + bytes([encoded[31] | 0x80])
 
 
@@ -356,7 +357,6 @@ def view_tag(derivation: bytes, index: int) -> int:
 _D = -121665 * pow(121666, -1, P25519) % P25519  # the curve constant d of -x^2 + y^2 = 1 + d x^2 y^2
 _D2 = 2 * _D % P25519
 _SQRT_M1 = pow(2, (P25519 - 1) // 4, P25519)
-_P, _ZERO, _ONE = mpz(P25519), mpz(0), mpz(1)
 
 
 def _decompress(point: bytes) -> tuple[int, int]:
