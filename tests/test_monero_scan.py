@@ -32,35 +32,46 @@ from watcherd.devnet_monero import new_keys, primary_address
 from watcherd.exceptions import NodeProtocolError
 from watcherd.store import Cursor
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "monero_regtest.json").read_text())
+VECTOR_DIR = Path(__file__).parent / "vectors"
+VECTORS = json.loads((VECTOR_DIR / "monero_regtest.json").read_text())
+CHAIN_VECTORS = json.loads((VECTOR_DIR / "monero_regtest_chain.json").read_text())
+
+
+def subaddresses(vectors: dict) -> dict[bytes, tuple[int, int]]:
+    """spend key D -> (account, index) of the vector wallet's first subaddresses."""
+    subs = SubaddressDeriver(bytes.fromhex(vectors["view_key"]), bytes.fromhex(vectors["spend_public"]), "mainnet")
+    return {subs.spend_key(major, minor): (major, minor) for major in range(3) for minor in range(8)}
+
+
 VIEW = bytes.fromhex(VECTORS["view_key"])
 SPEND_PUBLIC = bytes.fromhex(VECTORS["spend_public"])
-SUBS = SubaddressDeriver(VIEW, SPEND_PUBLIC, "mainnet")
-WATCHED = {SUBS.spend_key(major, minor): (major, minor) for major in range(3) for minor in range(8)}
+WATCHED = subaddresses(VECTORS)
 
 
-def adapter() -> MoneroAdapter:
+def adapter(vectors: dict = VECTORS) -> MoneroAdapter:
+    view, spend_public = bytes.fromhex(vectors["view_key"]), bytes.fromhex(vectors["spend_public"])
     config = MoneroChainConfig(
         name="xmr", network=MoneroNetwork("mainnet"), rpc_url="http://127.0.0.1:1", rpc_user=None,
-        rpc_password=None, zmq_pub=None, primary_address=encode_address(18, SPEND_PUBLIC, scalar_base(VIEW)),
-        view_key=VIEW, underpaid_tolerance_percent=Decimal(0),
+        rpc_password=None, zmq_pub=None, primary_address=encode_address(18, spend_public, scalar_base(view)),
+        view_key=view, underpaid_tolerance_percent=Decimal(0),
     )
     chain = MoneroAdapter(config)
-    chain.watchlist.keys.update(WATCHED)
+    chain.watchlist.keys.update(subaddresses(vectors))
     return chain
 
 
-def test_finds_exactly_what_the_wallet_found():
+@pytest.mark.parametrize("vectors", [VECTORS, CHAIN_VECTORS], ids=["payment-heavy", "chain-like"])
+def test_finds_exactly_what_the_wallet_found(vectors):
     """Every output the reference wallet credited (subaddress index and amount) and nothing else."""
-    chain = adapter()
+    chain, watched = adapter(vectors), subaddresses(vectors)
     found = []
-    for entry in VECTORS["txs"]:
+    for entry in vectors["txs"]:
         tx = chain._chain_tx(parse_tx_json(entry["txid"], entry["json"]))
         for r in tx.received if tx else ():
-            found.append((entry["txid"], *WATCHED[r.key], r.amount))
-    expected = sorted(tuple(e) for e in VECTORS["expected"])
+            found.append((entry["txid"], *watched[r.key], r.amount))
+    expected = sorted(tuple(e) for e in vectors["expected"])
     assert expected, "the vector file must hold owned outputs"
-    assert any(len(entry["json"]["vout"]) > 2 for entry in VECTORS["txs"]), "some txs have additional keys"
+    assert any(len(entry["json"]["vout"]) > 2 for entry in vectors["txs"]), "some txs have additional keys"
     # monero-wallet-rpc sums the outputs of one tx to one subaddress into one transfer
     summed: dict[tuple[str, int, int], int] = {}
     for txid, major, minor, amount in found:
