@@ -112,6 +112,18 @@ def _pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
+def wait_pid_gone(pid: int, timeout: float) -> bool:
+    """Wait for `pid` to exit; False if it still runs after `timeout`. Polls the pid itself, not an ownership
+    check on the command line: an exiting process loses its command line (and may still hold its ports)
+    before it is gone."""
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _pid_cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -364,12 +376,13 @@ class Node:
                 pass
 
     def _wait_exit(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.is_running():
-            if time.monotonic() > deadline:
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
                 return False
-            time.sleep(0.05)
-        return True
+            return True
+        return self.pid is None or wait_pid_gone(self.pid, timeout)
 
     def _kill(self) -> None:
         self._signal(signal.SIGKILL)

@@ -28,6 +28,7 @@ from .devnet import (
     _pid_cmdline,
     free_ports,
     nodes_dir,
+    wait_pid_gone,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -138,11 +139,9 @@ class EthNode:
         """SIGTERM (anvil dumps its state on the way out), wait for the pid; SIGKILL if it hangs."""
         if self.pid is not None and self.is_running():
             os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.is_running() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.is_running():
+            if not wait_pid_gone(self.pid, timeout) and self.is_running():
                 os.kill(self.pid, signal.SIGKILL)
+                wait_pid_gone(self.pid, 10)
         if self._proc is not None:
             try:
                 self._proc.wait(timeout=10)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .chains.xmr_crypto import PREFIXES, encode_address, hash_to_scalar, scalar_base
-from .devnet import NodeRPCError, _die_with_parent, _pid_alive, _pid_cmdline, free_ports
+from .devnet import NodeRPCError, _die_with_parent, _pid_alive, _pid_cmdline, free_ports, wait_pid_gone
 
 START_TIMEOUT = 90.0
 COINBASE_UNLOCK = 60
@@ -87,12 +87,7 @@ class _Process:
             except subprocess.TimeoutExpired:
                 return False
             return True
-        deadline = time.monotonic() + timeout
-        while self.running():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return self.pid is None or wait_pid_gone(self.pid, timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         pid = self.pid
