@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from watcherd import metrics
 from watcherd.chains.base import ChainBlock, ChainTx, Received
 from watcherd.chains.fake import FakeChain
 from watcherd.invoices import FINALITY
@@ -292,7 +293,42 @@ async def test_a_version_1_store_is_migrated_in_place(tmp_path):
         assert await store.payment_with_output_key("fake", b"P1") is None
         async with store.transaction():
             await store.upsert_payment("fake", "inv_1", "FAKE", "t2", 0, 7, 3, output_key=b"P1")
-        assert await store.payment_with_output_key("fake", b"P1") == ("t2", 0)
+        assert await store.payment_with_output_key("fake", b"P1") == ("t2", 0, None)
+        async with store.transaction():  # a payment from before the upgrade gets its key when seen again
+            await store.upsert_payment("fake", "inv_1", "FAKE", "t1", 0, 5, 4, 101, "h101", output_key=b"P0")
+        assert await store.payment_with_output_key("fake", b"P0") == ("t1", 0, 101)
         assert [(p.payment.txid, p.payment.amount) for p in await store.payments_for("inv_1")] == [("t1", 5), ("t2", 7)]
     finally:
         await store.close()
+
+
+async def test_output_key_of_a_pool_payment_follows_it_into_its_block_and_a_mined_duplicate_wins(core):
+    """The same tx seen in the pool then mined keeps its key (and gets its block); a duplicate mined while
+    the key's holder is still unmined takes the key over, and the pool one no longer counts."""
+    processor, chain, _ = core
+    first = await processor.create_invoice("fake", 1_000)
+    second = await processor.create_invoice("fake", 1_000)
+    key1, key2 = chain.derive(0)[1], chain.derive(1)[1]
+
+    def paying(txid, key, output_key):
+        return ChainTx(txid, (Received(key, 0, 1_000, output_key=output_key),), ())
+
+    duplicates = metrics.MALFORMED.labels("fake", "duplicate_output_key")
+    before = duplicates._value.get()
+    await processor.tx_seen("fake", paying("t1", key1, b"P1"))
+    await processor.tx_seen("fake", paying("t1", key1, b"P1"))
+    await processor.block_connected("fake", block(101, [paying("t1", key1, b"P1")]))
+    payment = (await processor.invoice_json(first["id"]))["payments"][0]
+    assert payment["block_height"] == 101 and payment["status"] != "replaced"
+    assert duplicates._value.get() == before, "the same output seen again is not a duplicate"
+
+    await processor.tx_seen("fake", paying("a", key2, b"P2"))
+    assert (await processor.invoice_json(second["id"]))["status"] == "processing"
+    await processor.block_connected("fake", block(102, [paying("b", key2, b"P2")]))
+    shown = await processor.invoice_json(second["id"])
+    assert {p["txid"]: p["status"] for p in shown["payments"]} == {"a": "replaced", "b": "pending"}
+    assert shown["amount_received_atomic"] == "1000"
+    await processor.tx_seen("fake", paying("a", key2, b"P2"))  # seen again: still the duplicate
+    assert duplicates._value.get() == before + 1
+    shown = await processor.invoice_json(second["id"])
+    assert {p["txid"]: p["status"] for p in shown["payments"]} == {"a": "replaced", "b": "pending"}

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import metrics
-from .chains.base import ChainAdapter, ChainBlock, ChainTx
+from .chains.base import ChainAdapter, ChainBlock, ChainTx, Received
 from .exceptions import InvoiceError
 from .invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
 from .money import to_decimal_string
@@ -283,16 +283,8 @@ class Processor:
             invoice = await self.store.invoice_by_key(chain.name, output.key)
             if invoice is None:
                 continue
-            if output.output_key is not None:
-                first = await self.store.payment_with_output_key(chain.name, output.output_key)
-                if first is not None and first != (tx.txid, output.vout):
-                    metrics.MALFORMED.labels(chain.name, "duplicate_output_key").inc()
-                    log.warning(
-                        "ignored output %s:%d to invoice %s: its one-time key already paid us in %s:%d (burning bug)",
-                        tx.txid, output.vout, invoice.id, *first,
-                        extra={"chain": chain.name, "txid": tx.txid, "invoice_id": invoice.id},
-                    )
-                    continue
+            if output.output_key is not None and not await self._takes_output_key(chain, tx, output, block, touched):
+                continue
             await self.store.upsert_payment(
                 chain.name, invoice.id, output.asset or chain.asset, tx.txid, output.vout, output.amount, now,
                 block.height if block else None, block.hash if block else None, output.output_key,
@@ -307,6 +299,27 @@ class Processor:
         if tx.received and tx.spent:
             await self.store.add_spends(chain.name, tx.txid, tx.spent)
         return touched
+
+    async def _takes_output_key(
+        self, chain: ChainAdapter, tx: ChainTx, output: Received, block: ChainBlock | None, touched: set[str]
+    ) -> bool:
+        """Monero's burning bug: outputs sharing a one-time key can be spent only once, so only one of them
+        counts: the first seen, unless it is still unmined and this one is in a block (the pool one may never
+        be mined)."""
+        assert output.output_key is not None
+        holder = await self.store.payment_with_output_key(chain.name, output.output_key)
+        if holder is None or holder[:2] == (tx.txid, output.vout):
+            return True
+        where = f"{tx.txid}:{output.vout}"
+        if block is not None and holder[2] is None:
+            touched.add(await self.store.replace_payment(chain.name, holder[0], holder[1]))
+            log.warning("unmined output %s:%d gives its one-time key up to %s, mined in block %d (burning bug)",
+                        holder[0], holder[1], where, block.height, extra={"chain": chain.name, "txid": tx.txid})
+            return True
+        metrics.MALFORMED.labels(chain.name, "duplicate_output_key").inc()
+        log.warning("ignored output %s: its one-time key already paid us in %s:%d (burning bug)", where,
+                    holder[0], holder[1], extra={"chain": chain.name, "txid": tx.txid})
+        return False
 
     def _refresh_spends(self, chain: ChainAdapter, tx: ChainTx) -> None:
         for other in chain.watchlist.conflicts(tx.txid, tx.spent):

@@ -462,17 +462,30 @@ class Store:
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
                ON CONFLICT (chain, txid, vout) DO UPDATE SET replaced = 0,
                    block_height = COALESCE(excluded.block_height, block_height),
-                   block_hash = COALESCE(excluded.block_hash, block_hash)""",
+                   block_hash = COALESCE(excluded.block_hash, block_hash),
+                   output_key = COALESCE(excluded.output_key, output_key)""",
             (chain, txid, vout, invoice_id, asset, str(amount), now, block_height, block_hash, output_key),
         )
 
-    async def payment_with_output_key(self, chain: str, output_key: bytes) -> tuple[str, int] | None:
-        """(txid, vout) of the payment still counting that holds this one-time output key, if any."""
+    async def payment_with_output_key(self, chain: str, output_key: bytes) -> tuple[str, int, int | None] | None:
+        """(txid, vout, block height) of the payment still counting that holds this one-time output key."""
         row = await self._one(
-            "SELECT txid, vout FROM payments WHERE chain = ? AND output_key = ? AND replaced = 0 LIMIT 1",
+            """SELECT txid, vout, block_height FROM payments
+               WHERE chain = ? AND output_key = ? AND replaced = 0 LIMIT 1""",
             (chain, output_key),
         )
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def replace_payment(self, chain: str, txid: str, vout: int) -> str:
+        """Mark one output's payment replaced; returns its invoice."""
+        row = await self._one("SELECT invoice_id FROM payments WHERE chain = ? AND txid = ? AND vout = ?",
+                              (chain, txid, vout))
+        await self._write(
+            """UPDATE payments SET replaced = 1, block_height = NULL, block_hash = NULL
+               WHERE chain = ? AND txid = ? AND vout = ?""",
+            (chain, txid, vout),
+        )
+        return row[0]
 
     async def set_payment_confirmed_at(self, chain: str, txid: str, vout: int, when: int | None) -> None:
         await self._write(
