@@ -18,7 +18,7 @@ from watcherd.chains.base import ChainBlock
 from watcherd.chains.monero import MoneroAdapter
 from watcherd.chains.xmr_crypto import (
     H_POINT,
-    L,
+    IDENTITY,
     SubaddressDeriver,
     commitment_ok,
     decode_address,
@@ -200,21 +200,25 @@ async def test_block_whose_txs_the_node_cannot_give_stays_an_error():
     assert recorder.blocks == []
 
 
-@pytest.mark.parametrize("amount", [1, 7, 8, 2**40, 10**12, 25 * 10**11, 2**63, 2**64 - 1, 123456789012345])
-def test_commitment_check_through_x25519(amount):
-    """The X25519 commitment check agrees with the plain ed25519 one: round amounts (many trailing zero bits)
-    included, and a wrong amount or mask never opens the commitment."""
+@pytest.mark.parametrize("amount", [0, 1, 7, 8, 255, 256, 2**40, 10**12, 25 * 10**11, 2**63, 2**64 - 1,
+                                    123456789012345])
+def test_commitment_check_against_libsodium(amount):
+    """The table of multiples of H agrees with libsodium's own ed25519 arithmetic, round amounts and zero
+    included, and a wrong amount, a wrong mask or the opposite point never opens the commitment."""
     from nacl import bindings as sodium
 
     mask = hash_to_scalar(amount.to_bytes(8, "little"))
-    amount_h = sodium.crypto_scalarmult_ed25519_noclamp(amount.to_bytes(32, "little"), H_POINT)
+    amount_h = IDENTITY if amount == 0 else sodium.crypto_scalarmult_ed25519_noclamp(
+        amount.to_bytes(32, "little"), H_POINT)
     commitment = sodium.crypto_core_ed25519_add(scalar_base(mask), amount_h)
     assert commitment_ok(amount, mask, commitment)
+    assert commitment_ok(amount, bytes(32), amount_h), "a zero mask"
     assert not commitment_ok(amount ^ 1, mask, commitment)
     assert not commitment_ok((amount * 3 + 1) % 2**64, mask, commitment)
     assert not commitment_ok(amount, hash_to_scalar(mask), commitment)
     assert not commitment_ok(amount, mask, bytes(32))
-    assert (L - amount) >= 2**64, "the sign the u-coordinate drops cannot stand for another 64-bit amount"
+    if amount:
+        assert not commitment_ok(amount, mask, sodium.crypto_core_ed25519_sub(scalar_base(mask), amount_h))
 
 
 def test_address_codec_roundtrip():
