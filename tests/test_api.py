@@ -69,6 +69,10 @@ async def test_create_show_list_cancel(client):
         ({"chain": "btc", "amount_atomic": "1.5"}, 400, "amount_atomic"),
         ({"chain": "btc", "amount": "1", "asset": "DOGE"}, 422, "asset"),
         ({"chain": "btc", "amount": "1.0000001", "asset": "TOKEN"}, 400, "amount"),  # 6 decimals
+        ({"chain": "btc", "amount": "1e999999"}, 400, "amount"),  # Decimal overflows
+        ({"chain": "btc", "amount": "1e70"}, 400, "amount"),  # more than any chain can carry
+        ({"chain": "btc", "amount_atomic": "9" * 5000}, 400, "amount_atomic"),  # past int()'s digit limit
+        ({"chain": "btc", "amount_atomic": 2**256}, 400, "amount_atomic"),
     ],
 )
 async def test_bad_input_names_the_field(client, body, status, field):

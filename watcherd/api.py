@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .exceptions import InvoiceError
 from .invoices import Status
-from .money import to_atomic
+from .money import MAX_ATOMIC, to_atomic
 from .processor import Processor
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
         raw = body["amount_atomic"]
         if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).isdigit():
             raise error(400, "invalid_field", "must be a whole number of atomic units", "amount_atomic")
+        if len(str(raw)) > len(str(MAX_ATOMIC)) or int(raw) > MAX_ATOMIC:
+            raise error(400, "invalid_field", "is more than any chain can carry", "amount_atomic")
         amount = int(raw)
     field = "amount" if "amount" in body else "amount_atomic"
     if amount <= 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
+MAX_ATOMIC = 2**256 - 1  # no supported chain carries more in one amount (an EVM uint256)
+
 
 def to_atomic(text: str, decimals: int) -> int:
     """Parse a decimal string ("0.015") into atomic units; ValueError names what is wrong."""
@@ -15,9 +17,15 @@ def to_atomic(text: str, decimals: int) -> int:
         raise ValueError(f"{text!r} is not a decimal number") from None
     if not value.is_finite():
         raise ValueError(f"{text!r} is not a finite number")
-    atomic = value.scaleb(decimals)
-    if atomic != atomic.to_integral_value():
+    try:
+        atomic = value.scaleb(decimals)
+        whole = atomic == atomic.to_integral_value()
+    except ArithmeticError:  # decimal.Overflow and friends: an exponent far out of range
+        raise ValueError(f"{text!r} is out of range") from None
+    if not whole:
         raise ValueError(f"{text!r} has more than {decimals} decimal places")
+    if abs(atomic) > MAX_ATOMIC:
+        raise ValueError(f"{text!r} is more than any chain can carry")
     return int(atomic)
 
 
