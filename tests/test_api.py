@@ -44,6 +44,10 @@ async def test_create_show_list_cancel(client):
     listed = await (await client.get("/v1/invoices?status=unpaid", headers=AUTH)).json()
     assert [i["id"] for i in listed["invoices"]] == [invoice["id"]]
     assert (await (await client.get("/v1/invoices?status=paid", headers=AUTH)).json())["invoices"] == []
+    assert (await (await client.get("/v1/invoices?limit=1", headers=AUTH)).json())["next"] == invoice["id"]
+    for bad in ("0", "1001", "-5", "ten", "9" * 5000, "1.5"):
+        response = await client.get(f"/v1/invoices?limit={bad}", headers=AUTH)
+        assert response.status == 400 and (await response.json())["error"]["field"] == "limit", bad
 
     cancelled = await client.post(f"/v1/invoices/{invoice['id']}/cancel", headers=AUTH)
     assert cancelled.status == 200 and (await cancelled.json())["status"] == "cancelled"
