@@ -3,8 +3,10 @@ committed bytecode. No node needed (the compiler check needs node + the pinned n
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -131,3 +133,75 @@ def test_committed_bytecode_matches_the_solidity_sources():
                           timeout=120, env={**os.environ, "NODE_PATH": str(solc.parent)}, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0.8.26" in done.stdout
+
+
+class BatchLimitedNode:
+    """A websocket JSON-RPC server that answers eth_getBalance batches of at most `limit` calls (the balance
+    is the call's first parameter as a number) and refuses larger ones like geth: one id-less error."""
+
+    def __init__(self, limit: int):
+        self.limit, self.batch_sizes = limit, []
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+
+        async def handle(request):
+            ws = web.WebSocketResponse(max_msg_size=0)
+            await ws.prepare(request)
+            async for message in ws:
+                calls = json.loads(message.data)
+                self.batch_sizes.append(len(calls))
+                if len(calls) > self.limit:
+                    await ws.send_str(json.dumps([{"jsonrpc": "2.0", "id": None,
+                                                   "error": {"code": -32600, "message": "batch too large"}}]))
+                else:
+                    await ws.send_str(json.dumps([{"jsonrpc": "2.0", "id": c["id"], "result": hex(c["params"][0])}
+                                                  for c in reversed(calls)]))
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"ws://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"
+
+    async def __aexit__(self, *exc) -> None:
+        await self.runner.cleanup()
+
+
+async def test_large_batches_are_split_below_the_nodes_limit():
+    """1,234 balance checks (thousands of open invoices) come back complete and in order from a node that
+    takes batches of at most 1,000, as geth does by default."""
+    from watcherd.chains.eth_rpc import MAX_BATCH, WsRpc
+
+    node = BatchLimitedNode(limit=1000)
+    async with node as url:
+        rpc = WsRpc(url, timeout=5)
+        await rpc.connect()
+        try:
+            answers = await rpc.batch("eth_getBalance", [(n,) for n in range(1234)])
+        finally:
+            await rpc.close()
+    assert answers == [hex(n) for n in range(1234)]
+    assert max(node.batch_sizes) == MAX_BATCH and sum(node.batch_sizes) == 1234
+
+
+async def test_a_batch_the_node_refuses_fails_at_once_with_its_reason():
+    """A node with a smaller limit answers with one id-less error: the call fails with the node's words, not
+    after the 5 s timeout."""
+    from watcherd.chains.eth_rpc import WsRpc
+    from watcherd.exceptions import NodeProtocolError
+
+    async with BatchLimitedNode(limit=10) as url:
+        rpc = WsRpc(url, timeout=5)
+        await rpc.connect()
+        try:
+            started = time.monotonic()
+            with pytest.raises(NodeProtocolError, match="batch too large"):
+                await rpc.batch("eth_getBalance", [(n,) for n in range(50)])
+            assert time.monotonic() - started < 2
+            assert await rpc.batch("eth_getBalance", [(7,)]) == ["0x7"]  # the connection still works
+        finally:
+            await rpc.close()

@@ -16,10 +16,13 @@ from typing import Any
 
 import aiohttp
 
-from ..exceptions import NodeUnavailable
+from ..exceptions import NodeProtocolError, NodeUnavailable
 from .rpc import result
 
 _CLOSED = object()
+# geth refuses batches of more than 1,000 calls (--rpc.batch-request-limit) with one id-less error; other
+# nodes have similar limits. Larger batches are split, and the parts sent together.
+MAX_BATCH = 500
 
 
 class WsRpc:
@@ -95,6 +98,14 @@ class WsRpc:
             else:
                 self._notifications.put_nowait(None)  # counted by the adapter as malformed
             return
+        if answer.get("id") is None and "error" in answer:
+            # a request the node refused as a whole ("batch too large", a parse error): which one is unknown,
+            # so every waiting call fails with the node's own words instead of waiting for the timeout
+            problem = NodeProtocolError(f"{_redact(self.url)} refused a request: {str(answer['error'])[:200]}")
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(problem)
+            return
         future = self._waiting.pop(answer.get("id"), None)  # type: ignore[arg-type]
         if future is None or future.done():
             self.malformed += 1
@@ -127,14 +138,17 @@ class WsRpc:
         return result(method, answer)
 
     async def batch(self, method: str, param_lists: list[tuple[Any, ...]]) -> list[Any]:
-        """One round trip for many calls of `method`; results in the order of `param_lists`."""
-        if not param_lists:
-            return []
+        """Many calls of `method` in one round trip (batches of MAX_BATCH, sent together); results in the
+        order of `param_lists`."""
+        chunks = [param_lists[i:i + MAX_BATCH] for i in range(0, len(param_lists), MAX_BATCH)]
+        answers = await asyncio.gather(*(self._send_batch(method, chunk) for chunk in chunks))
+        return [result(method, a) for chunk in answers for a in chunk]
+
+    async def _send_batch(self, method: str, param_lists: list[tuple[Any, ...]]) -> list[Any]:
         ids = [next(self._ids) for _ in param_lists]
         payload = [{"jsonrpc": "2.0", "id": i, "method": method, "params": list(p)}
                    for i, p in zip(ids, param_lists, strict=True)]
-        answers = await self._send(payload, ids)
-        return [result(method, a) for a in answers]
+        return await self._send(payload, ids)
 
     async def notification(self, timeout: float) -> tuple[str, Any] | None:  # noqa: ASYNC109
         """The next subscription notification; None after `timeout` seconds of quiet (or for a malformed one).
