@@ -8,6 +8,7 @@ before/after, never absolute heights.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -188,3 +189,50 @@ def test_node_with_another_chain_id_is_refused(eth_node, tmp_path):
         else done.stdout + done.stderr
     assert done.returncode != 0
     assert "serves chain id 31337, the config says chain_id = 1" in output, output[-2000:]
+
+
+def test_operator_cli_creates_shows_lists_cancels_and_redelivers(eth_node, daemon_factory, receiver):
+    """`watcherd invoice ...` and `watcherd webhooks ...` against a running daemon, as an operator uses them:
+    a USDC invoice created from the command line is paid on anvil; the webhooks it caused are listed and one
+    is queued again."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=1))
+    wait_caught_up(daemon, eth_node)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "watcherd", "--config", str(daemon.config_path), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    created = json.loads(cli("invoice", "create", "--chain", "eth", "--amount", "12.5", "--asset", "USDC",
+                             "--order-id", "CLI-1", "--json"))
+    assert (created["asset"], created["amount_atomic"], created["order_id"]) == ("USDC", "12500000", "CLI-1")
+    eth_node.pay_token("USDC", created["address"], 12_500_000)
+    eth_node.mine(1)
+    daemon.wait_status(created["id"], "paid")
+    shown = cli("invoice", "show", created["id"])
+    assert shown.startswith(f"{created['id']}  paid  12.5 USDC  received 12.5") and "confirmed" in shown
+    assert created["id"] in cli("invoice", "list", "--status", "paid")
+
+    other = cli("invoice", "create", "--chain", "eth", "--amount", "0.1")
+    other_id = other.split()[0]
+    assert " unpaid  0.1 ETH " in other and "pay: ethereum:" in other
+    assert "cancelled" in cli("invoice", "cancel", other_id)
+    assert created["id"] not in cli("invoice", "list", "--status", "unpaid")
+
+    wait_delivered(receiver, created["id"], ["unpaid", "processing", "paid"])
+    listed = json.loads(cli("webhooks", "list", "--invoice", created["id"], "--json"))
+    assert [r["type"] for r in listed] == ["invoice.paid", "invoice.processing", "invoice.created"]  # newest first
+    assert all(r["delivered_at"] for r in listed)
+    paid_event = listed[0]["id"]
+    assert f"{paid_event}  invoice.paid" in cli("webhooks", "list", "--invoice", created["id"])
+    assert "queued for redelivery" in cli("webhooks", "redeliver", paid_event)
+    deadline = time.monotonic() + 20
+    while len([d for d in receiver.for_invoice(created["id"]) if d["id"] == paid_event]) < 2:
+        assert time.monotonic() < deadline, "the redelivered webhook never arrived"
+        time.sleep(0.1)
+
+    refused = subprocess.run([sys.executable, "-m", "watcherd", "--config", str(daemon.config_path), "invoice",
+                              "create", "--chain", "eth", "--amount", "1", "--asset", "DOGE"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "asset" in refused.stderr

@@ -94,13 +94,16 @@ def invoice() -> None:
 @invoice.command("create")
 @click.option("--chain", required=True)
 @click.option("--amount", required=True, help="Decimal amount, e.g. 0.015")
+@click.option("--asset", help="A token configured on the chain (e.g. USDC); default: the chain's own coin")
 @click.option("--order-id")
 @click.option("--expires-in", type=int, help="Seconds (default: the chain's invoice_expiry_seconds)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def invoice_create(config_path: str, chain: str, amount: str, order_id: str | None, expires_in: int | None,
-                   as_json: bool) -> None:
+def invoice_create(config_path: str, chain: str, amount: str, asset: str | None, order_id: str | None,
+                   expires_in: int | None, as_json: bool) -> None:
     body: dict[str, Any] = {"chain": chain, "amount": amount}
+    if asset:
+        body["asset"] = asset
     if order_id:
         body["order_id"] = order_id
     if expires_in is not None:
