@@ -109,3 +109,28 @@ async def test_client_error_is_not_retried_but_kept_for_redelivery(core):
         async with aiohttp.ClientSession() as session:
             assert await sender.deliver_due(session) == 1
     assert receiver.statuses(inv["id"]) == ["unpaid"]
+
+
+async def test_redirect_is_not_followed_and_retried_until_the_url_is_right(core):
+    """A 301 would make an HTTP client re-send the event as a GET and call it delivered: the sender does not
+    follow it, says why, and keeps retrying until the endpoint answers the POST itself."""
+    processor, _ = core
+    import aiohttp
+
+    with WebhookReceiver(SECRET) as receiver:
+        receiver.redirect_to = receiver.url + "/moved"
+        config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
+        sender = WebhookSender(processor.store, config, processor.outbox_listener())
+        inv = await processor.create_invoice("fake", 1000)
+        async with aiohttp.ClientSession() as session:
+            assert await sender.deliver_due(session) == 1
+        pending = await processor.store.deliveries(state="pending")
+        assert receiver.gets == 0 and receiver.events == []
+        assert len(pending) == 1 and pending[0]["last_error"].startswith("HTTP 301 redirect to ")
+        assert "/moved" in pending[0]["last_error"] and "webhook.url" in pending[0]["last_error"]
+        receiver.redirect_to = None
+        async with processor.store.transaction():  # the retry is due (instead of waiting out the backoff)
+            assert await processor.store.redeliver(pending[0]["id"], time.time())
+        async with aiohttp.ClientSession() as session:
+            assert await sender.deliver_due(session) == 1
+    assert receiver.statuses(inv["id"]) == ["unpaid"]

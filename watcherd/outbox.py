@@ -106,10 +106,15 @@ class WebhookSender:
             error: str | None = None
             permanent = False
             try:
-                async with session.post(self.config.url, data=body, headers=headers) as response:
+                # a followed redirect would turn the POST into a GET that "succeeds" without the event
+                async with session.post(self.config.url, data=body, headers=headers,
+                                        allow_redirects=False) as response:
                     await response.read()
                     if 200 <= response.status < 300:
                         pass
+                    elif 300 <= response.status < 400:  # retried: fixing webhook.url (SIGHUP) loses nothing
+                        error = (f"HTTP {response.status} redirect to {response.headers.get('Location', '?')[:200]}"
+                                 ": set webhook.url to the final URL (redirects are not followed)")
                     else:
                         error = f"HTTP {response.status}"
                         permanent = response.status < 500 and response.status not in RETRYABLE_STATUS

@@ -20,6 +20,8 @@ class WebhookReceiver:
         self.events: list[dict[str, Any]] = []  # every delivery that verified, duplicates included
         self.rejected = 0
         self.fail_with: int | None = None
+        self.redirect_to: str | None = None  # answer POSTs with a 301 to this URL
+        self.gets = 0  # GET requests seen: a client that followed a redirect by turning the POST into a GET
         self.on_event: Any = None  # optional callback(event) for live printing
         self._lock = threading.Lock()
         receiver = self
@@ -27,8 +29,10 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if receiver.fail_with is not None:
-                    self.send_response(receiver.fail_with)
+                if receiver.fail_with is not None or receiver.redirect_to is not None:
+                    self.send_response(receiver.fail_with or 301)
+                    if receiver.redirect_to is not None:
+                        self.send_header("Location", receiver.redirect_to)
                     self.end_headers()
                     return
                 signature = self.headers.get("Watcherd-Signature", "")
@@ -44,6 +48,12 @@ class WebhookReceiver:
                     receiver.events.append(event)
                 if receiver.on_event:
                     receiver.on_event(event)
+                self.send_response(200)
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                with receiver._lock:
+                    receiver.gets += 1
                 self.send_response(200)
                 self.end_headers()
 
