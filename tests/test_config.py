@@ -14,6 +14,8 @@ from watcherd.config import Config, load
 from watcherd.exceptions import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcherd.example.toml"
+WATCH_ONLY = ("watcherd is watch-only: configure the account's xpub/zpub (Monero: the private view key and the "
+              "primary address) instead")
 MNEMONIC = " ".join(["abandon"] * 11 + ["about"])
 ZPUB = "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs"  # noqa: E501
 TOKEN = "tok-0123456789abcdef"
@@ -81,7 +83,8 @@ def test_example_config_loads():
     assert set(config.chains) == {"btc", "ltc"}
     btc, ltc = config.chains["btc"], config.chains["ltc"]
     assert btc.zmq and not ltc.zmq
-    assert btc.rpc_cookie_file == Path("/var/lib/bitcoind/.cookie") and btc.rpc_password is None
+    assert btc.rpc_cookie_file is None
+    assert (btc.rpc_user, btc.rpc_password) == ("watcherd", "CHANGE-ME-bitcoind-rpc-password")
     assert ltc.rpc_user == "watcherd" and ltc.rpc_password
     assert (btc.asset, ltc.asset, btc.decimals) == ("BTC", "LTC", 8)
     assert ltc.underpaid_tolerance_percent == Decimal("0.5")
@@ -358,7 +361,7 @@ def test_private_values_are_refused_anywhere(tmp_path, private_material, materia
         load(write(tmp_path, text))
     found = {k: m for _, k, m in error.value.problems}
     assert found[f"{table}.{key}"] == (
-        f"refused: {why}; watcherd is watch-only, configure the account's xpub/zpub instead"
+        f"refused: {why}; {WATCH_ONLY}"
     )
     assert value not in str(error.value)
 
@@ -404,9 +407,9 @@ def test_private_material_in_secret_files_is_refused(tmp_path, private_material)
     found = problems(write(tmp_path, text))
     assert found == {
         "chains.btc.xpub_file": f"refused: {tmp_path / 'xpub'} holds an extended PRIVATE key (zprv); "
-        "watcherd is watch-only, configure the account's xpub/zpub instead",
+        + WATCH_ONLY,
         "api.token_file": f"refused: {tmp_path / 'token'} holds a BIP39 mnemonic (12 words); "
-        "watcherd is watch-only, configure the account's xpub/zpub instead",
+        + WATCH_ONLY,
     }
 
 

@@ -226,6 +226,7 @@ def test_operator_cli_creates_shows_lists_cancels_and_redelivers(eth_node, daemo
     assert all(r["delivered_at"] for r in listed)
     paid_event = listed[0]["id"]
     assert f"{paid_event}  invoice.paid" in cli("webhooks", "list", "--invoice", created["id"])
+    assert "webhook delivered" in cli("webhooks", "list", "--invoice", created["id"])
     assert "queued for redelivery" in cli("webhooks", "redeliver", paid_event)
     deadline = time.monotonic() + 20
     while len([d for d in receiver.for_invoice(created["id"]) if d["id"] == paid_event]) < 2:

@@ -29,7 +29,7 @@ def _load(path: str) -> Config:
 
 @click.group()
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True, envvar="WATCHERD_CONFIG",
-              help="Path of the TOML configuration.")
+              show_envvar=True, help="Path of the TOML configuration (before the command).")
 @click.version_option(package_name="watcherd")
 @click.pass_context
 def main(ctx: click.Context, config_path: str) -> None:
@@ -165,8 +165,8 @@ def webhooks_list(config_path: str, state: str | None, invoice_id: str | None, a
     for r in rows:
         state_text = "delivered" if r["delivered_at"] else "FAILED" if r["failed_at"] else "pending"
         error = f"  last error: {r['last_error']}" if r["last_error"] else ""
-        click.echo(f"{r['id']}  {r['type']:<20} {r['invoice_id']}  {state_text} after {r['attempts']} "
-                   f"attempt(s){error}")
+        click.echo(f"{r['id']}  {r['type']:<20} {r['invoice_id']}  {r['transport']:<7} {state_text} after "
+                   f"{r['attempts']} attempt(s){error}")
 
 
 @webhooks.command("redeliver")

@@ -687,7 +687,7 @@ def _monero_chain(t: _Table, name: str) -> MoneroChainConfig | None:
                   "(monerod --rpc-login user:password), or neither")
     zmq_pub = t.optional_text("zmq_pub")
     if zmq_pub is not None and not _ZMQ_ENDPOINT.fullmatch(zmq_pub):
-        t.problem("zmq_pub", "must be a ZMQ endpoint like tcp://127.0.0.1:18083 (monerod --zmq-pub)")
+        t.problem("zmq_pub", "must be a ZMQ endpoint like tcp://127.0.0.1:18084 (monerod --zmq-pub)")
     address_text = t.text("primary_address")
     address = None
     if address_text:
@@ -769,7 +769,8 @@ def _is_http_url(value: str) -> bool:
 
 # Private material refusal: the whole parsed document is scanned before any table is read.
 
-_WATCH_ONLY = "watcherd is watch-only, configure the account's xpub/zpub instead"
+_WATCH_ONLY = ("watcherd is watch-only: configure the account's xpub/zpub (Monero: the private view key and the "
+               "primary address) instead")
 _PRIVATE_KEY_NAME = re.compile(r"seed|mnemonic|private|privkey|prv|wif|spend_?key|entropy", re.IGNORECASE)
 _BASE58_RUN = re.compile(r"[1-9A-HJ-NP-Za-km-z]{50,}")
 # A damaged xprv (a typo breaks its checksum) is still private material.
