@@ -208,6 +208,7 @@ def test_operator_cli_creates_shows_lists_cancels_and_redelivers(eth_node, daemo
                              "--order-id", "CLI-1", "--json"))
     assert (created["asset"], created["amount_atomic"], created["order_id"]) == ("USDC", "12500000", "CLI-1")
     eth_node.pay_token("USDC", created["address"], 12_500_000)
+    daemon.wait_status(created["id"], "processing", timeout=10)
     eth_node.mine(1)
     daemon.wait_status(created["id"], "paid")
     shown = cli("invoice", "show", created["id"])
