@@ -124,6 +124,18 @@ def wait_pid_gone(pid: int, timeout: float) -> bool:
     return True
 
 
+def wait_exited(proc: subprocess.Popen[bytes] | None, pid: int | None, timeout: float) -> bool:
+    """Wait for a node process to exit: our child through `proc` (reaping it), else by `pid`; False if it
+    still runs after `timeout`."""
+    if proc is not None:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    return pid is None or wait_pid_gone(pid, timeout)
+
+
 def _pid_cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -376,13 +388,7 @@ class Node:
                 pass
 
     def _wait_exit(self, timeout: float) -> bool:
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-        return self.pid is None or wait_pid_gone(self.pid, timeout)
+        return wait_exited(self._proc, self.pid, timeout)
 
     def _kill(self) -> None:
         self._signal(signal.SIGKILL)

@@ -28,7 +28,7 @@ from .devnet import (
     _pid_cmdline,
     free_ports,
     nodes_dir,
-    wait_pid_gone,
+    wait_exited,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,15 +139,10 @@ class EthNode:
         """SIGTERM (anvil dumps its state on the way out), wait for the pid; SIGKILL if it hangs."""
         if self.pid is not None and self.is_running():
             os.kill(self.pid, signal.SIGTERM)
-            if not wait_pid_gone(self.pid, timeout) and self.is_running():
+            if not wait_exited(self._proc, self.pid, timeout) and self.is_running():
                 os.kill(self.pid, signal.SIGKILL)
-                wait_pid_gone(self.pid, 10)
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            self._proc = None
+                wait_exited(self._proc, self.pid, 10)
+        self._proc = None
         self.pid = None
 
     def restart(self) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .chains.xmr_crypto import PREFIXES, encode_address, hash_to_scalar, scalar_base
-from .devnet import NodeRPCError, _die_with_parent, _pid_alive, _pid_cmdline, free_ports, wait_pid_gone
+from .devnet import NodeRPCError, _die_with_parent, _pid_alive, _pid_cmdline, free_ports, wait_exited
 
 START_TIMEOUT = 90.0
 COINBASE_UNLOCK = 60
@@ -81,13 +81,7 @@ class _Process:
 
     def wait_exit(self, timeout: float) -> bool:
         """Wait for the process to exit (reaping it when it is our child); False if it still runs."""
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-        return self.pid is None or wait_pid_gone(self.pid, timeout)
+        return wait_exited(self.proc, self.pid, timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         pid = self.pid
