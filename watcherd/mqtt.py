@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from . import metrics
-from .outbox import retry_delay
+from .outbox import retry_delay, sleep_until_due
 from .retry import backoff, sleep_unless
 from .store import Delivery, Store
 
@@ -67,7 +67,7 @@ class MqttPublisher:
                     delays = backoff(first=1.0, cap=60.0)
                     while not stop.is_set():
                         if not await self.publish_due(client):
-                            await self._sleep(stop)
+                            await sleep_until_due(self.store, self.transport, self.clock, self.wakeup, stop)
             except aiomqtt.MqttError as exc:
                 self.connected = False
                 delay = next(delays)
@@ -83,12 +83,6 @@ class MqttPublisher:
             async with asyncio.timeout(max(0.1, deadline - self.clock())), self._client() as client:
                 while self.clock() < deadline and await self.publish_due(client):
                     pass
-
-    async def _sleep(self, stop: asyncio.Event) -> None:
-        self.wakeup.clear()  # before reading the store: an event queued after the read still wakes us
-        next_at = await self.store.next_delivery_time(self.transport)
-        wait = 5.0 if next_at is None else max(0.0, min(5.0, next_at - self.clock()))
-        await sleep_unless(wait, stop, self.wakeup)
 
     async def publish_due(self, client: aiomqtt.Client) -> int:
         due = await self.store.due_deliveries(self.transport, self.clock())

@@ -55,6 +55,16 @@ def verify(secret: str, header: str, body: bytes, tolerance: int = 300, now: flo
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
+async def sleep_until_due(
+    store: Store, transport: str, clock: Callable[[], float], wakeup: asyncio.Event, stop: asyncio.Event
+) -> None:
+    """A transport's idle wait: until its next delivery is due (at most 5 s), a new event, or `stop`."""
+    wakeup.clear()  # before reading the store: an event queued after the read still wakes us
+    next_at = await store.next_delivery_time(transport)
+    wait = 5.0 if next_at is None else max(0.0, min(5.0, next_at - clock()))
+    await sleep_unless(wait, stop, wakeup)
+
+
 class WebhookSender:
     transport = "webhook"
 
@@ -73,7 +83,7 @@ class WebhookSender:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while not stop.is_set():
                 await self.deliver_due(session)
-                await self._sleep_until_due(stop)
+                await sleep_until_due(self.store, self.transport, self.clock, self.wakeup, stop)
 
     async def drain(self, deadline: float) -> None:
         """Deliver what is due now, for at most until `deadline` (graceful shutdown)."""
@@ -81,12 +91,6 @@ class WebhookSender:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while self.clock() < deadline and await self.deliver_due(session):
                 pass
-
-    async def _sleep_until_due(self, stop: asyncio.Event) -> None:
-        self.wakeup.clear()  # before reading the store: an event queued after the read still wakes us
-        next_at = await self.store.next_delivery_time(self.transport)
-        wait = 5.0 if next_at is None else max(0.0, min(5.0, next_at - self.clock()))
-        await sleep_unless(wait, stop, self.wakeup)
 
     async def deliver_due(self, session: aiohttp.ClientSession) -> int:
         due = await self.store.due_deliveries(self.transport, self.clock())
