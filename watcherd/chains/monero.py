@@ -17,16 +17,16 @@ import asyncio
 import json
 import logging
 import time
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from .. import metrics
-from ..exceptions import NodeProtocolError, NodeUnavailable
+from ..exceptions import NodeProtocolError
 from ..money import to_decimal_string
 from ..store import Cursor
 from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, walk_back
+from .rpc import post_json
 from .xmr_crypto import MoneroKeyError, ParsedTx, Scanner, parse_tx_json
 from .zmqfeed import ZmqFollowing
 
@@ -60,17 +60,7 @@ class MoneroRpc:
             if self._auth is not None:  # monerod --rpc-login uses HTTP digest authentication
                 middlewares = (aiohttp.DigestAuthMiddleware(*self._auth),)  # type: ignore[assignment]
             self._session = aiohttp.ClientSession(timeout=self._timeout, middlewares=middlewares)
-        try:
-            async with self._session.post(f"{self.url}/{path}", data=json.dumps(payload)) as response:
-                body = await response.read()
-                if response.status in (401, 403):
-                    raise NodeProtocolError(f"{what}: monerod refused our RPC credentials (HTTP {response.status})")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise NodeUnavailable(f"{what}: {self.url} unreachable: {type(exc).__name__}: {exc}") from exc
-        try:
-            answer = json.loads(body, parse_float=Decimal)
-        except ValueError as exc:
-            raise NodeProtocolError(f"{what}: not a JSON answer (HTTP {response.status}): {body[:80]!r}") from exc
+        answer = await post_json(self._session, f"{self.url}/{path}", payload, what)
         if not isinstance(answer, dict):
             raise NodeProtocolError(f"{what}: malformed answer: {str(answer)[:80]!r}")
         return answer

@@ -26,6 +26,26 @@ class RpcError(NodeProtocolError):
         super().__init__(f"{method}: RPC error {code}: {message}")
 
 
+async def post_json(
+    session: aiohttp.ClientSession, url: str, payload: Any, what: str, headers: dict[str, str] | None = None
+) -> Any:
+    """POST a JSON request to a node and decode its JSON answer (numbers as Decimal, never float).
+    NodeUnavailable when the node cannot be reached; NodeProtocolError for refused credentials or an answer
+    that is not JSON."""
+    try:
+        async with session.post(url, data=json.dumps(payload), headers=headers) as response:
+            body = await response.read()
+            if response.status in (401, 403):
+                raise NodeProtocolError(f"{what}: the node refused our RPC credentials (HTTP {response.status})")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise NodeUnavailable(f"{what}: {url} unreachable: {type(exc).__name__}: {exc}") from exc
+    try:
+        return json.loads(body, parse_float=Decimal)
+    except ValueError as exc:
+        snippet = body[:80].decode(errors="replace")
+        raise NodeProtocolError(f"{what}: not a JSON answer (HTTP {response.status}): {snippet!r}") from exc
+
+
 class JsonRpc:
     def __init__(
         self, url: str, user: str | None = None, password: str | None = None,
@@ -57,20 +77,7 @@ class JsonRpc:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = {"Authorization": self._auth_header(), "Content-Type": "application/json"}
-        try:
-            async with self._session.post(self.url, data=json.dumps(payload), headers=headers) as response:
-                body = await response.read()
-                if response.status in (401, 403):
-                    raise NodeProtocolError(f"{what}: the node refused our RPC credentials (HTTP {response.status})")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise NodeUnavailable(f"{what}: {self.url} unreachable: {type(exc).__name__}: {exc}") from exc
-        try:
-            return json.loads(body, parse_float=Decimal)
-        except ValueError as exc:
-            snippet = body[:80].decode(errors="replace")
-            raise NodeProtocolError(
-                f"{what}: not a JSON answer (HTTP {response.status}): {snippet!r}"
-            ) from exc
+        return await post_json(self._session, self.url, payload, what, headers)
 
     async def call(self, method: str, *params: Any) -> Any:
         answer = await self._post({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": params},
