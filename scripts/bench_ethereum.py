@@ -18,11 +18,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from watcherd.chains.eth_address import TRANSFER_TOPIC
-from watcherd.chains.ethereum import EthereumAdapter
+from watcherd.chains.ethereum.adapter import EthereumAdapter
+from watcherd.chains.ethereum.address import TRANSFER_TOPIC
 from watcherd.config import EthereumChainConfig, EthToken
-from watcherd.processor import Processor
-from watcherd.store import Cursor, Store
+from watcherd.core.types import Cursor
+from watcherd.ledger import Processor
+from watcherd.store import Store
 
 TARGET_MS = 50.0
 TARGET_CALLS = 3
@@ -127,7 +128,7 @@ async def _run(quick: bool, rounds: int) -> dict[str, Any]:
     for raw_head in heads:
         transport.calls = 0
         start = time.perf_counter()
-        await adapter.on_head(processor, json.loads(raw_head))
+        await adapter.on_head(processor.sink("eth"), json.loads(raw_head))
         times.append(time.perf_counter() - start)
         calls.append(transport.calls)
     found = 0

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from watcherd.chains.monero import TX_BATCH, decode_tx
-from watcherd.chains.xmr_crypto import Scanner, SubaddressDeriver, scalar_base
+from watcherd.chains.monero.adapter import decode_tx
+from watcherd.chains.monero.crypto import Scanner, SubaddressDeriver, scalar_base
+from watcherd.chains.monero.rpc import TX_BATCH
 
 TARGET_TX_PER_S = 4_000
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
@@ -67,7 +68,7 @@ def section_monero(settings: Any, work: Any, *, figure: Any, best_seconds: Any, 
 
 
 def _versus_wallet_rpc(figure: Any, outcome: Any) -> None:
-    from watcherd.devnet_monero import MoneroNode, new_keys, primary_address
+    from testkit.devnet_monero import MoneroNode, new_keys, primary_address
 
     with tempfile.TemporaryDirectory() as tmp:
         node = MoneroNode("xmr", Path(tmp))

@@ -74,7 +74,7 @@ def eth_account_xpub() -> str:
 def eth_table(name: str, node: Any, *, confirmations: int, tokens: tuple[str, ...] = ("USDC", "DAI"),
               chain_id: int | None = None, **extra: Any) -> str:
     """A [chains.<name>] table for the devnet anvil, with its deployed test tokens."""
-    from watcherd.devnet_eth import TOKEN_DECIMALS
+    from testkit.devnet_eth import TOKEN_DECIMALS
 
     lines = [
         f"[chains.{name}]", 'kind = "ethereum"', f'ws_url = "{node.ws_url}"',

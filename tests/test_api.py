@@ -3,10 +3,11 @@
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from watcherd.api import make_app
-from watcherd.chains.fake import FakeChain
-from watcherd.processor import Processor
-from watcherd.store import Cursor, Store
+from testkit.fake import FakeChain
+from watcherd.core.types import Cursor
+from watcherd.http.api import make_app
+from watcherd.ledger import Processor
+from watcherd.store import Store
 
 TOKEN = "api-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,4 +1,4 @@
-"""Watch-only address derivation and address/script conversion (watcherd.chains.btc_address).
+"""Watch-only address derivation and address/script conversion (watcherd.chains.bitcoin.address).
 
 The vectors are the published BIP44/49/84/86 ones for the mnemonic "abandon ... about". Private keys appear
 only here, derived from that public test mnemonic, to prove the module refuses them.
@@ -24,7 +24,7 @@ from bip_utils import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcherd.chains.btc_address import (
+from watcherd.chains.bitcoin.address import (
     ADDRESS_TYPES,
     AddressDeriver,
     address_to_script,

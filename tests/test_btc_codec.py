@@ -21,7 +21,7 @@ from bitcoin.core import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from watcherd.chains.btc_codec import ScannedBlock, ScannedTx, outpoint, scan_block, scan_tx
+from watcherd.chains.bitcoin.codec import ScannedBlock, ScannedTx, outpoint, scan_block, scan_tx
 from watcherd.exceptions import DecodeError
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -254,7 +254,7 @@ def test_litecoin_extension_block_with_a_bad_marker_is_a_decode_error():
 def test_blake3_known_answers():
     """BLAKE3 only names MWEB-only transactions, but a wrong one would name them wrongly (official vectors:
     the empty input, "abc", and the spec's i % 251 pattern across chunk boundaries)."""
-    from watcherd.chains.btc_codec import _blake3
+    from watcherd.chains.bitcoin.codec import _blake3
 
     pattern = bytes(i % 251 for i in range(2048))
     assert _blake3(b"").hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"

@@ -20,7 +20,7 @@ import zmq
 from bip_utils import Bip44, Bip44Changes, Bip44Coins, Bip84, Bip84Coins, Hash160, P2PKHAddr, P2WPKHAddr
 from conftest import scaled, wait_for
 
-from watcherd.devnet import Devnet, Node, _pid_alive
+from testkit.devnet import Devnet, Node, _pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -327,7 +327,7 @@ def test_another_process_finds_the_running_nodes(devnet: Devnet) -> None:
     up() leaves running nodes alone."""
     pids = {name: devnet.node(name).pid for name in ("btc", "ltc")}
     code = (
-        "import sys; from watcherd.devnet import Devnet; d = Devnet(sys.argv[1]); "
+        "import sys; from testkit.devnet import Devnet; d = Devnet(sys.argv[1]); "
         "print(*(f'{n} {d.node(n).pid} {d.node(n).tip()[0]}' for n in ('btc', 'ltc')), sep='\\n')"
     )
     out = subprocess.run(
@@ -405,7 +405,7 @@ def test_scripts_devnet_runs_monerod_with_a_customer_wallet(tmp_path: Path) -> N
     """monerod and the customer's wallet-rpc join the devnet: the config carries the operator's primary
     address and view key (never the spend key) and passes check-config; paying and mining work from separate
     processes, and `down` stops both processes by their pids."""
-    from watcherd.chains import xmr_crypto
+    from watcherd.chains.monero import crypto as xmr_crypto
 
     root = tmp_path / "dn"
     pids: tuple[int | None, ...] = ()

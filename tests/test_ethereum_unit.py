@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from watcherd.chains.eth_address import TRANSFER_TOPIC, parse_address, payment_uri, to_checksum
-from watcherd.chains.ethereum import TOKEN_VOUT_BASE, EthereumAdapter
+from testkit.devnet import nodes_dir
+from watcherd.chains.ethereum.adapter import TOKEN_VOUT_BASE, EthereumAdapter
+from watcherd.chains.ethereum.address import TRANSFER_TOPIC, parse_address, payment_uri, to_checksum
 from watcherd.config import EthereumChainConfig, EthToken
-from watcherd.devnet import nodes_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 XPUB = "xpub6Bk2fe7f3b5M8UALtNmyLzmiB28KVyhXpN6DM3F2LbkCVJMi1p8FiwCFbTCtGKvameqXB89DapR8N9zEwfUwGKMaXhZh4rfGHPsch3tf3hM"
@@ -174,7 +174,7 @@ class BatchLimitedNode:
 async def test_large_batches_are_split_below_the_nodes_limit():
     """1,234 balance checks (thousands of open invoices) come back complete and in order from a node that
     takes batches of at most 1,000, as geth does by default."""
-    from watcherd.chains.eth_rpc import MAX_BATCH, WsRpc
+    from watcherd.chains.ethereum.rpc import MAX_BATCH, WsRpc
 
     node = BatchLimitedNode(limit=1000)
     async with node as url:
@@ -191,7 +191,7 @@ async def test_large_batches_are_split_below_the_nodes_limit():
 async def test_a_batch_the_node_refuses_fails_at_once_with_its_reason():
     """A node with a smaller limit answers with one id-less error: the call fails with the node's words, not
     after the 5 s timeout."""
-    from watcherd.chains.eth_rpc import WsRpc
+    from watcherd.chains.ethereum.rpc import WsRpc
     from watcherd.exceptions import NodeProtocolError
 
     async with BatchLimitedNode(limit=10) as url:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcherd.invoices import InvoiceException, Payment, PaymentStatus, Status, Terms, assess, event_type
+from watcherd.core.invoices import InvoiceException, Payment, PaymentStatus, Status, Terms, assess, event_type
 
 TERMS = Terms(amount=100_000, expires_at=1_000, confirmations_required=2)
 TIP = 50  # a payment in block 49 has 2 confirmations, in block 50 one

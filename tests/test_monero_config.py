@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from monero.seed import Seed
 
-from watcherd.chains.xmr_crypto import decode_address
+from watcherd.chains.monero.crypto import decode_address
 from watcherd.config import MoneroChainConfig, load
 from watcherd.exceptions import ConfigError
 

@@ -10,8 +10,8 @@ import time
 
 from harness import Daemon, monero_table, wait_delivered
 
-from watcherd.chains.xmr_crypto import SubaddressDeriver, scalar_base
-from watcherd.devnet_monero import new_keys, primary_address
+from testkit.devnet_monero import new_keys, primary_address
+from watcherd.chains.monero.crypto import SubaddressDeriver, scalar_base
 
 XMR = 10**12
 

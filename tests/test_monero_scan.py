@@ -1,4 +1,4 @@
-"""View-key scanning (watcherd.chains.xmr_crypto + the adapter's output rules) on real regtest transactions.
+"""View-key scanning (watcherd.chains.monero.crypto + the adapter's output rules) on real regtest transactions.
 
 tests/vectors/monero_regtest.json holds real transactions paid by monero-wallet-rpc to a throwaway wallet and
 what that wallet's own view-only monero-wallet-rpc found in them (see make_monero_regtest.py).
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from testkit.devnet_monero import new_keys, primary_address
 from watcherd import metrics
-from watcherd.chains.base import ChainBlock
-from watcherd.chains.monero import MoneroAdapter
-from watcherd.chains.xmr_crypto import (
+from watcherd.chains.monero.adapter import MoneroAdapter
+from watcherd.chains.monero.crypto import (
     H_POINT,
     IDENTITY,
     SubaddressDeriver,
@@ -28,9 +28,8 @@ from watcherd.chains.xmr_crypto import (
     scalar_base,
 )
 from watcherd.config import MoneroChainConfig, MoneroNetwork
-from watcherd.devnet_monero import new_keys, primary_address
+from watcherd.core.types import ChainBlock, Cursor
 from watcherd.exceptions import NodeProtocolError
-from watcherd.store import Cursor
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 VECTORS = json.loads((VECTOR_DIR / "monero_regtest.json").read_text())
@@ -153,7 +152,7 @@ class BlockRecorder:
     def __init__(self):
         self.blocks: list[ChainBlock] = []
 
-    async def block_connected(self, chain: str, block: ChainBlock) -> None:
+    async def block_connected(self, block: ChainBlock) -> None:
         self.blocks.append(block)
 
 
@@ -177,7 +176,7 @@ async def test_undecodable_tx_is_skipped_not_its_block():
     chain, recorder = adapter(), BlockRecorder()
     chain._rpc = FakeBlockRpc(texts, order)
     before = malformed_rpc_count()
-    assert await chain._connect_next(recorder, Cursor(100, "aa" * 32))
+    assert await chain.connect_next(recorder, Cursor(100, "aa" * 32))
     [block] = recorder.blocks
     assert (block.height, block.hash) == (101, "bb" * 32)
     assert [tx.txid for tx in block.txs] == [owned["txid"]]
@@ -196,7 +195,7 @@ async def test_block_whose_txs_the_node_cannot_give_stays_an_error():
     chain, recorder = adapter(), BlockRecorder()
     chain._rpc = FakeBlockRpc({owned["txid"]: json.dumps(owned["json"])}, [owned["txid"], "05" * 32])
     with pytest.raises(NodeProtocolError, match="does not know its txs"):
-        await chain._connect_next(recorder, Cursor(100, "aa" * 32))
+        await chain.connect_next(recorder, Cursor(100, "aa" * 32))
     assert recorder.blocks == []
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from conftest import wait_for
 from harness import TOKEN, WEBHOOK_SECRET, Daemon, chain_table
 
+from testkit.receiver import WebhookReceiver
 from watcherd import metrics
-from watcherd.receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "watcherd.service"

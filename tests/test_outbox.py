@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 from conftest import async_wait_for
 
-from watcherd.chains.base import ChainTx, Received
-from watcherd.chains.fake import FakeChain
-from watcherd.outbox import WebhookSender, sign, verify
-from watcherd.processor import Processor
-from watcherd.receiver import WebhookReceiver
-from watcherd.store import Cursor, Store
+from testkit.fake import FakeChain
+from testkit.receiver import WebhookReceiver
+from watcherd.core.types import ChainTx, Cursor, Received
+from watcherd.delivery.outbox import WebhookSender, sign, verify
+from watcherd.ledger import Processor
+from watcherd.store import Store
 
 SECRET = "whsec_test_secret_0123456789"
 

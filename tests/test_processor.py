@@ -5,12 +5,12 @@ import sqlite3
 
 import pytest
 
+from testkit.fake import FakeChain
 from watcherd import metrics
-from watcherd.chains.base import ChainBlock, ChainTx, Received
-from watcherd.chains.fake import FakeChain
-from watcherd.invoices import FINALITY
-from watcherd.processor import Processor
-from watcherd.store import SCHEMA, Cursor, Store
+from watcherd.core.invoices import FINALITY
+from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
+from watcherd.ledger import Processor
+from watcherd.store import SCHEMA, Store
 
 
 class Clock:

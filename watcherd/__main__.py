@@ -1,3 +1,3 @@
-from .cli import main
+from watcherd.cli import main
 
 main()

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from .config import Config, load
-from .exceptions import ConfigError
+from watcherd.config import Config, load
+from watcherd.exceptions import ConfigError
 
 DEFAULT_CONFIG = "/etc/watcherd/watcherd.toml"
 
@@ -41,8 +41,8 @@ def main(ctx: click.Context, config_path: str) -> None:
 @click.pass_obj
 def run(config_path: str) -> None:
     """Run the daemon in the foreground."""
-    from . import logs
-    from .daemon import Daemon
+    from watcherd import logs
+    from watcherd.daemon import Daemon
 
     config = _load(config_path)
     logs.setup(config.log.level, config.log.format)

@@ -19,35 +19,22 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, logs, metrics, sdnotify
-from .api import make_app
-from .chains.base import ChainAdapter
-from .chains.bitcoin import BitcoinAdapter
-from .config import Config, load
-from .exceptions import ConfigError
-from .mqtt import MqttPublisher
-from .outbox import WebhookSender
-from .processor import Processor
-from .store import Store
+from watcherd import __version__, logs, sdnotify
+from watcherd.chains.registry import make_adapter
+from watcherd.config import Config, load
+from watcherd.core.chain import ChainAdapter
+from watcherd.delivery.mqtt import MqttPublisher
+from watcherd.delivery.outbox import WebhookSender
+from watcherd.exceptions import ConfigError
+from watcherd.http import metrics as metrics_http
+from watcherd.http.api import make_app
+from watcherd.ledger import Processor
+from watcherd.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("watcherd.daemon")
 
 DRAIN_SECONDS = 10.0
 READY_LAG_BLOCKS = 3
-
-
-def make_adapter(chain_config: Any) -> ChainAdapter:
-    if chain_config.kind == "bitcoin":
-        return BitcoinAdapter(chain_config)
-    if chain_config.kind == "ethereum":
-        from .chains.ethereum import EthereumAdapter
-
-        return EthereumAdapter(chain_config)
-    if chain_config.kind == "monero":
-        from .chains.monero import MoneroAdapter
-
-        return MoneroAdapter(chain_config)
-    raise ValueError(f"chain kind {chain_config.kind!r} is not supported")
 
 
 class Daemon:
@@ -64,9 +51,9 @@ class Daemon:
         chains = {}
         for name, chain in self.chains.items():
             cursor = await self.processor.store.cursor(name)
-            node_tip = getattr(chain, "node_tip", None)
+            node_tip = chain.node_tip
             lag = None if node_tip is None or cursor is None else max(0, node_tip - cursor.height)
-            connected = bool(getattr(chain, "connected", False))
+            connected = chain.connected
             chains[name] = {
                 "connected": connected, "node_tip": node_tip, "processed_height": cursor.height if cursor else None,
                 "lag": lag, "ready": connected and lag is not None and lag <= READY_LAG_BLOCKS,
@@ -86,7 +73,7 @@ class Daemon:
         await self.processor.start()
         runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness),
                                access_log=None, handle_signals=False)
-        metrics_runner = web.AppRunner(metrics.make_app(store, tuple(transports)), access_log=None,
+        metrics_runner = web.AppRunner(metrics_http.make_app(store, tuple(transports)), access_log=None,
                                        handle_signals=False)
         await runner.setup()
         await metrics_runner.setup()
@@ -125,13 +112,14 @@ class Daemon:
             await metrics_runner.cleanup()
             for chain in self.chains.values():
                 with contextlib.suppress(Exception):
-                    await chain.close()  # type: ignore[attr-defined]
+                    await chain.close()
             await store.close()
         log.info("stopped cleanly")
 
     def _start_follower(self, name: str) -> None:
         assert self._group is not None
-        self._followers[name] = self._group.create_task(self.chains[name].run(self.processor), name=f"chain:{name}")
+        self._followers[name] = self._group.create_task(self.chains[name].run(self.processor.sink(name)),
+                                                        name=f"chain:{name}")
 
     def _on_stop_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -167,7 +155,7 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
                 with contextlib.suppress(Exception):
-                    await self.chains[name].close()  # type: ignore[attr-defined]
+                    await self.chains[name].close()
                 del self.chains[name]
             if name in new.chains:
                 self.chains[name] = make_adapter(new.chains[name])
@@ -186,8 +174,8 @@ class Daemon:
         parts = []
         for name, chain in self.chains.items():
             cursor = await self.processor.store.cursor(name)
-            tip = getattr(chain, "node_tip", None)
-            if not getattr(chain, "connected", False):
+            tip = chain.node_tip
+            if not chain.connected:
                 parts.append(f"{name}: node unreachable")
             elif cursor is None or tip is None:
                 parts.append(f"{name}: syncing")

@@ -1,15 +1,10 @@
-"""prometheus-client collectors: one module, so an SRE can read every metric watcherd exports here."""
+"""prometheus-client collectors: one module, so an SRE can read every metric watcherd exports here.
+
+A leaf: every layer may count into it; the /metrics listener lives in watcherd/http/metrics.py."""
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-
-if TYPE_CHECKING:
-    from .store import Store
+from prometheus_client import Counter, Gauge, Histogram
 
 NODE_TIP = Gauge("watcherd_node_tip_height", "Best block height reported by the node", ["chain"])
 PROCESSED_HEIGHT = Gauge("watcherd_processed_height", "Height of the last block committed", ["chain"])
@@ -53,27 +48,3 @@ NOTIFICATIONS_FAILED = Gauge(
 OLDEST_PENDING_AGE = Gauge(
     "watcherd_notification_oldest_pending_age_seconds", "Age of the oldest undelivered event", ["transport"]
 )
-
-
-async def refresh_from_store(store: Store, transports: tuple[str, ...], now: float) -> None:
-    """Gauges that are cheapest to read from the store at scrape time."""
-    INVOICES.clear()
-    for chain, status, count in await store.invoice_counts():
-        INVOICES.labels(chain, status).set(count)
-    pending = {transport: (count, oldest) for transport, count, oldest in await store.pending_deliveries()}
-    failed = await store.failed_deliveries()
-    for transport in transports:
-        NOTIFICATIONS_FAILED.labels(transport).set(failed.get(transport, 0))
-        count, oldest = pending.get(transport, (0, None))
-        NOTIFICATIONS_PENDING.labels(transport).set(count)
-        OLDEST_PENDING_AGE.labels(transport).set(0 if oldest is None else max(0.0, now - oldest))
-
-
-def make_app(store: Store, transports: tuple[str, ...]) -> web.Application:
-    async def scrape(request: web.Request) -> web.Response:
-        await refresh_from_store(store, transports, time.time())
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/metrics", scrape)
-    return app

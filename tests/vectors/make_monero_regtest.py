@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from watcherd.chains.xmr_crypto import SubaddressDeriver, scalar_base  # noqa: E402
-from watcherd.devnet import NodeRPCError  # noqa: E402
-from watcherd.devnet_monero import MoneroNode, new_keys, primary_address, random_address  # noqa: E402
+from testkit.devnet import NodeRPCError  # noqa: E402
+from testkit.devnet_monero import MoneroNode, new_keys, primary_address, random_address  # noqa: E402
+from watcherd.chains.monero.crypto import SubaddressDeriver, scalar_base  # noqa: E402
 
 
 def payments_plan(subs: SubaddressDeriver) -> list[dict[str, int]]:

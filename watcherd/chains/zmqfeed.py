@@ -11,42 +11,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from .. import metrics
+from watcherd import metrics
+from watcherd.chains.follow import Follower
+from watcherd.core.chain import ChainSink
 
-if TYPE_CHECKING:
-    from ..processor import Processor
-
-log = logging.getLogger(__name__)
+log = logging.getLogger("watcherd.chains.zmqfeed")
 
 MEMPOOL_SAFETY_NET_SECONDS = 30.0  # diff the mempool this often even if the feed went quiet
 
 
-class ZmqFollowing:
-    """Mixed into an adapter that has `name`, `config.poll_interval_seconds`, `reconcile(processor, full)` and
-    `_on_message(processor, frames)`."""
+class ZmqFollower(Follower):
+    """A follower whose node publishes over ZMQ; the chain kind supplies `on_message(sink, frames)`."""
 
-    name: str
-    _mempool_stale: bool
-
-    def _init_feed(self) -> None:
-        self._resync = asyncio.Event()
+    async def on_message(self, sink: ChainSink, frames: list[bytes]) -> None:
+        raise NotImplementedError
 
     def _on_zmq_connected(self) -> None:
         """Hook: forget per-connection feed state (sequence numbers)."""
 
-    async def _follow_polling(self, processor: Processor) -> None:
+    async def _follow_polling(self, sink: ChainSink) -> None:
         """Without a feed: the same reconcile, on the poll interval."""
         while True:
-            await self.reconcile(processor)  # type: ignore[attr-defined]
-            await asyncio.sleep(self.config.poll_interval_seconds)  # type: ignore[attr-defined]
+            await self.reconcile(sink)
+            await asyncio.sleep(self.config.poll_interval_seconds)
 
-    async def _follow_zmq_feed(self, processor: Processor, endpoints: set[str], topics: tuple[bytes, ...]) -> None:
+    async def _follow_zmq_feed(self, sink: ChainSink, endpoints: set[str], topics: tuple[bytes, ...]) -> None:
         context = zmq.asyncio.Context.instance()
         socket = context.socket(zmq.SUB)
         socket.setsockopt(zmq.LINGER, 0)
@@ -61,8 +55,8 @@ class ZmqFollowing:
             poller = zmq.asyncio.Poller()
             poller.register(socket, zmq.POLLIN)
             poller.register(monitor, zmq.POLLIN)
-            await self.reconcile(processor)  # type: ignore[attr-defined]
-            interval = self.config.poll_interval_seconds  # type: ignore[attr-defined]
+            await self.reconcile(sink)
+            interval = self.config.poll_interval_seconds
             next_check = time.monotonic() + interval
             next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
             while True:
@@ -71,14 +65,14 @@ class ZmqFollowing:
                 if monitor in ready:
                     self._on_monitor(await monitor.recv_multipart())
                 if socket in ready:
-                    await self._on_message(processor, await socket.recv_multipart())  # type: ignore[attr-defined]
+                    await self.on_message(sink, await socket.recv_multipart())
                 if time.monotonic() >= next_mempool_read:
-                    self._mempool_stale = True
+                    self._pool_stale = True
                     next_mempool_read = time.monotonic() + MEMPOOL_SAFETY_NET_SECONDS
                 if self._resync.is_set() or time.monotonic() >= next_check:
                     # the safety net: even a silent feed can't hide a block for longer than one interval
                     self._resync.clear()
-                    await self.reconcile(processor, full=False)  # type: ignore[attr-defined]
+                    await self.reconcile(sink, full=False)
                     next_check = time.monotonic() + interval
         finally:
             socket.disable_monitor()
@@ -94,5 +88,5 @@ class ZmqFollowing:
             self._on_zmq_connected()
         else:
             log.warning("ZMQ disconnected from %s", endpoint, extra={"chain": self.name})
-        self._mempool_stale = True  # whatever was published while we were away: read the mempool
+        self._pool_stale = True  # whatever was published while we were away: read the mempool
         self._resync.set()

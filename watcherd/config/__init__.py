@@ -19,8 +19,10 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .chains import btc_address, eth_address, xmr_crypto
-from .exceptions import ConfigError
+from watcherd.chains.bitcoin import address as btc_address
+from watcherd.chains.ethereum import address as eth_address
+from watcherd.chains.monero import crypto as xmr_crypto
+from watcherd.exceptions import ConfigError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .chains.xmr_crypto import PREFIXES, encode_address, hash_to_scalar, scalar_base
-from .devnet import NodeRPCError, _die_with_parent, _pid_alive, _pid_cmdline, free_ports, wait_exited
+from testkit.devnet import NodeRPCError, _die_with_parent, _pid_alive, _pid_cmdline, free_ports, wait_exited
+from watcherd.chains.monero.crypto import PREFIXES, encode_address, hash_to_scalar, scalar_base
 
 START_TIMEOUT = 90.0
 COINBASE_UNLOCK = 60

@@ -17,14 +17,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import metrics
-from .chains.base import ChainAdapter, ChainBlock, ChainTx, Received
-from .exceptions import InvoiceError
-from .invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
-from .money import to_decimal_string
-from .store import Cursor, InvoiceRow, PaymentRow, Store
+from watcherd import metrics
+from watcherd.core.chain import ChainAdapter, OpenInvoice
+from watcherd.core.invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
+from watcherd.core.money import to_decimal_string
+from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
+from watcherd.exceptions import InvoiceError
+from watcherd.store import InvoiceRow, PaymentRow, Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("watcherd.processor")
 
 GAP_LIMIT = 20  # wallets stop scanning after 20 unused addresses in a row (BIP44 gap limit)
 
@@ -49,6 +50,10 @@ class Processor:
         self.outbox_listeners: list[asyncio.Event] = []  # one per transport: set when events are queued
         self.tips: dict[str, int] = {}
         self.final_heights: dict[str, int] = {}  # chains with finality: the node's last finalized height
+
+    def sink(self, chain_name: str) -> LedgerSink:
+        """What the chain's adapter reports to: this ledger, bound to that chain."""
+        return LedgerSink(self, chain_name)
 
     def outbox_listener(self) -> asyncio.Event:
         event = asyncio.Event()
@@ -101,7 +106,7 @@ class Processor:
                         raise InvoiceError("Idempotency-Key", "was already used for a different request")
                     return await self.invoice_json(earlier.id)  # type: ignore[return-value]
             index = await self.store.allocate_address_index(chain_name)
-            address, key = chain.derive(index)
+            address, key = await chain.address(index)
             invoice = InvoiceRow(
                 id=new_id("inv"), chain=chain_name, asset=asset, address=address, watch_key=key,
                 derivation_index=index, amount=amount, confirmations_required=chain.confirmations,
@@ -394,3 +399,46 @@ class Processor:
         for outpoint in [o for o, t in chain.watchlist.spends.items() if t in dropped]:
             del chain.watchlist.spends[outpoint]
         self.wake_outbox()
+
+
+class LedgerSink:
+    """One chain's view of the ledger: the `watcherd.core.chain.ChainSink` its adapter talks to."""
+
+    def __init__(self, ledger: Processor, chain: str):
+        self._ledger = ledger
+        self._store = ledger.store
+        self.chain = chain
+
+    async def cursor(self) -> Cursor | None:
+        return await self._store.cursor(self.chain)
+
+    async def block_hash(self, height: int) -> str | None:
+        return await self._store.block_hash(self.chain, height)
+
+    async def set_cursor(self, cursor: Cursor) -> None:
+        await self._ledger.set_cursor(self.chain, cursor)
+
+    async def tx_seen(self, tx: ChainTx) -> None:
+        await self._ledger.tx_seen(self.chain, tx)
+
+    async def block_connected(self, block: ChainBlock) -> None:
+        await self._ledger.block_connected(self.chain, block)
+
+    async def block_disconnected(self, height: int, block_hash: str, parent: Cursor) -> None:
+        await self._ledger.block_disconnected(self.chain, height, block_hash, parent)
+
+    async def mempool_synced(self, known: set[str]) -> None:
+        await self._ledger.mempool_synced(self.chain, known)
+
+    async def unconfirmed_txids(self) -> list[str]:
+        return await self._store.unconfirmed_txids(self.chain)
+
+    def set_final_height(self, height: int) -> None:
+        self._ledger.final_heights[self.chain] = height
+
+    async def open_invoices(self, asset: str, expired_since: int) -> list[OpenInvoice]:
+        rows = await self._store.open_invoices(self.chain, asset, expired_since)
+        return [OpenInvoice(r.id, r.address, r.watch_key) for r in rows]
+
+    async def mined_totals(self, asset: str, invoice_ids: list[str], height: int) -> dict[str, int]:
+        return await self._store.mined_totals(self.chain, asset, invoice_ids, height)

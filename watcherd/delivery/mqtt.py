@@ -20,13 +20,13 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from . import metrics
-from .outbox import retry_delay, sleep_until_due
-from .retry import backoff, sleep_unless
-from .store import Delivery, Store
+from watcherd import metrics
+from watcherd.delivery.outbox import retry_delay, sleep_until_due
+from watcherd.retry import backoff, sleep_unless
+from watcherd.store import Delivery, Store
 
 if TYPE_CHECKING:
-    from .config import MqttConfig
+    from watcherd.config import MqttConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import aiosqlite
 
-from .exceptions import StoreError
-from .invoices import Payment, Status, Terms
+from watcherd.core.invoices import Payment, Status, Terms
+from watcherd.core.types import Cursor
+from watcherd.exceptions import StoreError
 
 SCHEMA = [
     # version 1
@@ -120,12 +121,6 @@ SCHEMA = [
     CREATE INDEX payments_output_key ON payments (chain, output_key) WHERE output_key IS NOT NULL;
     """,
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    height: int
-    hash: str
 
 
 @dataclass(frozen=True, slots=True)

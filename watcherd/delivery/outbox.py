@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from . import metrics
-from .retry import sleep_unless
-from .store import Delivery, Store
+from watcherd import metrics
+from watcherd.retry import sleep_unless
+from watcherd.store import Delivery, Store
 
 if TYPE_CHECKING:
-    from .config import WebhookConfig
+    from watcherd.config import WebhookConfig
 
 log = logging.getLogger(__name__)
 

@@ -24,20 +24,20 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import metrics
-from ..exceptions import NodeProtocolError, WatcherdError
-from ..invoices import FINALITY
-from ..store import Cursor
-from .base import AdapterBase, ChainBlock, ChainTx, Received, follow_forever, walk_back
-from .eth_address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
-from .eth_rpc import WsRpc
-from .rpc import RpcError
+from watcherd import metrics
+from watcherd.chains.ethereum.address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
+from watcherd.chains.ethereum.rpc import WsRpc
+from watcherd.chains.follow import Follower, follow_forever
+from watcherd.chains.rpc import RpcError
+from watcherd.core.chain import ChainSink
+from watcherd.core.invoices import FINALITY
+from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
+from watcherd.exceptions import NodeProtocolError, WatcherdError
 
 if TYPE_CHECKING:
-    from ..config import EthereumChainConfig
-    from ..processor import Processor
+    from watcherd.chains.ethereum.config import EthereumChainConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("watcherd.chains.ethereum")
 
 NATIVE_VOUT = 0
 TOKEN_VOUT_BASE = 1
@@ -79,8 +79,10 @@ def _spent(tx: dict[str, Any]) -> bytes:
     return bytes.fromhex(tx["from"][2:]) + _int(tx["nonce"]).to_bytes(8, "big")
 
 
-class EthereumAdapter(AdapterBase):
+class EthereumAdapter(Follower):
     decimals = 18
+    node_label = "node websocket"
+    config: EthereumChainConfig
 
     def __init__(self, config: EthereumChainConfig, rpc: Rpc | None = None):
         super().__init__(config, {t.symbol: t.decimals for t in config.tokens})
@@ -92,10 +94,15 @@ class EthereumAdapter(AdapterBase):
         self._tokens = {t.contract.lower(): (t.symbol, t.contract) for t in config.tokens}
         self._token_of_symbol = {t.symbol: t.contract for t in config.tokens}
         self._subscriptions: dict[str, str] = {}
-        self._pool_stale = True
 
     def derive(self, index: int) -> tuple[str, bytes]:
         return self._deriver.derive(index)
+
+    async def address(self, index: int) -> tuple[str, bytes]:
+        return self._deriver.derive(index)
+
+    def describe_node(self) -> str:
+        return f"{self.config.ws_url.split('/')[2]} (chain id {self.config.chain_id})"
 
     def payment_uri(self, address: str, amount: int, asset: str) -> str:
         token = self._token_of_symbol.get(asset)
@@ -157,9 +164,9 @@ class EthereumAdapter(AdapterBase):
 
     # --- the supervisor-facing loop -----------------------------------------------------------------
 
-    async def run(self, processor: Processor) -> None:
+    async def run(self, sink: ChainSink) -> None:
         try:
-            await follow_forever(self, lambda: self._follow(processor))
+            await follow_forever(self, lambda: self._follow(sink))
         except ChainMismatch as exc:
             log.critical("%s", exc, extra={"chain": self.name})
             raise
@@ -177,7 +184,7 @@ class EthereumAdapter(AdapterBase):
                 f"chain_id = {self.config.chain_id}; refusing to start (wrong node, or wrong config?)"
             )
 
-    async def _follow(self, processor: Processor) -> None:
+    async def _follow(self, sink: ChainSink) -> None:
         rpc = self._rpc
         assert isinstance(rpc, WsRpc)
         await rpc.connect()
@@ -187,130 +194,109 @@ class EthereumAdapter(AdapterBase):
             pending = await rpc.call("eth_subscribe", "newPendingTransactions")
             self._subscriptions = {heads: "head", pending: "pending"}
             metrics.RECONNECTS.labels(self.name).inc()
-            self._mark_up()
+            self.mark_up()
             self._pool_stale = True
-            await self.catch_up(processor)
+            await self.catch_up(sink)
             next_pool_check = time.monotonic() + POOL_CHECK_SECONDS
             while True:
                 item = await rpc.notification(QUIET_SECONDS)
                 malformed_before = rpc.malformed
                 if item is None:
-                    await self.catch_up(processor)
+                    await self.catch_up(sink)
                 else:
-                    await self._on_notification(processor, item)
+                    await self._on_notification(sink, item)
                 if rpc.malformed != malformed_before:
                     metrics.MALFORMED.labels(self.name, "ws").inc(rpc.malformed - malformed_before)
                 if time.monotonic() >= next_pool_check:
                     self._pool_stale = True
                     next_pool_check = time.monotonic() + POOL_CHECK_SECONDS
                 if self._pool_stale:
-                    await self.check_pool(processor)
+                    await self.check_pool(sink)
         finally:
             self.connected = False
             await rpc.close()
 
-    def _mark_up(self) -> None:
-        if not self.connected:
-            log.info("node websocket %s answers (chain id %d)", self.config.ws_url.split("/")[2],
-                     self.config.chain_id, extra={"chain": self.name})
-        self.connected = True
-        metrics.NODE_UP.labels(self.name).set(1)
-
-    async def _on_notification(self, processor: Processor, item: tuple[str, Any]) -> None:
+    async def _on_notification(self, sink: ChainSink, item: tuple[str, Any]) -> None:
         kind = self._subscriptions.get(item[0]) if isinstance(item, tuple) else None
         try:
             if kind == "head":
-                await self.on_head(processor, item[1])
+                await self.on_head(sink, item[1])
             elif kind == "pending":
-                await self._on_pending(processor, item[1])
+                await self._on_pending(sink, item[1])
             else:
                 raise ValueError("not a notification of our subscriptions")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             metrics.MALFORMED.labels(self.name, "ws").inc()
             log.warning("ignored a malformed notification: %s", exc, extra={"chain": self.name})
-            await self.catch_up(processor)  # whatever it stood for, the cursor finds it
+            await self.catch_up(sink)  # whatever it stood for, the cursor finds it
 
-    async def on_head(self, processor: Processor, head: dict[str, Any]) -> None:
+    async def on_head(self, sink: ChainSink, head: dict[str, Any]) -> None:
         """A new head: connect it directly when it extends our cursor (2 calls), else catch up."""
         received_at = time.monotonic()
         number, block_hash, parent = _int(head["number"]), head["hash"], head["parentHash"]
         self.node_tip = number
         metrics.NODE_TIP.labels(self.name).set(number)
-        cursor = await processor.store.cursor(self.name)
+        cursor = await sink.cursor()
         if cursor is None or number != cursor.height + 1 or parent != cursor.hash:
-            await self.catch_up(processor)
+            await self.catch_up(sink)
             return
         block = await self._rpc.call("eth_getBlockByHash", block_hash, True)
-        if block is None:
-            await self.catch_up(processor)  # reorged away already
+        matched = None if block is None else await self._matched(sink, block, cursor)
+        if matched is None:
+            await self.catch_up(sink)  # reorged away already
             return
-        await self._connect(processor, block, cursor)
+        await sink.block_connected(matched)
+        metrics.BLOCKS.labels(self.name).inc()
         metrics.PROCESSED_HEIGHT.labels(self.name).set(number)
         metrics.LAG.labels(self.name).set(0)
         metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
 
-    async def _on_pending(self, processor: Processor, item: Any) -> None:
+    async def _on_pending(self, sink: ChainSink, item: Any) -> None:
         tx = item if isinstance(item, dict) else await self._rpc.call("eth_getTransactionByHash", item)
         if tx is None or tx.get("blockHash"):
             return  # mined or dropped already: the block path has (or will have) it
         metrics.TXS.labels(self.name, "mempool").inc()
         chain_tx = self._pending_tx(tx)
         if chain_tx is not None:
-            await processor.tx_seen(self.name, chain_tx)
+            await sink.tx_seen(chain_tx)
 
-    # --- catch-up -----------------------------------------------------------------------------------
+    # --- the node reads the shared follower needs ---------------------------------------------------
 
-    async def catch_up(self, processor: Processor) -> None:
-        """Bring the store to the node's tip from the durable cursor, walking back over reorgs first."""
-        while True:
-            tip = _int(await self._rpc.call("eth_blockNumber"))
-            self.node_tip = tip
-            metrics.NODE_TIP.labels(self.name).set(tip)
-            if self.config.finality == "finalized":
-                await self._refresh_finality(processor)
-            cursor = await processor.store.cursor(self.name)
-            if cursor is None:
-                start = tip if self.config.start_height is None else min(self.config.start_height, tip)
-                header = await self._block_by_number(start, full=False)
-                cursor = Cursor(start, header["hash"])
-                await processor.set_cursor(self.name, cursor)
-                log.info("first run: following from block %d", start, extra={"chain": self.name})
-            cursor = await self._walk_back_reorg(processor, cursor, tip)
-            if cursor.height >= tip:
-                break
-            block = await self._block_by_number(cursor.height + 1, full=True)
-            if block["parentHash"] != cursor.hash:
-                continue  # the chain changed under us: walk back again
-            await self._connect(processor, block, cursor)
-        metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
-        metrics.LAG.labels(self.name).set(max(0, tip - cursor.height))
+    async def catch_up(self, sink: ChainSink) -> None:
+        if self.config.finality == "finalized":
+            await self._refresh_finality(sink)
+        await super().catch_up(sink)
 
-    async def _block_by_number(self, height: int, full: bool) -> dict[str, Any]:
-        block = await self._rpc.call("eth_getBlockByNumber", hex(height), full)
+    async def tip_height(self) -> int:
+        return _int(await self._rpc.call("eth_blockNumber"))
+
+    async def hash_at(self, height: int) -> str | None:
+        header = await self._rpc.call("eth_getBlockByNumber", hex(height), False)
+        if header is None:
+            return None  # no block at that height (the node's tip moved down)
+        if not isinstance(header, dict) or not isinstance(header.get("hash"), str):
+            raise NodeProtocolError(f"eth_getBlockByNumber {height}: malformed header")
+        return str(header["hash"])
+
+    async def parent_hash(self, block: Cursor) -> str:
+        ours = await self._rpc.call("eth_getBlockByHash", block.hash, False)
+        if not isinstance(ours, dict):
+            raise NodeProtocolError(f"reorg deeper than the blocks kept: {block.height} {block.hash}")
+        return str(ours["parentHash"])
+
+    async def next_block(self, sink: ChainSink, cursor: Cursor) -> ChainBlock | None:
+        block = await self._rpc.call("eth_getBlockByNumber", hex(cursor.height + 1), True)
+        if block is None:
+            return None  # the node's tip moved down: walk back again
         if not isinstance(block, dict) or "hash" not in block:
-            raise NodeProtocolError(f"eth_getBlockByNumber {height}: no block")
-        return block
+            raise NodeProtocolError(f"eth_getBlockByNumber {cursor.height + 1}: malformed block")
+        return await self._matched(sink, block, cursor)
 
-    async def _walk_back_reorg(self, processor: Processor, cursor: Cursor, tip: int) -> Cursor:
-        async def main_chain_hash(height: int) -> str | None:
-            if height > tip:
-                return None
-            header = await self._rpc.call("eth_getBlockByNumber", hex(height), False)
-            return header.get("hash") if isinstance(header, dict) else None
-
-        async def parent_of(block: Cursor) -> str:
-            ours = await self._rpc.call("eth_getBlockByHash", block.hash, False)
-            if not isinstance(ours, dict):
-                raise NodeProtocolError(f"reorg deeper than the blocks kept: {block.height} {block.hash}")
-            return str(ours["parentHash"])
-
-        cursor, depth = await walk_back(self, processor, cursor, main_chain_hash, parent_of)
-        if depth:
-            self._pool_stale = True
-        return cursor
-
-    async def _connect(self, processor: Processor, block: dict[str, Any], cursor: Cursor) -> None:
-        """Scan one block (+ its token logs), reconcile balances at it, commit it with the cursor."""
+    async def _matched(self, sink: ChainSink, block: dict[str, Any], cursor: Cursor) -> ChainBlock | None:
+        """One block (+ its token logs) matched, with the balances reconciled at it; None when it is not on
+        top of our cursor (the caller walks back)."""
+        if block.get("parentHash") != cursor.hash:
+            return None
         logs: list[dict[str, Any]] = []
         if self._tokens:
             logs = await self._rpc.call("eth_getLogs", {
@@ -323,25 +309,23 @@ class EthereumAdapter(AdapterBase):
             metrics.MALFORMED.labels(self.name, "rpc").inc()
             raise NodeProtocolError(f"block {block.get('number')} {block.get('hash')}: unusable: {exc}") from exc
         if scanned.prev_hash != cursor.hash or scanned.height != cursor.height + 1:
-            return  # not on top of our cursor: the caller's next round walks back
-        internal = await self.reconcile_balances(processor, scanned)
+            return None
+        internal = await self.reconcile_balances(sink, scanned)
+        metrics.TXS.labels(self.name, "block").inc(len(block["transactions"]))
         if internal:
             scanned = ChainBlock(scanned.height, scanned.hash, scanned.prev_hash, scanned.txs + internal)
-        await processor.block_connected(self.name, scanned)
-        metrics.BLOCKS.labels(self.name).inc()
-        metrics.TXS.labels(self.name, "block").inc(len(block["transactions"]))
+        return scanned
 
     # --- balance reconciliation ---------------------------------------------------------------------
 
-    async def reconcile_balances(self, processor: Processor, block: ChainBlock) -> tuple[ChainTx, ...]:
+    async def reconcile_balances(self, sink: ChainSink, block: ChainBlock) -> tuple[ChainTx, ...]:
         """ETH that reached an open native invoice's address without a transaction `to` it (a contract's
         internal call): the balance at the block minus what recorded payments mined at or before it explain.
 
         Idempotent: the payment is recorded with this block, in the same store transaction that advances the
         cursor past it, so a restart never reconciles the same block twice and a reorg that disconnects the
         block takes the payment back (it is then marked replaced, as no node knows its txid)."""
-        store = processor.store
-        open_invoices = await store.open_invoices(self.name, self.asset, int(time.time()) - RECONCILE_EXPIRED_SECONDS)
+        open_invoices = await sink.open_invoices(self.asset, int(time.time()) - RECONCILE_EXPIRED_SECONDS)
         if not open_invoices:
             return ()
         balances = await self._rpc.batch(
@@ -352,7 +336,7 @@ class EthereumAdapter(AdapterBase):
             for r in tx.received:
                 if r.asset is None:
                     in_block[r.key] = in_block.get(r.key, 0) + r.amount
-        recorded = await store.mined_totals(self.name, self.asset, [inv.id for inv in open_invoices], block.height)
+        recorded = await sink.mined_totals(self.asset, [inv.id for inv in open_invoices], block.height)
         found = []
         for invoice, balance_hex in zip(open_invoices, balances, strict=True):
             explained = in_block.get(invoice.watch_key, 0) + recorded.get(invoice.id, 0)
@@ -367,21 +351,21 @@ class EthereumAdapter(AdapterBase):
 
     # --- pending payments still known? --------------------------------------------------------------
 
-    async def check_pool(self, processor: Processor) -> None:
+    async def check_pool(self, sink: ChainSink) -> None:
         """Unconfirmed payments the node no longer knows (dropped, or internal ones whose block a reorg
         took) stop counting. Judged only at our cursor = the node's tip, like Bitcoin's mempool diff."""
-        unconfirmed = await processor.store.unconfirmed_txids(self.name)
+        unconfirmed = await sink.unconfirmed_txids()
         onchain = [t for t in unconfirmed if not t.startswith(INTERNAL_PREFIX)]
         answers = await self._rpc.batch("eth_getTransactionByHash", [(t,) for t in onchain])
-        cursor = await processor.store.cursor(self.name)
+        cursor = await sink.cursor()
         tip = _int(await self._rpc.call("eth_blockNumber"))
         if cursor is None or cursor.height != tip:
             return  # judge at the tip only; the next round does
         known = {t for t, a in zip(onchain, answers, strict=True) if a is not None}
-        await processor.mempool_synced(self.name, known)
+        await sink.mempool_synced(known)
         self._pool_stale = False
 
-    async def _refresh_finality(self, processor: Processor) -> None:
+    async def _refresh_finality(self, sink: ChainSink) -> None:
         """Finality mode: payments at or below the node's `finalized` block are confirmed (applied when the
         next block commits)."""
         try:
@@ -389,4 +373,4 @@ class EthereumAdapter(AdapterBase):
         except RpcError:
             return
         if isinstance(finalized, dict):
-            processor.final_heights[self.name] = _int(finalized["number"])
+            sink.set_final_height(_int(finalized["number"]))

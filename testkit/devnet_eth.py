@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .devnet import (
+from testkit.devnet import (
     START_TIMEOUT,
     STOP_TIMEOUT,
     NodeRPCError,
@@ -215,7 +215,7 @@ class EthNode:
             head = _abi_word(96) + _abi_word(96 + 32 + 32 * ((len(name) + 31) // 32 or 1)) + _abi_word(decimals)
             return head + _abi_string(name) + _abi_string(symbol)
 
-        from .chains.eth_address import parse_address, to_checksum
+        from watcherd.chains.ethereum.address import parse_address, to_checksum
 
         usdc = deploy("TestToken", token_args("Test USD Coin", TOKEN_SYMBOL, TOKEN_DECIMALS))
         dai = deploy("TestToken", token_args("Test Dai", "DAI", 18))

@@ -10,7 +10,7 @@ import re
 
 from Crypto.Hash import keccak
 
-from ..money import to_decimal_string
+from watcherd.core.money import to_decimal_string
 
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")  # transfer(address,uint256)

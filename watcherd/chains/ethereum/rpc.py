@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from ..exceptions import NodeProtocolError, NodeUnavailable
-from .rpc import result
+from watcherd.chains.rpc import result
+from watcherd.exceptions import NodeProtocolError, NodeUnavailable
 
 _CLOSED = object()
 # geth refuses batches of more than 1,000 calls (--rpc.batch-request-limit) with one id-less error; other

@@ -526,18 +526,18 @@ class Node:
 
 def _node_class(kind: str) -> Any:
     if kind == "anvil":
-        from .devnet_eth import EthNode
+        from testkit.devnet_eth import EthNode
 
         return EthNode
     if kind == "monero":
-        from .devnet_monero import MoneroNode
+        from testkit.devnet_monero import MoneroNode
 
         return MoneroNode
     return Node
 
 
 def _ethereum_table(node: Any, xpub: str, confirmations: int) -> list[str]:
-    from .devnet_eth import TOKEN_DECIMALS
+    from testkit.devnet_eth import TOKEN_DECIMALS
 
     q = json.dumps
     lines = [f"[chains.{node.name}]", 'kind = "ethereum"', f"ws_url = {q(node.ws_url)}", f"chain_id = {node.chain_id}",
@@ -636,7 +636,7 @@ class Devnet:
                 self._save_state()
 
     def _up_anvil(self, name: str, known: list[str]) -> None:
-        from .devnet_eth import EthNode
+        from testkit.devnet_eth import EthNode
 
         node = self.node(name) if name in known else EthNode(name, self.root / name)
         node.die_with_parent = self.die_with_parent
@@ -652,7 +652,7 @@ class Devnet:
             self._save_state()
 
     def _up_monero(self, name: str, known: list[str]) -> None:
-        from .devnet_monero import MoneroNode
+        from testkit.devnet_monero import MoneroNode
 
         node = self.node(name) if name in known else MoneroNode(name, self.root / name)
         if node.is_running():
@@ -687,7 +687,7 @@ class Devnet:
         """(primary address, private view key hex) of the operator's Monero wallet: a spend/view keypair made
         once and kept in the devnet dir (mode 0600) as the operator's cold wallet. Only the address and the
         view key ever reach the daemon's config; the spend key stays in this file."""
-        from .devnet_monero import new_keys, primary_address
+        from testkit.devnet_monero import new_keys, primary_address
 
         if not self.monero_keys_path.exists():
             spend, view = new_keys()

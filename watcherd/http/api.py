@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .exceptions import InvoiceError
-from .invoices import Status
-from .money import MAX_ATOMIC, to_atomic
-from .processor import Processor
+from watcherd.core.invoices import Status
+from watcherd.core.money import MAX_ATOMIC, to_atomic
+from watcherd.exceptions import InvoiceError
+from watcherd.ledger import Processor
 
 log = logging.getLogger(__name__)
 

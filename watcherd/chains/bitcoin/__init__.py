@@ -1,0 +1,11 @@
+"""The Bitcoin chain kind (see watcherd/chains/registry.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def make_adapter(config: Any) -> Any:
+    from watcherd.chains.bitcoin.adapter import BitcoinAdapter
+
+    return BitcoinAdapter(config)

@@ -1,0 +1,175 @@
+"""Bitcoin-family adapter (Bitcoin Core, Litecoin Core and compatible nodes): ZMQ wake-ups, RPC truth.
+
+The ZMQ feed only says "something happened"; the durable cursor and RPC are the source of truth. On start,
+on every (re)connection of the feed and on every sequence gap, the adapter catches up block by block from the
+cursor (walking back over a reorg first) and re-reads the mempool. Without ZMQ, the same catch-up runs on a
+short polling interval. Transactions are decoded here and matched in memory; no RPC per transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from watcherd import metrics
+from watcherd.chains.bitcoin.address import AddressDeriver
+from watcherd.chains.bitcoin.codec import ScannedTx, scan_block, scan_tx
+from watcherd.chains.bitcoin.rpc import JsonRpc
+from watcherd.chains.follow import follow_forever
+from watcherd.chains.rpc import RpcError
+from watcherd.chains.zmqfeed import ZmqFollower
+from watcherd.core.chain import ChainSink
+from watcherd.core.money import to_decimal_string
+from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
+from watcherd.exceptions import DecodeError, NodeProtocolError
+
+if TYPE_CHECKING:
+    from watcherd.chains.bitcoin.config import BitcoinChainConfig
+
+log = logging.getLogger("watcherd.chains.bitcoin")
+
+MEMPOOL_BATCH = 500
+NULL_OUTPOINT = bytes(32) + b"\xff\xff\xff\xff"  # what every coinbase "spends": never a conflict
+RPC_HEIGHT_OUT_OF_RANGE = -8  # getblockhash above the node's tip: the only "no block there"
+
+
+class BitcoinAdapter(ZmqFollower):
+    decimals = 8
+    config: BitcoinChainConfig
+
+    def __init__(self, config: BitcoinChainConfig):
+        super().__init__(config)
+        self._deriver = AddressDeriver(config.xpub, config.address_type, config.network)
+        self._rpc = JsonRpc(config.rpc_url, config.rpc_user, config.rpc_password, config.rpc_cookie_file)
+        self._sequences: dict[bytes, int] = {}
+
+    def derive(self, index: int) -> tuple[str, bytes]:
+        return self._deriver.derive(index)
+
+    async def address(self, index: int) -> tuple[str, bytes]:
+        return self._deriver.derive(index)
+
+    def payment_uri(self, address: str, amount: int, asset: str) -> str:
+        """BIP21 (`litecoin:` for Litecoin, same form)."""
+        return f"{self.config.network.uri_scheme}:{address}?amount={to_decimal_string(amount, self.decimals)}"
+
+    def _chain_tx(self, scanned: ScannedTx) -> ChainTx | None:
+        conflicts = self.watchlist.conflicts(scanned.txid, scanned.spent)
+        if not scanned.matches and not conflicts:
+            return None
+        received = tuple(Received(script, vout, value) for vout, value, script in scanned.matches)
+        return ChainTx(scanned.txid, received, tuple(o for o in scanned.spent if o != NULL_OUTPOINT))
+
+    # --- the supervisor-facing loop -----------------------------------------------------------------
+
+    async def run(self, sink: ChainSink) -> None:
+        if self.config.zmq:
+            endpoints = {e for e in (self.config.zmq_rawtx, self.config.zmq_hashblock) if e}
+            await follow_forever(self, lambda: self._follow_zmq_feed(sink, endpoints, (b"rawtx", b"hashblock")))
+        else:
+            await follow_forever(self, lambda: self._follow_polling(sink))
+
+    async def close(self) -> None:
+        await self._rpc.close()
+
+    def pool_every_check(self) -> bool:
+        return not self.config.zmq  # polled: the mempool diff is the only way to see unconfirmed payments
+
+    def _on_zmq_connected(self) -> None:
+        self._sequences.clear()  # each connection starts its own sequence
+
+    async def on_message(self, sink: ChainSink, frames: list[bytes]) -> None:
+        received_at = time.monotonic()
+        if len(frames) != 3 or len(frames[2]) != 4 or frames[0] not in (b"rawtx", b"hashblock"):
+            metrics.MALFORMED.labels(self.name, "zmq").inc()
+            log.warning("ignored a malformed ZMQ message (%d frames, topic %r)", len(frames), frames[0][:20],
+                        extra={"chain": self.name})
+            self._pool_stale = True  # the real message it stood for may be lost: reconcile over RPC
+            self._resync.set()
+            return
+        topic, body, sequence = frames[0], frames[1], int.from_bytes(frames[2], "little")
+        last = self._sequences.get(topic)
+        self._sequences[topic] = sequence
+        if last is not None and sequence != (last + 1) % 2**32:
+            metrics.SEQUENCE_GAPS.labels(self.name).inc()
+            log.warning("ZMQ %s sequence gap (%d after %d): reconciling over RPC", topic.decode(), sequence, last,
+                        extra={"chain": self.name})
+            self._pool_stale = True
+            self._resync.set()
+        if topic == b"hashblock":
+            self._resync.set()
+            return
+        try:
+            scanned = scan_tx(body, self.watchlist.keys)
+        except DecodeError as exc:
+            metrics.MALFORMED.labels(self.name, "zmq").inc()
+            log.warning("ignored an undecodable rawtx: %s", exc, extra={"chain": self.name})
+            self._pool_stale = True
+            self._resync.set()
+            return
+        metrics.TXS.labels(self.name, "mempool").inc()
+        self._pool_seen.add(scanned.txid)
+        tx = self._chain_tx(scanned)
+        if tx is not None:
+            await sink.tx_seen(tx)
+            metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
+
+    # --- the node reads the shared follower needs ---------------------------------------------------
+
+    async def best_hash(self) -> str:
+        return str(await self._rpc.call("getbestblockhash"))
+
+    async def tip_height(self) -> int:
+        return int(await self._rpc.call("getblockcount"))
+
+    async def hash_at(self, height: int) -> str | None:
+        try:
+            return str(await self._rpc.call("getblockhash", height))
+        except RpcError as exc:
+            if exc.code == RPC_HEIGHT_OUT_OF_RANGE:
+                return None  # the node's tip moved down since we asked
+            raise
+
+    async def parent_hash(self, block: Cursor) -> str:
+        return str((await self._rpc.call("getblockheader", block.hash))["previousblockhash"])
+
+    async def next_block(self, sink: ChainSink, cursor: Cursor) -> ChainBlock | None:
+        height = cursor.height + 1
+        block_hash = await self.hash_at(height)
+        if block_hash is None:
+            return None
+        raw_hex = await self._rpc.call("getblock", block_hash, 0)
+        try:
+            block = await asyncio.to_thread(scan_block, bytes.fromhex(raw_hex), self.watchlist.keys)
+        except (DecodeError, ValueError, TypeError) as exc:
+            metrics.MALFORMED.labels(self.name, "rpc").inc()
+            raise NodeProtocolError(f"block {height} {block_hash}: cannot decode: {exc}") from exc
+        if block.hash != block_hash:
+            raise NodeProtocolError(f"block {height}: node sent {block.hash} for {block_hash}")
+        if block.prev_hash != cursor.hash:
+            return None
+        metrics.TXS.labels(self.name, "block").inc(len(block.txs))
+        txs = tuple(tx for scanned in block.txs if (tx := self._chain_tx(scanned)) is not None)
+        return ChainBlock(height, block.hash, block.prev_hash, txs)
+
+    async def pool_txids(self) -> set[str]:
+        return {str(t) for t in await self._rpc.call("getrawmempool")}
+
+    async def pool_txs(self, txids: list[str]) -> dict[str, ChainTx | None]:
+        found: dict[str, ChainTx | None] = {}
+        for start in range(0, len(txids), MEMPOOL_BATCH):
+            chunk = txids[start:start + MEMPOOL_BATCH]
+            results = await self._rpc.batch("getrawtransaction", [(t,) for t in chunk])
+            for txid, raw_hex in zip(chunk, results, strict=True):
+                try:
+                    scanned = scan_tx(bytes.fromhex(raw_hex), self.watchlist.keys)
+                except (DecodeError, ValueError, TypeError) as exc:
+                    metrics.MALFORMED.labels(self.name, "rpc").inc()
+                    log.warning("mempool tx %s undecodable: %s", txid, exc, extra={"chain": self.name})
+                    found[txid] = None
+                    continue
+                metrics.TXS.labels(self.name, "mempool").inc()
+                found[txid] = self._chain_tx(scanned)
+        return found

@@ -1,0 +1,210 @@
+"""Following a node, once for every chain kind: reconnect with backoff, catch up from the durable cursor,
+walk back over reorgs, and diff the node's pool against what we have seen.
+
+A chain kind subclasses `Follower` and supplies the node-specific reads (`tip_height`, `hash_at`,
+`parent_hash`, `next_block`, and for a pool diff `pool_txids` / `pool_txs` / `best_hash`); everything it
+learns goes to the `ChainSink` the ledger gave it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+from watcherd import metrics
+from watcherd.core.chain import ChainSink
+from watcherd.core.types import ChainBlock, ChainTx, Cursor, Watchlist
+from watcherd.exceptions import NodeError, NodeProtocolError
+from watcherd.retry import backoff
+
+log = logging.getLogger("watcherd.chains.base")
+
+
+class Follower:
+    """The chain-agnostic half of an adapter, configured from its chain's table."""
+
+    decimals: int  # of the native asset
+    node_label: str = "node RPC"  # how the log names the node when it starts answering
+
+    def __init__(self, config: Any, tokens: dict[str, int] | None = None):
+        self.config = config
+        self.name: str = config.name
+        self.asset: str = config.asset
+        self.assets = {config.asset: self.decimals, **(tokens or {})}
+        self.confirmations: int = config.confirmations
+        self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
+        self.invoice_expiry_seconds: int = config.invoice_expiry_seconds
+        self.watchlist = Watchlist()
+        self.connected = False
+        self.node_tip: int | None = None
+        self._pool_seen: set[str] = set()
+        self._pool_stale = True  # read the pool (what we have not seen of it) at the next reconcile
+        self._resync = asyncio.Event()  # set: reconcile over RPC as soon as possible
+
+    # --- what a chain kind supplies -----------------------------------------------------------------
+
+    async def tip_height(self) -> int:
+        """The node's best height."""
+        raise NotImplementedError
+
+    async def hash_at(self, height: int) -> str | None:
+        """The node's main-chain hash at `height`; None only when it has no block there."""
+        raise NotImplementedError
+
+    async def parent_hash(self, block: Cursor) -> str:
+        """The parent of one of our blocks that the store no longer remembers."""
+        raise NotImplementedError
+
+    async def next_block(self, sink: ChainSink, cursor: Cursor) -> ChainBlock | None:
+        """The block after `cursor`, matched; None when the node's block there does not build on the cursor."""
+        raise NotImplementedError
+
+    async def pool_txids(self) -> set[str]:
+        raise NotImplementedError
+
+    async def pool_txs(self, txids: list[str]) -> dict[str, ChainTx | None]:
+        """Fetch and match pool transactions: each one the node could give (an undecodable one included) ->
+        its match, None when it does not concern us."""
+        raise NotImplementedError
+
+    async def best_hash(self) -> str:
+        raise NotImplementedError
+
+    def describe_node(self) -> str:
+        return str(getattr(self.config, "rpc_url", self.name))
+
+    # --- shared -------------------------------------------------------------------------------------
+
+    def mark_up(self) -> None:
+        if not self.connected:
+            log.info("%s %s answers", self.node_label, self.describe_node(), extra={"chain": self.name})
+        self.connected = True
+        metrics.NODE_UP.labels(self.name).set(1)
+
+    async def _tip(self) -> int:
+        tip = await self.tip_height()
+        self.node_tip = tip
+        metrics.NODE_TIP.labels(self.name).set(tip)
+        return tip
+
+    async def _start_cursor(self, sink: ChainSink, tip: int) -> Cursor:
+        """The very first run: start at the node's tip (or the configured start height), nothing before it."""
+        start = tip if self.config.start_height is None else min(self.config.start_height, tip)
+        block_hash = await self.hash_at(start)
+        if block_hash is None:
+            raise NodeProtocolError(f"block {start}: the node has no block there")
+        cursor = Cursor(start, block_hash)
+        await sink.set_cursor(cursor)
+        log.info("first run: following from block %d", start, extra={"chain": self.name})
+        return cursor
+
+    async def catch_up(self, sink: ChainSink) -> None:
+        """Bring the store to the node's tip from the durable cursor, walking back over reorgs first."""
+        while True:
+            tip = await self._tip()
+            cursor = await sink.cursor() or await self._start_cursor(sink, tip)
+            cursor = await self.walk_back(sink, cursor, tip)
+            if cursor.height >= tip:
+                break
+            while cursor.height < tip:
+                connected = await self.connect_next(sink, cursor)
+                if connected is None:  # the chain changed under us: back to the common ancestor
+                    break
+                cursor = connected
+                metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
+        metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
+        metrics.LAG.labels(self.name).set(max(0, tip - cursor.height))
+
+    async def connect_next(self, sink: ChainSink, cursor: Cursor) -> Cursor | None:
+        started = time.monotonic()
+        block = await self.next_block(sink, cursor)
+        if block is None:
+            return None
+        await sink.block_connected(block)
+        metrics.BLOCKS.labels(self.name).inc()
+        if block.txs:
+            metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - started)
+        return Cursor(block.height, block.hash)
+
+    async def walk_back(self, sink: ChainSink, cursor: Cursor, tip: int) -> Cursor:
+        """Disconnect our blocks until the cursor is on the node's main chain again (the common ancestor)."""
+        depth = 0
+        while (await self.hash_at(cursor.height) if cursor.height <= tip else None) != cursor.hash:
+            parent_hash = await sink.block_hash(cursor.height - 1) or await self.parent_hash(cursor)
+            parent = Cursor(cursor.height - 1, parent_hash)
+            await sink.block_disconnected(cursor.height, cursor.hash, parent)
+            cursor = parent
+            depth += 1
+        if depth:
+            self._pool_stale = True  # disconnected transactions went back to the pool
+            metrics.REORGS.labels(self.name).inc()
+            metrics.REORG_DEPTH.labels(self.name).observe(depth)
+            log.warning("reorg: %d block(s) disconnected, common ancestor %d %s", depth, cursor.height,
+                        cursor.hash, extra={"chain": self.name})
+        return cursor
+
+    async def seen_in_pool(self, sink: ChainSink, txids: list[str]) -> None:
+        """Pool transactions announced by the feed or found by the diff: match them, report what pays us."""
+        new = [t for t in txids if t not in self._pool_seen]
+        if not new:
+            return
+        read = await self.pool_txs(new)
+        for tx in read.values():
+            if tx is not None:
+                await sink.tx_seen(tx)
+        self._pool_seen.update(read)  # an undecodable one too: read again, it would only be counted again
+
+    async def sync_pool(self, sink: ChainSink) -> None:
+        """Fetch and match the pool transactions not seen yet (a diff: cheap even on a busy node), then, if
+        the pool was read at our cursor, tell the core which unconfirmed payments it still holds."""
+        pool = await self.pool_txids()
+        await self.seen_in_pool(sink, sorted(pool))
+        # judge "dropped" only against a pool read at the tip we have processed, or a payment mined in a block
+        # we haven't connected yet would look dropped
+        cursor = await sink.cursor()
+        if cursor is not None and await self.best_hash() == cursor.hash:
+            await sink.mempool_synced(pool)
+            self._pool_seen = pool
+            self._pool_stale = False
+        else:
+            self._resync.set()
+
+    async def reconcile(self, sink: ChainSink, full: bool = True) -> None:
+        """Bring the store up to the node's tip from the cursor, then diff the pool.
+
+        `full=False` is the cheap periodic check: it reads the pool only when it needs a re-read (after a
+        gap or reconnection), unless `pool_every_check` says the node's feed may miss pool transactions."""
+        best = await self.best_hash()
+        self.mark_up()
+        cursor = await sink.cursor()
+        if cursor is None or best != cursor.hash:
+            await self.catch_up(sink)
+        if full or self._pool_stale or self.pool_every_check():
+            await self.sync_pool(sink)
+
+    def pool_every_check(self) -> bool:
+        return False
+
+
+async def follow_forever(follower: Follower, session: Callable[[], Awaitable[None]]) -> None:
+    """Run `session` (one connected stretch with the node) again and again. Node errors are logged, counted and
+    retried with backoff: the next session catches up from the cursor, so nothing is lost meanwhile. Any other
+    exception propagates and takes the daemon down (systemd restarts it)."""
+    delays = backoff()
+    while True:
+        try:
+            await session()
+        except NodeError as exc:
+            follower.connected = False
+            metrics.NODE_UP.labels(follower.name).set(0)
+            if isinstance(exc, NodeProtocolError):
+                metrics.MALFORMED.labels(follower.name, "rpc").inc()
+            delay = next(delays)
+            log.warning("%s; reconnecting in %.1f s", exc, delay, extra={"chain": follower.name})
+            await asyncio.sleep(delay)
+        else:
+            delays = backoff()
