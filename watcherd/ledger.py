@@ -14,13 +14,11 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
-from watcherd import metrics
+from watcherd import metrics, views
 from watcherd.core.chain import ChainAdapter, OpenInvoice
 from watcherd.core.invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
-from watcherd.core.money import to_decimal_string
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import InvoiceError
 from watcherd.store import InvoiceRow, PaymentRow, Store
@@ -28,10 +26,6 @@ from watcherd.store import InvoiceRow, PaymentRow, Store
 log = logging.getLogger("watcherd.processor")
 
 GAP_LIMIT = 20  # wallets stop scanning after 20 unused addresses in a row (BIP44 gap limit)
-
-
-def iso(ts: int | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_id(prefix: str) -> str:
@@ -104,7 +98,7 @@ class Processor:
                 if earlier is not None:
                     if earlier.request_digest != request_digest:
                         raise InvoiceError("Idempotency-Key", "was already used for a different request")
-                    return await self.invoice_json(earlier.id)  # type: ignore[return-value]
+                    return await self._shown(earlier.id)
             index = await self.store.allocate_address_index(chain_name)
             address, key = await chain.address(index)
             invoice = InvoiceRow(
@@ -129,7 +123,7 @@ class Processor:
                 extra={"chain": chain_name, "invoice_id": invoice.id},
             )
         self.wake_outbox()
-        return await self.invoice_json(invoice.id)  # type: ignore[return-value]
+        return await self._shown(invoice.id)
 
     async def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
         async with self.store.transaction():
@@ -145,7 +139,14 @@ class Processor:
                 )
                 await self._reassess(invoice_id)
         self.wake_outbox()
-        return await self.invoice_json(invoice_id)  # type: ignore[return-value]
+        return await self._shown(invoice_id)
+
+    async def _shown(self, invoice_id: str) -> dict[str, Any]:
+        """The JSON of an invoice that exists (we just wrote or read it)."""
+        shown = await self.invoice_json(invoice_id)
+        if shown is None:
+            raise KeyError(invoice_id)
+        return shown
 
     async def invoice_json(self, invoice_id: str) -> dict[str, Any] | None:
         invoice = await self.store.invoice(invoice_id)
@@ -162,51 +163,12 @@ class Processor:
 
     def _render(self, invoice: InvoiceRow, payments: list[PaymentRow]) -> dict[str, Any]:
         chain = self.chains.get(invoice.chain)
-        assets = chain.assets if chain else {}
-        decimals = assets.get(invoice.asset, 0)
-        tip = self.tips.get(invoice.chain, 0)
         terms, counting_tip = self._counting(invoice)
-        required = terms.confirmations_required
-        assessment = assess(terms, [p.payment for p in payments], counting_tip, self.clock())
-        return {
-            "id": invoice.id,
-            "chain": invoice.chain,
-            "asset": invoice.asset,
-            "address": invoice.address,
-            "amount": to_decimal_string(invoice.amount, decimals),
-            "amount_atomic": str(invoice.amount),
-            "amount_received": to_decimal_string(assessment.received, decimals),
-            "amount_received_atomic": str(assessment.received),
-            "amount_confirmed": to_decimal_string(assessment.confirmed, decimals),
-            "amount_confirmed_atomic": str(assessment.confirmed),
-            "status": invoice.status.value,
-            "exception": invoice.exception,
-            "payment_uri": chain.payment_uri(invoice.address, invoice.amount, invoice.asset) if chain else None,
-            "confirmations_required": invoice.confirmations_required or None,
-            "finality": "finalized" if invoice.confirmations_required == FINALITY else None,
-            "order_id": invoice.order_id,
-            "metadata": invoice.metadata,
-            "created_at": iso(invoice.created_at),
-            "expires_at": iso(invoice.expires_at),
-            "paid_at": iso(invoice.paid_at),
-            "cancelled_at": iso(invoice.cancelled_at),
-            "payments": [
-                {
-                    "txid": p.payment.txid,
-                    "vout": p.payment.vout,
-                    "asset": p.asset,
-                    "amount": to_decimal_string(p.payment.amount, assets.get(p.asset, 0)),
-                    "amount_atomic": str(p.payment.amount),
-                    "confirmations": p.payment.confirmations(tip),
-                    "block_height": p.payment.block_height,
-                    "block_hash": p.block_hash,
-                    "first_seen_at": iso(p.payment.first_seen_at),
-                    "confirmed_at": iso(p.confirmed_at),
-                    "status": p.payment.status(counting_tip, required).value,
-                }
-                for p in payments
-            ],
-        }
+        return views.invoice_json(
+            invoice, payments, terms=terms, counting_tip=counting_tip, tip=self.tips.get(invoice.chain, 0),
+            now=self.clock(), assets=chain.assets if chain else {},
+            payment_uri=chain.payment_uri(invoice.address, invoice.amount, invoice.asset) if chain else None,
+        )
 
     async def _reassess(self, invoice_id: str, force_type: str | None = None) -> None:
         """Recompute one invoice from its payments; on any visible change, store it and queue an event.
@@ -252,7 +214,7 @@ class Processor:
         body = self._render(updated, payments)
         event_id = new_id("evt")
         payload = json.dumps(
-            {"id": event_id, "type": type_, "created_at": iso(now), "invoice": body}, separators=(",", ":")
+            {"id": event_id, "type": type_, "created_at": views.iso(now), "invoice": body}, separators=(",", ":")
         )
         await self.store.add_event(
             event_id, invoice_id, invoice.chain, type_, now, payload, self.transports, self.clock()

@@ -94,7 +94,7 @@ def scan_block(raw: bytes, watched: Container[bytes]) -> ScannedBlock:
         count, pos = _read_compact_size(raw, _HEADER_SIZE)
         if count * _MIN_TX > n - pos:
             raise DecodeError(f"block claims {count} transactions, more than {n - pos} bytes can hold")
-        txs = []
+        txs: list[ScannedTx] = []
         append = txs.append
         start = pos
         for _ in range(count):

@@ -102,11 +102,12 @@ class WsRpc:
             # a request the node refused as a whole ("batch too large", a parse error): which one is unknown,
             # so every waiting call fails with the node's own words instead of waiting for the timeout
             problem = NodeProtocolError(f"{_redact(self.url)} refused a request: {str(answer['error'])[:200]}")
-            for future in self._waiting.values():
-                if not future.done():
-                    future.set_exception(problem)
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_exception(problem)
             return
-        future = self._waiting.pop(answer.get("id"), None)  # type: ignore[arg-type]
+        request_id = answer.get("id")
+        future = self._waiting.pop(request_id, None) if isinstance(request_id, int) else None
         if future is None or future.done():
             self.malformed += 1
             return
@@ -161,7 +162,7 @@ class WsRpc:
         if item is _CLOSED:
             self._notifications.put_nowait(_CLOSED)
             raise NodeUnavailable(f"{_redact(self.url)}: websocket closed")
-        return item  # type: ignore[no-any-return]
+        return item
 
 
 def _redact(url: str) -> str:

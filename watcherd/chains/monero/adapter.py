@@ -152,7 +152,8 @@ class MoneroAdapter(ZmqFollower):
     # --- the node reads the shared follower needs ---------------------------------------------------
 
     async def _last_header(self) -> dict[str, Any]:
-        return (await self._rpc.call("get_last_block_header"))["block_header"]  # type: ignore[no-any-return]
+        header: dict[str, Any] = (await self._rpc.call("get_last_block_header"))["block_header"]
+        return header
 
     async def best_hash(self) -> str:
         return str((await self._last_header())["hash"])

@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import gmpy2
-from Crypto.Hash.keccak import _raw_keccak_lib
-from Crypto.Util._raw_api import VoidPointer, c_size_t, c_ubyte, create_string_buffer, get_raw_buffer
+from Crypto.Hash import keccak as _keccak_module
+from Crypto.Util import _raw_api
 from gmpy2 import mpz
 from nacl import bindings as sodium
 from nacl._sodium import ffi as _ffi
@@ -30,6 +31,15 @@ IDENTITY = bytes([1]) + bytes(31)
 
 class MoneroKeyError(ValueError):
     """A key or address that is not valid Monero material."""
+
+
+# pycryptodome's private C bindings: its stubs don't declare them, hence the typed-as-Any aliases.
+_raw_keccak_lib: Any = getattr(_keccak_module, "_raw_keccak_lib")  # noqa: B009
+VoidPointer: Any = _raw_api.VoidPointer
+c_size_t: Any = _raw_api.c_size_t
+c_ubyte: Any = getattr(_raw_api, "c_ubyte")  # noqa: B009
+create_string_buffer: Any = _raw_api.create_string_buffer
+get_raw_buffer: Any = _raw_api.get_raw_buffer
 
 
 class _Keccak(threading.local):

@@ -29,9 +29,9 @@ class MoneroRpc:
 
     async def _post(self, path: str, payload: dict[str, Any], what: str) -> Any:
         if self._session is None:
-            middlewares = ()
+            middlewares: tuple[aiohttp.DigestAuthMiddleware, ...] = ()
             if self._auth is not None:  # monerod --rpc-login uses HTTP digest authentication
-                middlewares = (aiohttp.DigestAuthMiddleware(*self._auth),)  # type: ignore[assignment]
+                middlewares = (aiohttp.DigestAuthMiddleware(*self._auth),)
             self._session = aiohttp.ClientSession(timeout=self._timeout, middlewares=middlewares)
         answer = await post_json(self._session, f"{self.url}/{path}", payload, what)
         if not isinstance(answer, dict):
