@@ -118,7 +118,7 @@ def test_result_types_are_the_published_interface():
     scanned = scan_tx(raw_of(MAINNET_BY_NAME["p2pkh_spend"]), set())
     assert isinstance(scanned, ScannedTx)
     assert ScannedTx._fields == ("txid", "spent", "matches")
-    assert ScannedBlock._fields == ("hash", "prev_hash", "txs")
+    assert ScannedBlock._fields == ("hash", "prev_hash", "txs", "time")
     assert type(scanned.spent[0]) is bytes and len(scanned.spent[0]) == 36
 
 
@@ -190,6 +190,7 @@ def test_block_of_mainnet_transactions_agrees_with_bitcoinlib():
 
     assert scanned.hash == block.GetHash()[::-1].hex()
     assert scanned.prev_hash == "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
+    assert scanned.time == 1_700_000_000  # the header's nTime: a payment found on catch-up dates from it
     assert [tx.txid for tx in scanned.txs] == [v["txid"] for v in MAINNET]
     assert [tx.matches for tx in scanned.txs] == [bitcoinlib_view(tx.serialize())[2] for tx in txs]
 

@@ -25,6 +25,10 @@ class NodeProtocolError(NodeError):
     """The node answered, but the answer is malformed or an RPC error."""
 
 
+class ChainRefused(WatcherdError):
+    """The node serves another chain than the config names: refusing to watch it is the only safe answer."""
+
+
 class DecodeError(WatcherdError):
     """Raw transaction or block bytes could not be decoded."""
 

@@ -226,8 +226,22 @@ class Processor:
             extra={"invoice_id": invoice_id, "chain": invoice.chain, "event_id": event_id},
         )
 
+    def caught_up(self, chain_name: str) -> bool:
+        """The chain's node answers and we have processed up to its tip: what it has not shown us, it has not
+        got. A chain no longer configured has nobody watching it: nothing to wait for."""
+        chain = self.chains.get(chain_name)
+        if chain is None:
+            return True
+        return chain.connected and (chain.node_tip is None or self.tips.get(chain_name, -1) >= chain.node_tip)
+
     async def expire_due(self) -> int:
-        due = await self.store.expiring(int(self.clock()))
+        """Expire unpaid invoices past their expiry, but only on chains that are caught up: a payment mined
+        while we (or the node) were away must be found before we judge it missing."""
+        due = []
+        for invoice_id in await self.store.expiring(int(self.clock())):
+            invoice = await self.store.invoice(invoice_id)
+            if invoice is not None and self.caught_up(invoice.chain):
+                due.append(invoice_id)
         if due:
             async with self.store.transaction():
                 for invoice_id in due:
@@ -246,6 +260,8 @@ class Processor:
                 extra={"chain": chain.name, "txid": other},
             )
         now = int(self.clock())
+        # first met in a block: seen when the chain says it was mined, not when we caught up (never later)
+        seen_at = now if block is None or block.time is None else min(now, block.time)
         for output in tx.received:
             invoice = await self.store.invoice_by_key(chain.name, output.key)
             if invoice is None:
@@ -253,7 +269,7 @@ class Processor:
             if output.output_key is not None and not await self._takes_output_key(chain, tx, output, block, touched):
                 continue
             await self.store.upsert_payment(
-                chain.name, invoice.id, output.asset or chain.asset, tx.txid, output.vout, output.amount, now,
+                chain.name, invoice.id, output.asset or chain.asset, tx.txid, output.vout, output.amount, seen_at,
                 block.height if block else None, block.hash if block else None, output.output_key,
             )
             touched.add(invoice.id)

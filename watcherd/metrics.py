@@ -15,6 +15,11 @@ SEQUENCE_GAPS = Counter("watcherd_feed_sequence_gaps_total", "Gaps in the node f
 MALFORMED = Counter(
     "watcherd_malformed_messages_total", "Node messages or RPC answers that could not be used", ["chain", "source"]
 )
+CHAIN_FAILURES = Counter(
+    "watcherd_chain_failures_total",
+    "A chain's follower stopped and backed off: kind node (down or unusable answers), store, or unexpected",
+    ["chain", "kind"],
+)
 REORGS = Counter("watcherd_reorgs_total", "Chain reorganisations handled", ["chain"])
 REORG_DEPTH = Histogram(
     "watcherd_reorg_depth_blocks", "Blocks disconnected per reorg", ["chain"], buckets=(1, 2, 3, 6, 10, 20, 100)

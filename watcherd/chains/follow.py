@@ -18,7 +18,7 @@ from typing import Any
 from watcherd import metrics
 from watcherd.core.chain import ChainSink
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Watchlist
-from watcherd.exceptions import NodeError, NodeProtocolError
+from watcherd.exceptions import ChainRefused, NodeError, NodeProtocolError, StoreError
 from watcherd.retry import backoff
 
 log = logging.getLogger("watcherd.chains.base")
@@ -190,21 +190,47 @@ class Follower:
         return False
 
 
+HEALTHY_SESSION_SECONDS = 30.0  # a session that lasted this long was healthy: its failure backs off from scratch
+
+
 async def follow_forever(follower: Follower, session: Callable[[], Awaitable[None]]) -> None:
-    """Run `session` (one connected stretch with the node) again and again. Node errors are logged, counted and
-    retried with backoff: the next session catches up from the cursor, so nothing is lost meanwhile. Any other
-    exception propagates and takes the daemon down (systemd restarts it)."""
+    """Run `session` (one connected stretch with the node) again and again; the next session catches up from
+    the cursor, so nothing is lost meanwhile.
+
+    Transient node errors were already retried call by call (chains/rpc.py), so what reaches here means the
+    node is down or answers what no rule foresaw; the store may be failing too. Either way only this chain
+    stops and backs off (up to 30 s; from the start again once a session ran healthy): the other chains, the
+    API and delivery go on. The outage is logged once, when it starts. A `ChainRefused` (the node serves
+    another chain than configured) ends the daemon: that is the operator's config to fix."""
     delays = backoff()
+    failing_since: float | None = None
     while True:
+        started = time.monotonic()
         try:
             await session()
+        except (ChainRefused, asyncio.CancelledError):
+            raise
         except NodeError as exc:
-            follower.connected = False
-            metrics.NODE_UP.labels(follower.name).set(0)
+            kind, problem, details = "node", f"{exc}", False
             if isinstance(exc, NodeProtocolError):
                 metrics.MALFORMED.labels(follower.name, "rpc").inc()
-            delay = next(delays)
-            log.warning("%s; reconnecting in %.1f s", exc, delay, extra={"chain": follower.name})
-            await asyncio.sleep(delay)
+        except Exception as exc:  # noqa: BLE001 -- isolate this chain, whatever failed
+            store = isinstance(exc, StoreError) or type(exc).__module__.startswith(("sqlite3", "aiosqlite"))
+            kind = "store" if store else "unexpected"
+            problem, details = f"{type(exc).__name__}: {exc}", not store
         else:
-            delays = backoff()
+            continue
+        follower.connected = False
+        metrics.NODE_UP.labels(follower.name).set(0)
+        metrics.CHAIN_FAILURES.labels(follower.name, kind).inc()
+        if time.monotonic() - started >= HEALTHY_SESSION_SECONDS:
+            delays, failing_since = backoff(), None
+        delay = next(delays)
+        if failing_since is None:
+            failing_since = time.monotonic()
+            log.warning("%s; this chain retries in %.1f s (other chains go on)", problem, delay,
+                        exc_info=details, extra={"chain": follower.name})
+        else:
+            log.debug("still failing for %.0f s: %s; retry in %.1f s", time.monotonic() - failing_since, problem,
+                      delay, extra={"chain": follower.name})
+        await asyncio.sleep(delay)

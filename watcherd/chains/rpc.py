@@ -3,13 +3,27 @@ the reading of a JSON-RPC answer into its result or a NodeError."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
-from watcherd.exceptions import NodeProtocolError, NodeUnavailable
+from watcherd.exceptions import NodeError, NodeProtocolError, NodeUnavailable
+from watcherd.retry import backoff
+
+T = TypeVar("T")
+log = logging.getLogger("watcherd.chains.rpc")
+
+# Answers that say "busy, ask again" rather than "no": bitcoind's -28 (RPC_IN_WARMUP: loading the block index,
+# verifying blocks) and monerod's -9 (CORE_RPC_ERROR_CODE_CORE_BUSY).
+TRANSIENT_RPC_CODES = frozenset({-28, -9})
+BUSY_BODY_SNIPPET = 80
+LARGE_ANSWER_BYTES = 256 * 1024
 
 
 class RpcError(NodeProtocolError):
@@ -18,6 +32,33 @@ class RpcError(NodeProtocolError):
     def __init__(self, method: str, code: int, message: str):
         self.code = code
         super().__init__(f"{method}: RPC error {code}: {message}")
+
+
+class NodeBusy(NodeUnavailable):
+    """The node is up but refused the call for now (HTTP 503 "Work queue depth exceeded", warming up)."""
+
+
+def is_transient(exc: NodeError) -> bool:
+    """An error that the same call may not meet again in a moment: the node unreachable or busy."""
+    return isinstance(exc, NodeUnavailable) or (isinstance(exc, RpcError) and exc.code in TRANSIENT_RPC_CODES)
+
+
+async def retrying(call: Callable[[], Awaitable[T]], what: str, give_up_after: float) -> T:
+    """Run one node call, again after a transient error, with a short capped backoff, for at most
+    `give_up_after` seconds; then (or on any other error) the error propagates: the node counts as down.
+
+    A single 503 or reset connection on a busy node must cost a fraction of a second, not a reconnect."""
+    started = time.monotonic()
+    delays = backoff(first=0.05, cap=2.0)
+    while True:
+        try:
+            return await call()
+        except NodeError as exc:
+            delay = next(delays)
+            if not is_transient(exc) or time.monotonic() - started + delay > give_up_after:
+                raise
+            log.debug("%s: %s; retrying in %.2f s", what, exc, delay)
+            await asyncio.sleep(delay)
 
 
 async def post_json(
@@ -31,9 +72,14 @@ async def post_json(
             body = await response.read()
             if response.status in (401, 403):
                 raise NodeProtocolError(f"{what}: the node refused our RPC credentials (HTTP {response.status})")
+            if response.status == 503:
+                snippet = body[:BUSY_BODY_SNIPPET].decode(errors="replace").strip()
+                raise NodeBusy(f"{what}: the node is busy (HTTP 503: {snippet!r})")
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise NodeUnavailable(f"{what}: {url} unreachable: {type(exc).__name__}: {exc}") from exc
     try:
+        if len(body) > LARGE_ANSWER_BYTES:  # a whole block: decode it off the event loop
+            return await asyncio.to_thread(json.loads, body, parse_float=Decimal)
         return json.loads(body, parse_float=Decimal)
     except ValueError as exc:
         snippet = body[:80].decode(errors="replace")

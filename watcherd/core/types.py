@@ -40,6 +40,9 @@ class ChainBlock:
     hash: str
     prev_hash: str
     txs: tuple[ChainTx, ...]  # only the transactions that concern watched keys or watched spends
+    # the block's own timestamp (unix seconds), if the chain gives one: a payment we first meet in a block (we
+    # were down, or the node was) counts as seen then, not when we caught up
+    time: int | None = None
 
 
 @dataclass

@@ -152,7 +152,7 @@ class BitcoinAdapter(ZmqFollower):
             return None
         metrics.TXS.labels(self.name, "block").inc(len(block.txs))
         txs = tuple(tx for scanned in block.txs if (tx := self._chain_tx(scanned)) is not None)
-        return ChainBlock(height, block.hash, block.prev_hash, txs)
+        return ChainBlock(height, block.hash, block.prev_hash, txs, block.time)
 
     async def pool_txids(self) -> set[str]:
         return {str(t) for t in await self._rpc.call("getrawmempool")}
@@ -163,6 +163,8 @@ class BitcoinAdapter(ZmqFollower):
             chunk = txids[start:start + MEMPOOL_BATCH]
             results = await self._rpc.batch("getrawtransaction", [(t,) for t in chunk])
             for txid, raw_hex in zip(chunk, results, strict=True):
+                if isinstance(raw_hex, RpcError):
+                    continue  # it left the mempool since getrawmempool (mined, replaced): the next diff knows
                 try:
                     scanned = scan_tx(bytes.fromhex(raw_hex), self.watchlist.keys)
                 except (DecodeError, ValueError, TypeError) as exc:

@@ -38,6 +38,7 @@ class ScannedBlock(NamedTuple):
     hash: str  # hex, display order
     prev_hash: str  # hex, display order
     txs: list[ScannedTx]
+    time: int  # the header's timestamp, unix seconds
 
 
 # The smallest serialized input is an outpoint, an empty script and a sequence; the smallest output is a
@@ -109,7 +110,7 @@ def scan_block(raw: bytes, watched: Container[bytes]) -> ScannedBlock:
                 raise DecodeError(f"block has {n - pos} bytes after its MWEB extension block")
     except IndexError:
         raise DecodeError("block is truncated") from None
-    return ScannedBlock(block_hash, prev_hash, txs)
+    return ScannedBlock(block_hash, prev_hash, txs, int.from_bytes(header[68:72], "little"))
 
 
 def _scan(raw: bytes, pos: int, n: int, watched: Container[bytes]) -> tuple[ScannedTx, int]:

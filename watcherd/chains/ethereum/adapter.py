@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from watcherd import metrics
@@ -32,7 +33,7 @@ from watcherd.chains.rpc import RpcError
 from watcherd.core.chain import ChainSink
 from watcherd.core.invoices import FINALITY
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
-from watcherd.exceptions import NodeProtocolError, WatcherdError
+from watcherd.exceptions import ChainRefused, NodeProtocolError
 
 if TYPE_CHECKING:
     from watcherd.chains.ethereum.config import EthereumChainConfig
@@ -47,8 +48,8 @@ POOL_CHECK_SECONDS = 30.0  # re-check that pending payments are still known to t
 RECONCILE_EXPIRED_SECONDS = 86_400  # keep reconciling balances of invoices expired less than a day ago
 
 
-class ChainMismatch(WatcherdError):
-    """The node serves another chain than the config names: refusing to watch it is the only safe answer."""
+class ChainMismatch(ChainRefused):
+    """The node at ws_url serves another chain id than the config's chain_id."""
 
 
 class Rpc(Protocol):
@@ -160,7 +161,8 @@ class EthereumAdapter(Follower):
             spent = (_spent(tx),)
             if received is not None or self.watchlist.conflicts(tx["hash"], spent):
                 txs.append(ChainTx(tx["hash"], tuple(received or ()), spent))
-        return ChainBlock(_int(block["number"]), block["hash"], block["parentHash"], tuple(txs))
+        timestamp = _int(block["timestamp"]) if "timestamp" in block else None
+        return ChainBlock(_int(block["number"]), block["hash"], block["parentHash"], tuple(txs), timestamp)
 
     # --- the supervisor-facing loop -----------------------------------------------------------------
 
@@ -313,7 +315,7 @@ class EthereumAdapter(Follower):
         internal = await self.reconcile_balances(sink, scanned)
         metrics.TXS.labels(self.name, "block").inc(len(block["transactions"]))
         if internal:
-            scanned = ChainBlock(scanned.height, scanned.hash, scanned.prev_hash, scanned.txs + internal)
+            scanned = replace(scanned, txs=scanned.txs + internal)
         return scanned
 
     # --- balance reconciliation ---------------------------------------------------------------------

@@ -194,7 +194,9 @@ class MoneroAdapter(ZmqFollower):
             raise NodeProtocolError(f"block {height}: node does not know its txs {missing[:3]}")
         matched = await asyncio.to_thread(self._scan_all, decoded, txids)
         metrics.TXS.labels(self.name, "block").inc(len(txids))
-        return ChainBlock(height, block_hash, prev_hash, tuple(tx for tx in matched.values() if tx is not None))
+        txs = tuple(tx for tx in matched.values() if tx is not None)
+        timestamp = header.get("timestamp")
+        return ChainBlock(height, block_hash, prev_hash, txs, timestamp if isinstance(timestamp, int) else None)
 
     async def pool_txids(self) -> set[str]:
         answer = await self._rpc.other("get_transaction_pool_hashes")

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from watcherd.chains.rpc import RpcError, post_json
+from watcherd.chains.rpc import NodeBusy, RpcError, post_json, retrying
 from watcherd.exceptions import NodeProtocolError
 
 TX_BATCH = 100
@@ -16,11 +16,13 @@ TOO_BIG_HEIGHT = -2  # CORE_RPC_ERROR_CODE_TOO_BIG_HEIGHT: the only "no block at
 class MoneroRpc:
     """monerod's JSON-RPC (/json_rpc) and its plain JSON endpoints (/get_transactions ...)."""
 
-    def __init__(self, url: str, user: str | None, password: str | None, timeout: float = 60.0):
+    def __init__(self, url: str, user: str | None, password: str | None, timeout: float = 60.0,
+                 give_up_after: float = 30.0):
         self.url = url.rstrip("/")
         self._auth = (user, password) if user is not None and password is not None else None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self.give_up_after = give_up_after  # a transient error (busy, reset, timeout) is retried this long
 
     async def close(self) -> None:
         if self._session is not None:
@@ -39,6 +41,9 @@ class MoneroRpc:
         return answer
 
     async def call(self, method: str, **params: Any) -> Any:
+        return await retrying(lambda: self._call_once(method, **params), method, self.give_up_after)
+
+    async def _call_once(self, method: str, **params: Any) -> Any:
         answer = await self._post("json_rpc", {"jsonrpc": "2.0", "id": "0", "method": method, "params": params},
                                   method)
         error = answer.get("error")
@@ -52,7 +57,12 @@ class MoneroRpc:
         return result
 
     async def other(self, path: str, **params: Any) -> Any:
+        return await retrying(lambda: self._other_once(path, **params), path, self.give_up_after)
+
+    async def _other_once(self, path: str, **params: Any) -> Any:
         answer = await self._post(path, params, path)
+        if answer.get("status") == "BUSY":  # CORE_RPC_STATUS_BUSY: syncing, ask again
+            raise NodeBusy(f"{path}: monerod is busy")
         if answer.get("status") != "OK":
             raise NodeProtocolError(f"{path}: status {str(answer.get('status'))[:80]!r}")
         return answer

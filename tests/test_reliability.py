@@ -1,0 +1,160 @@
+"""A busy or broken node, a restart after downtime: never a wrong status, never a stall (unit level; the
+real-node versions are in tests/test_faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from testkit.fake import FakeChain
+from watcherd import metrics
+from watcherd.chains import follow
+from watcherd.chains.follow import follow_forever
+from watcherd.chains.rpc import NodeBusy, RpcError, retrying
+from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
+from watcherd.exceptions import ChainRefused, NodeProtocolError, NodeUnavailable
+from watcherd.ledger import Processor
+from watcherd.store import Store
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def core(tmp_path):
+    store = await Store.open(tmp_path / "w.sqlite3")
+    chain = FakeChain(confirmations=1)
+    clock = Clock()
+    processor = Processor(store, {"fake": chain}, ["webhook"], clock=clock)
+    await processor.start()
+    await processor.set_cursor("fake", Cursor(100, "h100"))
+    yield processor, chain, clock
+    await store.close()
+
+
+async def test_payment_found_on_catch_up_is_dated_by_its_block(core):
+    """Downtime: the invoice expired while we were away, but the block that paid it was mined before the expiry.
+    Found on catch-up, the payment counts as seen at the block's time: paid, not paid_late."""
+    processor, chain, clock = core
+    invoice = await processor.create_invoice("fake", 1000, expires_in=900)
+    mined_at = int(clock.now) + 600  # ten minutes in, before the expiry
+    clock.now += 3600  # we come back an hour later
+    paying = ChainTx("t1", (Received(chain.derive(0)[1], 0, 1000),))
+    await processor.block_connected("fake", ChainBlock(101, "h101", "h100", (paying,), time=mined_at))
+    shown = await processor.invoice_json(invoice["id"])
+    assert (shown["status"], shown["exception"]) == ("paid", None)
+    assert shown["payments"][0]["first_seen_at"] == "2023-11-14T22:23:20Z"  # mined_at, not our clock
+
+
+async def test_block_time_never_later_than_when_we_saw_it(core):
+    """A miner's clock ahead of ours cannot push a payment past the expiry: seen_at is min(block time, now)."""
+    processor, chain, clock = core
+    invoice = await processor.create_invoice("fake", 1000, expires_in=900)
+    clock.now += 300
+    paying = ChainTx("t1", (Received(chain.derive(0)[1], 0, 1000),))
+    await processor.block_connected("fake", ChainBlock(101, "h101", "h100", (paying,), time=int(clock.now) + 7200))
+    shown = await processor.invoice_json(invoice["id"])
+    assert (shown["status"], shown["exception"]) == ("paid", None)
+    assert shown["payments"][0]["first_seen_at"] == "2023-11-14T22:18:20Z"  # our clock, 300 s in
+
+
+async def test_invoices_of_a_chain_not_caught_up_do_not_expire(core):
+    """While the node is unreachable or we are behind its tip, an unpaid invoice past its expiry stays unpaid:
+    the payment may be in a block we have not read yet. Once caught up, it expires."""
+    processor, chain, clock = core
+    invoice = await processor.create_invoice("fake", 1000, expires_in=60)
+    clock.now += 120
+    chain.connected = False
+    assert await processor.expire_due() == 0
+    chain.connected, chain.node_tip = True, 105  # answering again, but we are at 100
+    assert await processor.expire_due() == 0
+    assert (await processor.invoice_json(invoice["id"]))["status"] == "unpaid"
+    chain.node_tip = 100
+    assert await processor.expire_due() == 1
+    assert (await processor.invoice_json(invoice["id"]))["status"] == "expired"
+
+
+async def test_transient_errors_are_retried_in_place():
+    """503, warming up (-28), a reset connection: the same call again after a short pause, not a reconnect."""
+    failures = [NodeBusy("HTTP 503"), RpcError("getblock", -28, "Loading block index"), NodeUnavailable("reset")]
+
+    async def call() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "block"
+
+    assert await retrying(call, "getblock", give_up_after=5) == "block"
+    assert failures == []
+
+
+async def test_non_transient_errors_and_long_outages_propagate():
+    """An RPC error that is an answer (-8, -5...) is not retried; a node busy for longer than the limit counts as
+    down (the error reaches the follower, which marks the node down)."""
+    calls = 0
+
+    async def refused() -> None:
+        nonlocal calls
+        calls += 1
+        raise RpcError("getblockhash", -8, "Block height out of range")
+
+    with pytest.raises(RpcError):
+        await retrying(refused, "getblockhash", give_up_after=5)
+    assert calls == 1
+
+    async def always_busy() -> None:
+        raise NodeBusy("HTTP 503")
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(NodeBusy):
+        await retrying(always_busy, "getblock", give_up_after=0.3)
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+class Follower:
+    name = "broken"
+    connected = True
+
+
+@pytest.mark.parametrize("failure", [KeyError("hash"), ValueError("bad hex"), NodeProtocolError("garbage")])
+async def test_a_broken_chain_backs_off_alone(monkeypatch, caplog, failure):
+    """A node answering garbage (or a bug meeting an answer no rule foresaw) stops only its own chain: the
+    follower backs off and tries again, it never ends the daemon; the outage is logged once, not per retry."""
+    monkeypatch.setattr(follow, "backoff", lambda: iter([0.01] * 100))
+    sessions = 0
+
+    async def session() -> None:
+        nonlocal sessions
+        sessions += 1
+        raise failure
+
+    before = metrics.CHAIN_FAILURES.labels("broken", "node" if isinstance(failure, NodeProtocolError)
+                                           else "unexpected")._value.get()
+    with caplog.at_level(logging.DEBUG, logger="watcherd.chains.base"):
+        task = asyncio.create_task(follow_forever(Follower(), session))  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        assert not task.done(), "the follower must keep going"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert sessions >= 5
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    kind = "node" if isinstance(failure, NodeProtocolError) else "unexpected"
+    assert metrics.CHAIN_FAILURES.labels("broken", kind)._value.get() - before == sessions
+
+
+async def test_a_node_of_another_chain_still_ends_the_daemon():
+    """The one refusal that is the operator's to fix: a node serving another chain than the config says."""
+
+    async def session() -> None:
+        raise ChainRefused("chain id 5, config says 1")
+
+    with pytest.raises(ChainRefused):
+        await follow_forever(Follower(), session)  # type: ignore[arg-type]
