@@ -157,3 +157,27 @@ def test_json_logs_carry_fields_and_never_secrets(tmp_path, bsv_node):
 def test_readme_install_steps_name_the_shipped_unit():
     readme = (ROOT / "README.md").read_text()
     assert "systemd/watcherd.service" in readme and "systemctl enable --now watcherd" in readme
+
+
+def test_a_burst_of_sighups_reloads_one_at_a_time(tmp_path, bsv_node):
+    """Five SIGHUPs in a row while the config changes: reloads run one after the other (never two restarting the
+    same chain at once), nothing is lost, the daemon stays up, and an invoice created meanwhile is still watched
+    by the restarted follower (its address is in the watch list the new follower inherits)."""
+    daemon = Daemon(tmp_path / "d", chain_table("btc", bsv_node, confirmations=1)).start()
+    try:
+        good = daemon.config_path.read_text()
+        daemon.config_path.write_text(good.replace("confirmations = 1", "confirmations = 2"))
+        created = []
+        for _ in range(5):
+            daemon.process.send_signal(signal.SIGHUP)
+            created.append(daemon.create_invoice("btc", "0.5"))
+        wait_for(lambda: daemon.log_tail(400).count("configuration reloaded") >= 1, 15, "the reloads")
+        assert daemon.alive()
+        log = daemon.log_tail(400)
+        assert "Traceback" not in log and "reload failed" not in log, log
+        for invoice in created:
+            bsv_node.pay(invoice["address"], "0.5")
+        for invoice in created:
+            daemon.wait_status(invoice["id"], "processing")
+    finally:
+        assert daemon.stop() == 0

@@ -158,3 +158,25 @@ async def test_a_node_of_another_chain_still_ends_the_daemon():
 
     with pytest.raises(ChainRefused):
         await follow_forever(Follower(), session)  # type: ignore[arg-type]
+
+
+async def test_a_block_whose_commit_fails_moves_nothing(core, monkeypatch):
+    """The disk fills up mid-block: the transaction rolls back, and the in-memory tip moves back with it, so
+    confirmations are not counted against a block that was never committed."""
+    processor, chain, clock = core
+    invoice = await processor.create_invoice("fake", 1000)
+    paying = ChainTx("t1", (Received(chain.derive(0)[1], 0, 1000),))
+    original = processor.store.invoices_gaining_confirmation
+
+    async def disk_full(*args, **kwargs):
+        raise __import__("sqlite3").OperationalError("database or disk is full")
+
+    monkeypatch.setattr(processor.store, "invoices_gaining_confirmation", disk_full)  # after the tip moved
+    with pytest.raises(Exception, match="disk is full"):
+        await processor.block_connected("fake", ChainBlock(101, "h101", "h100", (paying,)))
+    assert processor.tips["fake"] == 100
+    assert await processor.store.cursor("fake") == Cursor(100, "h100")
+    assert (await processor.invoice_json(invoice["id"]))["status"] == "unpaid"
+    monkeypatch.setattr(processor.store, "invoices_gaining_confirmation", original)
+    await processor.block_connected("fake", ChainBlock(101, "h101", "h100", (paying,)))
+    assert (await processor.invoice_json(invoice["id"]))["status"] == "paid"

@@ -1,10 +1,11 @@
 """The supervisor: opens the store, starts the API, the chain followers and the outbox; stops them on purpose.
 
-One TaskGroup owns every long-running task. A task that dies of an unexpected error takes the daemon down
-(exit non-zero, systemd restarts it, the cursor and the outbox make that lossless) rather than limping on
-with a chain silently unwatched. SIGTERM sets a stop event: chain followers are cancelled between
-transactions, in-flight notifications get a bounded time to drain, the store is closed, exit 0. SIGHUP reloads
-the configuration; an invalid one is refused with a log line and the running one stays.
+One TaskGroup owns every long-running task. A chain whose node misbehaves backs off on its own (see
+chains/follow.py) and shows as not ready; a task that dies of an unexpected error takes the daemon down (exit
+non-zero, systemd restarts it, the cursor and the outbox make that lossless). SIGTERM sets a stop event: chain
+followers are cancelled between transactions, in-flight notifications get a bounded time to drain, the store
+is closed, exit 0. SIGHUP reloads the configuration, one reload at a time; an invalid one is refused with a
+log line and the running one stays.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
-from watcherd import __version__, logs, sdnotify
+from watcherd import __version__, logs, metrics, sdnotify
 from watcherd.chains.registry import make_adapter
 from watcherd.config import Config, load
 from watcherd.core.chain import ChainAdapter
 from watcherd.delivery.mqtt import MqttPublisher
 from watcherd.delivery.outbox import WebhookSender
-from watcherd.exceptions import ConfigError
+from watcherd.exceptions import STORE_ERRORS, ConfigError
 from watcherd.http import metrics as metrics_http
 from watcherd.http.api import make_app
 from watcherd.ledger import Processor
@@ -35,6 +36,8 @@ log = logging.getLogger("watcherd.daemon")
 
 DRAIN_SECONDS = 10.0
 READY_LAG_BLOCKS = 3
+STORE_PROBE_SECONDS = 2.0
+LAG_PROBE_SECONDS = 0.25
 
 
 class Daemon:
@@ -46,6 +49,8 @@ class Daemon:
         self._group: asyncio.TaskGroup | None = None
         self.webhooks: WebhookSender | None = None
         self.mqtt: MqttPublisher | None = None
+        self.store_writable = True  # the last probe's answer: /readyz must not take the write lock itself
+        self._reload_requested = asyncio.Event()
 
     async def readiness(self) -> dict[str, Any]:
         chains = {}
@@ -58,7 +63,7 @@ class Daemon:
                 "connected": connected, "node_tip": node_tip, "processed_height": cursor.height if cursor else None,
                 "lag": lag, "ready": connected and lag is not None and lag <= READY_LAG_BLOCKS,
             }
-        writable = await self.processor.store.writable()
+        writable = self.store_writable
         return {"ready": writable and all(c["ready"] for c in chains.values()), "store_writable": writable,
                 "chains": chains}
 
@@ -66,7 +71,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        # a SIGHUP only asks: the reload loop (started with the other tasks) applies it, one at a time, so one
+        # arriving during startup waits for it and two in a row never interleave
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         store = await Store.open(self.config.store.path)
         transports = [t for t, on in (("webhook", self.config.webhook), ("mqtt", self.config.mqtt)) if on]
         self.processor = Processor(store, self.chains, transports)
@@ -95,7 +102,10 @@ class Daemon:
                 for name in self.chains:
                     self._start_follower(name)
                 background = [group.create_task(self._expire_loop(), name="expiry"),
-                              group.create_task(self._supervise(), name="supervisor")]
+                              group.create_task(self._supervise(), name="supervisor"),
+                              group.create_task(self._reload_loop(), name="reload"),
+                              group.create_task(self._probe_store(), name="store-probe"),
+                              group.create_task(self._measure_loop_lag(), name="loop-lag")]
                 deliveries = [group.create_task(s.run(self.stop), name=s.transport) for s in senders]
                 sdnotify.notify("READY=1", f"STATUS={await self._status()}")
                 await self.stop.wait()
@@ -149,6 +159,7 @@ class Daemon:
         for name in sorted(set(old.chains) | set(new.chains)):
             if old.chains.get(name) == new.chains.get(name):
                 continue
+            previous = self.chains.get(name)
             follower = self._followers.pop(name, None)
             if follower is not None:
                 follower.cancel()
@@ -158,7 +169,11 @@ class Daemon:
                     await self.chains[name].close()
                 del self.chains[name]
             if name in new.chains:
-                self.chains[name] = make_adapter(new.chains[name])
+                adapter = make_adapter(new.chains[name])
+                if previous is not None:
+                    # the same watched set: an invoice created while this reload ran adds its address to it
+                    adapter.watchlist = previous.watchlist
+                self.chains[name] = adapter
                 await self.processor.load_chain(name)
                 self._start_follower(name)
             log.info("chain %s %s", name, "reconfigured" if name in new.chains else "removed",
@@ -195,7 +210,43 @@ class Daemon:
             sdnotify.notify(*states)
             await asyncio.sleep(min(interval or 5.0, 5.0))
 
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            try:
+                await self.reload()
+            except Exception:  # a reload must never take the running daemon down
+                log.exception("reload failed; the running configuration stays where it was not yet replaced")
+                sdnotify.notify("READY=1")
+
     async def _expire_loop(self) -> None:
         while True:
-            await self.processor.expire_due()
+            try:
+                await self.processor.expire_due()
+            except STORE_ERRORS as exc:
+                log.debug("expiry waits for the store: %s", exc)
             await asyncio.sleep(1.0)
+
+    async def _probe_store(self) -> None:
+        """Whether the store takes writes (disk full, read-only, gone): for /readyz, a metric and one log line
+        per change. While it does not, chain followers and deliveries back off and commit nothing."""
+        while True:
+            writable = await self.processor.store.writable()
+            if writable != self.store_writable:
+                if writable:
+                    log.info("store %s is writable again", self.config.store.path)
+                else:
+                    log.error("store %s cannot be written (disk full? read-only?): nothing advances until it can",
+                              self.config.store.path)
+            self.store_writable = writable
+            metrics.STORE_WRITABLE.set(1 if writable else 0)
+            await asyncio.sleep(STORE_PROBE_SECONDS)
+
+    async def _measure_loop_lag(self) -> None:
+        """How late the event loop wakes us: CPU-heavy work on it delays every API answer and every feed."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            metrics.LOOP_LAG.observe(max(0.0, loop.time() - asked - LAG_PROBE_SECONDS))

@@ -1,5 +1,7 @@
 """One family of exceptions per layer; third-party errors are translated at the edges."""
 
+import sqlite3
+
 
 class WatcherdError(Exception):
     """Base of every error watcherd raises on purpose."""
@@ -35,6 +37,10 @@ class DecodeError(WatcherdError):
 
 class StoreError(WatcherdError):
     """The database refused an operation."""
+
+
+# What a store call raises when the database cannot do its work (disk full, read-only, locked, gone).
+STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
 
 
 class InvoiceError(WatcherdError):

@@ -12,7 +12,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -322,10 +323,21 @@ class Processor:
         self._refresh_spends(chain, tx)
         self.wake_outbox()
 
+    @asynccontextmanager
+    async def _tentative_tip(self, chain_name: str) -> AsyncIterator[None]:
+        """The tip moves with the transaction that moves the cursor (its reassessments count against it), and
+        moves back if that transaction does not commit (a full disk, a cancelled follower)."""
+        before = self.tips.get(chain_name, 0)
+        try:
+            yield
+        except BaseException:
+            self.tips[chain_name] = before
+            raise
+
     async def block_connected(self, chain_name: str, block: ChainBlock) -> None:
         """A block joined the main chain on top of the cursor: record it and advance the cursor with it."""
         chain = self.chains[chain_name]
-        async with self.store.transaction():
+        async with self._tentative_tip(chain_name), self.store.transaction():
             touched: set[str] = set()
             for tx in block.txs:
                 touched |= await self._apply_tx(chain, tx, block)
@@ -341,7 +353,7 @@ class Processor:
 
     async def block_disconnected(self, chain_name: str, height: int, block_hash: str, parent: Cursor) -> None:
         """The block at the cursor left the main chain: undo it and move the cursor to its parent."""
-        async with self.store.transaction():
+        async with self._tentative_tip(chain_name), self.store.transaction():
             touched = await self.store.unconfirm_block(chain_name, block_hash)
             await self.store.set_cursor(chain_name, parent)
             self.tips[chain_name] = parent.height

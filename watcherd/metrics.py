@@ -45,6 +45,11 @@ DETECTION_LATENCY = Histogram(
     "watcherd_detection_latency_seconds", "From node notification to committed state", ["chain"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+STORE_WRITABLE = Gauge("watcherd_store_writable", "1 when the store took the last probe write")
+LOOP_LAG = Histogram(
+    "watcherd_event_loop_lag_seconds", "How late the event loop ran a timer: CPU work on the loop stalls everything",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
 INVOICES = Gauge("watcherd_invoices", "Invoices by chain and status", ["chain", "status"])
 NOTIFICATIONS_PENDING = Gauge("watcherd_notifications_pending", "Events not yet delivered", ["transport"])
 NOTIFICATIONS_FAILED = Gauge(

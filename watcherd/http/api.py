@@ -16,7 +16,7 @@ from aiohttp import web
 
 from watcherd.core.invoices import Status
 from watcherd.core.money import MAX_ATOMIC, to_atomic
-from watcherd.exceptions import InvoiceError
+from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.ledger import Processor
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
     if field is not None:
         body["field"] = field
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
-           409: web.HTTPConflict, 422: web.HTTPUnprocessableEntity}[status]
+           409: web.HTTPConflict, 422: web.HTTPUnprocessableEntity, 503: web.HTTPServiceUnavailable}[status]
     return cls(text=json.dumps({"error": body}), content_type="application/json")
 
 
@@ -52,6 +52,10 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
     async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         try:
             return await handler(request)
+        except STORE_ERRORS as exc:
+            # nothing was written (the transaction rolled back): the client may retry, with its Idempotency-Key
+            log.error("store unavailable during %s %s: %s", request.method, request.path, exc)
+            raise error(503, "store_unavailable", "the store cannot be written right now; retry later") from None
         except web.HTTPException as exc:
             if exc.content_type == "application/json" or exc.status < 400:
                 raise
