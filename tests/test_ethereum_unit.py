@@ -205,3 +205,52 @@ async def test_a_batch_the_node_refuses_fails_at_once_with_its_reason():
             assert await rpc.batch("eth_getBalance", [(7,)]) == ["0x7"]  # the connection still works
         finally:
             await rpc.close()
+
+
+class BatchRecorder:
+    """eth_getTransactionByHash answers from a dict, one batch per call recorded."""
+
+    def __init__(self, txs):
+        self.txs, self.batches, self.calls = txs, [], 0
+
+    async def batch(self, method, param_lists):
+        assert method == "eth_getTransactionByHash"
+        self.batches.append([p[0] for p in param_lists])
+        return [self.txs.get(p[0]) for p in param_lists]
+
+
+class SeenRecorder:
+    def __init__(self):
+        self.seen = []
+
+    async def tx_seen(self, tx):
+        self.seen.append(tx)
+
+
+async def test_pending_hashes_that_arrive_together_cost_one_call():
+    """A burst of newPendingTransactions hashes is fetched in one batched call, not one call per hash; mined or
+    unknown ones are skipped, the one paying us is reported."""
+    a = adapter()
+    address, key = a.derive(0)
+    a.watchlist.keys.add(key)
+    a._subscriptions = {"sub-p": "pending"}
+    rpc = BatchRecorder({"0xa1": _tx("0xa1", address, 10**18), "0xa2": {**_tx("0xa2", address, 1), "blockHash": "0x1"}})
+    a._rpc = rpc
+    sink = SeenRecorder()
+    await a._on_notifications(sink, [("sub-p", "0xa1"), ("sub-p", "0xa2"), ("sub-p", "0xa3")])
+    assert rpc.batches == [["0xa1", "0xa2", "0xa3"]]
+    assert [tx.txid for tx in sink.seen] == ["0xa1"]
+
+
+def test_a_flood_of_pending_notifications_is_bounded_but_blocks_never_drop():
+    """Pending transactions beyond the queue's bound are dropped (each is found again in its block) and counted;
+    block notifications are always queued."""
+    from watcherd.chains.ethereum.rpc import MAX_QUEUED, WsRpc
+
+    rpc = WsRpc("ws://127.0.0.1:1")
+    rpc.droppable = {"sub-p"}
+    for i in range(MAX_QUEUED + 5):
+        rpc._dispatch({"method": "eth_subscription", "params": {"subscription": "sub-p", "result": f"0x{i:x}"}})
+    rpc._dispatch({"method": "eth_subscription", "params": {"subscription": "sub-h", "result": {"number": "0x1"}}})
+    assert rpc.dropped == 5
+    assert rpc._notifications.qsize() == MAX_QUEUED + 1

@@ -43,6 +43,7 @@ log = logging.getLogger("watcherd.chains.ethereum")
 NATIVE_VOUT = 0
 TOKEN_VOUT_BASE = 1
 INTERNAL_PREFIX = "internal:"
+PENDING_BATCH = 200  # pending transactions already queued are fetched together, this many per call
 QUIET_SECONDS = 5.0  # no head for this long: ask the node for its tip anyway (a silent feed hides nothing)
 POOL_CHECK_SECONDS = 30.0  # re-check that pending payments are still known to the node this often
 RECONCILE_EXPIRED_SECONDS = 86_400  # keep reconciling balances of invoices expired less than a day ago
@@ -195,6 +196,7 @@ class EthereumAdapter(Follower):
             heads = await rpc.call("eth_subscribe", "newHeads")
             pending = await rpc.call("eth_subscribe", "newPendingTransactions")
             self._subscriptions = {heads: "head", pending: "pending"}
+            rpc.droppable = {pending}
             metrics.RECONNECTS.labels(self.name).inc()
             self.mark_up()
             self._pool_stale = True
@@ -202,13 +204,15 @@ class EthereumAdapter(Follower):
             next_pool_check = time.monotonic() + POOL_CHECK_SECONDS
             while True:
                 item = await rpc.notification(QUIET_SECONDS)
-                malformed_before = rpc.malformed
+                malformed_before, dropped_before = rpc.malformed, rpc.dropped
                 if item is None:
                     await self.catch_up(sink)
                 else:
-                    await self._on_notification(sink, item)
+                    await self._on_notifications(sink, [item, *rpc.queued(PENDING_BATCH - 1)])
                 if rpc.malformed != malformed_before:
                     metrics.MALFORMED.labels(self.name, "ws").inc(rpc.malformed - malformed_before)
+                if rpc.dropped != dropped_before:
+                    metrics.TXS.labels(self.name, "mempool_dropped").inc(rpc.dropped - dropped_before)
                 if time.monotonic() >= next_pool_check:
                     self._pool_stale = True
                     next_pool_check = time.monotonic() + POOL_CHECK_SECONDS
@@ -218,19 +222,32 @@ class EthereumAdapter(Follower):
             self.connected = False
             await rpc.close()
 
-    async def _on_notification(self, sink: ChainSink, item: tuple[str, Any]) -> None:
-        kind = self._subscriptions.get(item[0]) if isinstance(item, tuple) else None
-        try:
+    async def _on_notifications(self, sink: ChainSink, items: list[Any]) -> None:
+        """Notifications in arrival order; a run of pending transactions costs one batched call."""
+        pending: list[Any] = []
+        for item in items:
+            kind = self._subscriptions.get(item[0]) if isinstance(item, tuple) and len(item) == 2 else None
+            if kind == "pending":
+                pending.append(item[1])
+                continue
+            await self._guarded(sink, self._on_pending, pending)
+            pending = []
             if kind == "head":
-                await self.on_head(sink, item[1])
-            elif kind == "pending":
-                await self._on_pending(sink, item[1])
+                await self._guarded(sink, self.on_head, item[1])
             else:
-                raise ValueError("not a notification of our subscriptions")
+                await self._guarded(sink, self._malformed, item)
+        await self._guarded(sink, self._on_pending, pending)
+
+    async def _guarded(self, sink: ChainSink, handler: Any, payload: Any) -> None:
+        try:
+            await handler(sink, payload)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             metrics.MALFORMED.labels(self.name, "ws").inc()
             log.warning("ignored a malformed notification: %s", exc, extra={"chain": self.name})
             await self.catch_up(sink)  # whatever it stood for, the cursor finds it
+
+    async def _malformed(self, sink: ChainSink, item: Any) -> None:
+        raise ValueError("not a notification of our subscriptions")
 
     async def on_head(self, sink: ChainSink, head: dict[str, Any]) -> None:
         """A new head: connect it directly when it extends our cursor (2 calls), else catch up."""
@@ -253,14 +270,20 @@ class EthereumAdapter(Follower):
         metrics.LAG.labels(self.name).set(0)
         metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
 
-    async def _on_pending(self, sink: ChainSink, item: Any) -> None:
-        tx = item if isinstance(item, dict) else await self._rpc.call("eth_getTransactionByHash", item)
-        if tx is None or tx.get("blockHash"):
-            return  # mined or dropped already: the block path has (or will have) it
-        metrics.TXS.labels(self.name, "mempool").inc()
-        chain_tx = self._pending_tx(tx)
-        if chain_tx is not None:
-            await sink.tx_seen(chain_tx)
+    async def _on_pending(self, sink: ChainSink, items: list[Any]) -> None:
+        """Pending transactions: full objects (some nodes send them) or hashes, fetched in one batch."""
+        if not items:
+            return
+        hashes = [item for item in items if isinstance(item, str)]
+        fetched = iter(await self._rpc.batch("eth_getTransactionByHash", [(h,) for h in hashes]) if hashes else [])
+        for item in items:
+            tx = next(fetched) if isinstance(item, str) else item
+            if not isinstance(tx, dict) or tx.get("blockHash"):
+                continue  # mined or dropped already: the block path has (or will have) it
+            metrics.TXS.labels(self.name, "mempool").inc()
+            chain_tx = self._pending_tx(tx)
+            if chain_tx is not None:
+                await sink.tx_seen(chain_tx)
 
     # --- the node reads the shared follower needs ---------------------------------------------------
 

@@ -20,6 +20,7 @@ from watcherd.chains.rpc import result
 from watcherd.exceptions import NodeProtocolError, NodeUnavailable
 
 _CLOSED = object()
+MAX_QUEUED = 10_000  # a node flooding pending transactions faster than we read them costs memory up to here
 # geth refuses batches of more than 1,000 calls (--rpc.batch-request-limit) with one id-less error; other
 # nodes have similar limits. Larger batches are split, and the parts sent together.
 MAX_BATCH = 500
@@ -31,6 +32,10 @@ class WsRpc:
         self.timeout = timeout
         self.calls = 0  # requests sent (a batch counts once): what the benchmark's "RPC calls per block" counts
         self.malformed = 0
+        # Notifications of these subscriptions may be dropped when the queue is full (pending transactions:
+        # each one is found again in its block); a block notification never is.
+        self.droppable: set[str] = set()
+        self.dropped = 0
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -94,6 +99,9 @@ class WsRpc:
         if answer.get("method") == "eth_subscription":
             params = answer.get("params")
             if isinstance(params, dict) and "subscription" in params:
+                if params["subscription"] in self.droppable and self._notifications.qsize() >= MAX_QUEUED:
+                    self.dropped += 1
+                    return
                 self._notifications.put_nowait((params["subscription"], params.get("result")))
             else:
                 self._notifications.put_nowait(None)  # counted by the adapter as malformed
@@ -150,6 +158,18 @@ class WsRpc:
         payload = [{"jsonrpc": "2.0", "id": i, "method": method, "params": list(p)}
                    for i, p in zip(ids, param_lists, strict=True)]
         return await self._send(payload, ids)
+
+    def queued(self, limit: int) -> list[Any]:
+        """Up to `limit` notifications already waiting, without waiting for more (so pending transactions that
+        arrived together are fetched in one batch)."""
+        items: list[Any] = []
+        while len(items) < limit and not self._notifications.empty():
+            item = self._notifications.get_nowait()
+            if item is _CLOSED:
+                self._notifications.put_nowait(_CLOSED)
+                break
+            items.append(item)
+        return items
 
     async def notification(self, timeout: float) -> tuple[str, Any] | None:  # noqa: ASYNC109
         """The next subscription notification; None after `timeout` seconds of quiet (or for a malformed one).
