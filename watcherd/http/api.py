@@ -17,6 +17,7 @@ from aiohttp import web
 from watcherd.core.invoices import Status
 from watcherd.core.money import MAX_ATOMIC, to_atomic
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
+from watcherd.http import openapi
 from watcherd.ledger import Processor
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ MAX_EXPIRES_IN = 30 * 24 * 3600
 MAX_METADATA_BYTES = 16 * 1024
 INVOICE_FIELDS = {"chain", "asset", "amount", "amount_atomic", "order_id", "expires_in", "metadata"}
 PROCESSOR: web.AppKey[Processor] = web.AppKey("processor", Processor)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 READINESS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("readiness")
 
 
@@ -40,7 +42,7 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
 def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]]) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        if request.path in ("/healthz", "/readyz"):
+        if request.path in PUBLIC_PATHS:
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
@@ -76,6 +78,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
         web.post("/v1/webhooks/{event_id}/redeliver", redeliver_webhook),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
+        web.get("/openapi.json", openapi_document),
     ])
     return app
 
@@ -221,6 +224,10 @@ async def redeliver_webhook(request: web.Request) -> web.Response:
         raise error(404, "not_found", f"no event {request.match_info['event_id']!r}", "event_id")
     processor.wake_outbox()
     return web.json_response({"event_id": request.match_info["event_id"], "queued": True}, status=202)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(sorted(request.app[PROCESSOR].chains)))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,0 +1,214 @@
+"""The native API described as OpenAPI 3.0, served at /openapi.json (a test keeps it in sync with the routes
+and fuzzes the live daemon against it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watcherd import __version__
+from watcherd.core.invoices import Status
+
+_STRING = {"type": "string"}
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+_TIME = {"type": "string", "format": "date-time", "nullable": True}
+_ATOMIC = {"type": "string", "pattern": "^[0-9]+$", "description": "an integer amount in atomic units"}
+_DECIMAL = {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    why = {400: "invalid request", 401: "missing or wrong bearer token", 404: "not found", 405: "wrong method",
+           409: "conflict", 413: "body too large", 415: "not JSON", 422: "unknown chain or asset",
+           503: "the store cannot be written right now"}
+    return {str(s): _json(_ref("Error"), why[s]) for s in statuses}
+
+
+_COMMON = (400, 401, 405, 413, 503)
+
+_PAYMENT = {
+    "type": "object",
+    "required": ["txid", "vout", "asset", "amount", "amount_atomic", "confirmations", "block_height", "block_hash",
+                 "first_seen_at", "confirmed_at", "status"],
+    "properties": {
+        "txid": _STRING, "vout": {"type": "integer"}, "asset": _STRING, "amount": _DECIMAL, "amount_atomic": _ATOMIC,
+        "confirmations": {"type": "integer"}, "block_height": {"type": "integer", "nullable": True},
+        "block_hash": _NULLABLE_STRING, "first_seen_at": _TIME, "confirmed_at": _TIME,
+        "status": {"type": "string", "enum": ["pending", "confirmed", "replaced", "wrong_asset"]},
+    },
+}
+
+_INVOICE = {
+    "type": "object",
+    "required": ["id", "chain", "asset", "address", "amount", "amount_atomic", "amount_received",
+                 "amount_received_atomic", "amount_confirmed", "amount_confirmed_atomic", "status", "exception",
+                 "payment_uri", "confirmations_required", "finality", "order_id", "metadata", "created_at",
+                 "expires_at", "paid_at", "cancelled_at", "payments"],
+    "properties": {
+        "id": _STRING, "chain": _STRING, "asset": _STRING, "address": _STRING,
+        "amount": _DECIMAL, "amount_atomic": _ATOMIC, "amount_received": _DECIMAL, "amount_received_atomic": _ATOMIC,
+        "amount_confirmed": _DECIMAL, "amount_confirmed_atomic": _ATOMIC,
+        "status": {"type": "string", "enum": [s.value for s in Status]},
+        "exception": _NULLABLE_STRING, "payment_uri": _NULLABLE_STRING,
+        "confirmations_required": {"type": "integer", "nullable": True},
+        "finality": {"type": "string", "enum": ["finalized"], "nullable": True},
+        "order_id": _NULLABLE_STRING, "metadata": {"type": "object"},
+        "created_at": _TIME, "expires_at": _TIME, "paid_at": _TIME, "cancelled_at": _TIME,
+        "payments": {"type": "array", "items": _ref("Payment")},
+    },
+}
+
+_INVOICE_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["chain"],
+    "additionalProperties": False,
+    "properties": {
+        "chain": {"type": "string", "minLength": 1, "description": "a configured chain name"},
+        "asset": {"type": "string", "description": "default: the chain's native asset"},
+        "amount": {**_DECIMAL, "description": "give amount or amount_atomic, not both"},
+        "amount_atomic": _ATOMIC,
+        "order_id": {"type": "string", "maxLength": 200},
+        "expires_in": {"type": "integer", "minimum": 1, "maximum": 30 * 24 * 3600},
+        "metadata": {"type": "object"},
+    },
+}
+
+_EVENT = {
+    "type": "object",
+    "required": ["id", "type", "created_at", "invoice"],
+    "properties": {"id": _STRING, "type": _STRING, "created_at": _TIME, "invoice": _ref("Invoice")},
+}
+
+_DELIVERY = {
+    "type": "object",
+    "properties": {
+        "id": _STRING, "type": _STRING, "invoice_id": _STRING, "chain": _STRING,
+        "transport": {"type": "string", "enum": ["webhook", "mqtt"]}, "created_at": {"type": "integer"},
+        "attempts": {"type": "integer"}, "next_attempt_at": {"type": "number"},
+        "delivered_at": {"type": "integer", "nullable": True}, "failed_at": {"type": "integer", "nullable": True},
+        "last_error": _NULLABLE_STRING,
+    },
+}
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": _STRING, "message": _STRING, "field": _STRING},
+    }},
+}
+
+_READINESS = {
+    "type": "object",
+    "required": ["ready", "store_writable", "chains"],
+    "properties": {"ready": {"type": "boolean"}, "store_writable": {"type": "boolean"},
+                   "chains": {"type": "object"}},
+}
+
+
+_INVOICE_LINKS = {
+    name: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
+    for name, operation in (("GetInvoice", "getInvoice"), ("CancelInvoice", "cancelInvoice"),
+                            ("InvoiceEvents", "invoiceEvents"))
+}
+
+
+def _path_id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": _STRING}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+_PATHS: dict[str, Any] = {
+    "/v1/invoices": {
+        "post": {
+            "summary": "Create an invoice with a fresh address",
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("InvoiceRequest")}}},
+            "responses": {"201": {**_json(_ref("Invoice"), "created"), "links": _INVOICE_LINKS},
+                          "200": _json(_ref("Invoice"), "a retry with the same Idempotency-Key"),
+                          **_errors(*_COMMON, 409, 415, 422)},
+        },
+        "get": {
+            "summary": "List invoices, newest first",
+            "parameters": [
+                _query("status", {"type": "string", "enum": [s.value for s in Status]}), _query("chain", _STRING),
+                _query("order_id", _STRING), _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                _query("before", _STRING),
+            ],
+            "responses": {"200": _json({"type": "object", "required": ["invoices", "next"], "properties": {
+                "invoices": {"type": "array", "items": _ref("Invoice")}, "next": _NULLABLE_STRING}}, "a page"),
+                **_errors(*_COMMON)},
+        },
+    },
+    "/v1/invoices/{id}": {
+        "get": {"summary": "One invoice", "operationId": "getInvoice", "parameters": [_path_id("id")],
+                "responses": {"200": _json(_ref("Invoice"), "the invoice"), **_errors(*_COMMON, 404)}},
+    },
+    "/v1/invoices/{id}/cancel": {
+        "post": {"summary": "Cancel an invoice before money arrived", "operationId": "cancelInvoice",
+                 "parameters": [_path_id("id")],
+                 "responses": {"200": _json(_ref("Invoice"), "cancelled (or invalid, if money arrives later)"),
+                               **_errors(*_COMMON, 404, 409)}},
+    },
+    "/v1/invoices/{id}/events": {
+        "get": {"summary": "Every event of the invoice, as delivered", "operationId": "invoiceEvents",
+                "parameters": [_path_id("id")],
+                "responses": {"200": _json({"type": "object", "required": ["events"], "properties": {
+                    "events": {"type": "array", "items": _ref("Event")}}}, "the events, oldest first"),
+                    **_errors(*_COMMON, 404)}},
+    },
+    "/v1/webhooks": {
+        "get": {
+            "summary": "The newest 100 deliveries (webhook and MQTT), one row per event and transport",
+            "parameters": [_query("state", {"type": "string", "enum": ["pending", "delivered", "failed"]}),
+                           _query("invoice_id", _STRING),
+                           _query("transport", {"type": "string", "enum": ["webhook", "mqtt"]})],
+            "responses": {"200": _json({"type": "object", "required": ["deliveries"], "properties": {
+                "deliveries": {"type": "array", "items": _ref("Delivery")}}}, "deliveries"), **_errors(*_COMMON)},
+        },
+    },
+    "/v1/webhooks/{event_id}/redeliver": {
+        "post": {"summary": "Deliver an event again on every transport, due now", "parameters": [_path_id("event_id")],
+                 "responses": {"202": _json({"type": "object", "required": ["event_id", "queued"], "properties": {
+                     "event_id": _STRING, "queued": {"type": "boolean"}}}, "queued"), **_errors(*_COMMON, 404)}},
+    },
+    "/healthz": {"get": {"summary": "The process is alive", "security": [],
+                         "responses": {"200": _json({"type": "object"}, "alive"), **_errors(405)}}},
+    "/readyz": {"get": {"summary": "Store writable, every chain connected and caught up", "security": [],
+                        "responses": {"200": _json(_ref("Readiness"), "ready"),
+                                      "503": _json(_ref("Readiness"), "not ready, with the reasons"),
+                                      **_errors(405)}}},
+    "/openapi.json": {"get": {"summary": "This document", "security": [],
+                              "responses": {"200": _json({"type": "object"}, "OpenAPI 3.0"), **_errors(405)}}},
+}
+
+
+def document(chains: list[str] | None = None) -> dict[str, Any]:
+    """The document; with the configured `chains` named, so that a client (or a fuzzer) knows the valid ones."""
+    request = _INVOICE_REQUEST
+    if chains:
+        chain = {**_INVOICE_REQUEST["properties"]["chain"], "enum": sorted(chains)}
+        request = {**_INVOICE_REQUEST, "properties": {**_INVOICE_REQUEST["properties"], "chain": chain}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "watcherd", "version": __version__,
+                 "description": "Watch-only payment watcher: invoices in, signed webhooks out."},
+        "security": [{"bearer": []}],
+        "paths": _PATHS,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Invoice": _INVOICE, "InvoiceRequest": request, "Payment": _PAYMENT,
+                        "Event": _EVENT, "Delivery": _DELIVERY, "Error": _ERROR, "Readiness": _READINESS},
+        },
+    }
