@@ -32,7 +32,7 @@ def test_live_daemon_never_answers_5xx_and_every_error_has_the_documented_shape(
              f"Authorization: Bearer {TOKEN}", "--checks",
              "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
              "--max-examples", "40", "--seed", "1", "--no-color", "--workers", "1"],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,  # it keeps a .schemathesis/ folder
         )
         assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
         assert daemon.alive()
