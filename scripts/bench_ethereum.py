@@ -20,7 +20,7 @@ from typing import Any
 
 from watcherd.chains.ethereum.adapter import EthereumAdapter
 from watcherd.chains.ethereum.address import TRANSFER_TOPIC
-from watcherd.config import EthereumChainConfig, EthToken
+from watcherd.chains.ethereum.config import EthereumChainConfig, EthToken
 from watcherd.core.types import Cursor
 from watcherd.ledger import Processor
 from watcherd.store import Store

@@ -68,7 +68,7 @@ def section_monero(settings: Any, work: Any, *, figure: Any, best_seconds: Any, 
 
 
 def _versus_wallet_rpc(figure: Any, outcome: Any) -> None:
-    from testkit.devnet_monero import MoneroNode, new_keys, primary_address
+    from testkit.monero_node import MoneroNode, new_keys, primary_address
 
     with tempfile.TemporaryDirectory() as tmp:
         node = MoneroNode("xmr", Path(tmp))

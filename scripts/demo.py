@@ -20,7 +20,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from testkit.devnet import Devnet, free_ports  # noqa: E402
+from testkit.devnet import Devnet  # noqa: E402
+from testkit.process import free_ports  # noqa: E402
 from testkit.receiver import WebhookReceiver  # noqa: E402
 
 STARTED = time.monotonic()

@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from watcherd.delivery.outbox import verify
+from watcherd.delivery.signing import verify
 
 
 class WebhookReceiver:

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from testkit.devnet import START_TIMEOUT, Node
+from testkit.bitcoin_node import Node
+from testkit.process import START_TIMEOUT
 
 T = TypeVar("T")
 
@@ -113,8 +114,8 @@ def ltc_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 @pytest.fixture(scope="session")
 def xmr_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """monerod --regtest --offline with ZMQ pub, plus a funded customer monero-wallet-rpc (the payer)."""
-    from testkit.devnet_monero import START_TIMEOUT as XMR_START_TIMEOUT
-    from testkit.devnet_monero import MoneroNode
+    from testkit.monero_node import START_TIMEOUT as XMR_START_TIMEOUT
+    from testkit.monero_node import MoneroNode
 
     node = MoneroNode("xmr", tmp_path_factory.mktemp("xmr-node"), die_with_parent=True)
     try:
@@ -128,7 +129,7 @@ def xmr_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def eth_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """anvil --no-mining (payments wait in the pool until mined), with the test USDC/DAI tokens and the
     Forwarder deployed from account 0; accounts 1-3 hold ETH and tokens."""
-    from testkit.devnet_eth import EthNode
+    from testkit.eth_node import EthNode
 
     node = EthNode("eth", tmp_path_factory.mktemp("eth-node"), die_with_parent=True)
     try:

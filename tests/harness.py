@@ -18,6 +18,9 @@ from typing import Any
 from bip_utils import Bip32KeyNetVersions, Bip32Slip10Secp256k1
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.configs import bitcoin_table, ethereum_table
+from testkit.configs import monero_table as monero_table  # re-exported: tests take it from here
+
 TESTNET_VERSIONS = Bip32KeyNetVersions(bytes.fromhex("043587cf"), bytes.fromhex("04358394"))  # tpub / tprv
 TOKEN = "test-api-token-0123456789"
 WEBHOOK_SECRET = "whsec_0123456789abcdef"
@@ -36,32 +39,11 @@ def account_tpub(purpose: int) -> str:
 
 
 def chain_table(name: str, node: Any, *, confirmations: int, zmq: bool = True, **extra: Any) -> str:
-    """A [chains.<name>] table for a devnet node (the SV bitcoind has no segwit: p2pkh there)."""
-    coin, address_type, purpose = ("litecoin", "p2wpkh", 84) if node.kind == "litecoin" else ("bitcoin", "p2pkh", 44)
-    lines = [
-        f"[chains.{name}]", 'kind = "bitcoin"', f'coin = "{coin}"', 'network = "regtest"',
-        f'rpc_url = "{node.rpc_url}"', f'rpc_user = "{node.rpc_user}"', f'rpc_password = "{node.rpc_password}"',
-        f'xpub = "{account_tpub(purpose)}"', f'address_type = "{address_type}"',
-        f"confirmations = {confirmations}", "poll_interval_seconds = 0.5",
-    ]
-    if zmq and node.zmq_endpoint:
-        lines += [f'zmq_rawtx = "{node.zmq_endpoint}"', f'zmq_hashblock = "{node.zmq_endpoint}"']
-    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
-
-
-def monero_table(name: str, node: Any, *, primary_address: str, view_key: str, confirmations: int,
-                 zmq: bool = True, **extra: Any) -> str:
-    """A [chains.<name>] table for a devnet monerod: only the primary address and the PRIVATE VIEW key."""
-    lines = [
-        f"[chains.{name}]", 'kind = "monero"', 'network = "regtest"', f'rpc_url = "{node.rpc_url}"',
-        f'primary_address = "{primary_address}"', f'view_key = "{view_key}"',
-        f"confirmations = {confirmations}", "poll_interval_seconds = 0.5",
-    ]
-    if zmq:
-        lines.append(f'zmq_pub = "{node.zmq_endpoint}"')
-    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
+    """A [chains.<name>] table for a devnet node with a fresh operator key (the SV bitcoind has no segwit:
+    p2pkh there)."""
+    address_type, purpose = ("p2wpkh", 84) if node.kind == "litecoin" else ("p2pkh", 44)
+    return bitcoin_table(name, node, xpub=account_tpub(purpose), address_type=address_type,
+                         confirmations=confirmations, zmq=zmq, **extra)
 
 
 def eth_account_xpub() -> str:
@@ -73,20 +55,9 @@ def eth_account_xpub() -> str:
 
 def eth_table(name: str, node: Any, *, confirmations: int, tokens: tuple[str, ...] = ("USDC", "DAI"),
               chain_id: int | None = None, **extra: Any) -> str:
-    """A [chains.<name>] table for the devnet anvil, with its deployed test tokens."""
-    from testkit.devnet_eth import TOKEN_DECIMALS
-
-    lines = [
-        f"[chains.{name}]", 'kind = "ethereum"', f'ws_url = "{node.ws_url}"',
-        f"chain_id = {chain_id if chain_id is not None else node.chain_id}",
-        f'xpub = "{eth_account_xpub()}"', f"confirmations = {confirmations}",
-    ]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-    for symbol in tokens:
-        decimals = TOKEN_DECIMALS if symbol == "USDC" else 18
-        lines += [f"[[chains.{name}.tokens]]", f'symbol = "{symbol}"', f'contract = "{node.contracts[symbol]}"',
-                  f"decimals = {decimals}"]
-    return "\n".join(lines) + "\n"
+    """A [chains.<name>] table for the devnet anvil with a fresh operator key, with its deployed test tokens."""
+    return ethereum_table(name, node, xpub=eth_account_xpub(), confirmations=confirmations, tokens=tokens,
+                          chain_id=chain_id, **extra)
 
 
 def wait_delivered(receiver: Any, invoice_id: str, statuses: list[str], timeout: float = 30) -> list[dict]:

@@ -29,9 +29,9 @@ from watcherd.chains.bitcoin.address import (
     AddressDeriver,
     address_to_script,
     network,
-    private_key_kind,
     script_to_address,
 )
+from watcherd.config.private import private_key_kind
 
 MNEMONIC = " ".join(["abandon"] * 11 + ["about"])
 

@@ -20,7 +20,9 @@ import zmq
 from bip_utils import Bip44, Bip44Changes, Bip44Coins, Bip84, Bip84Coins, Hash160, P2PKHAddr, P2WPKHAddr
 from conftest import scaled, wait_for
 
-from testkit.devnet import Devnet, Node, _pid_alive
+from testkit.bitcoin_node import Node
+from testkit.devnet import Devnet
+from testkit.process import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -441,7 +443,7 @@ def test_scripts_devnet_runs_monerod_with_a_customer_wallet(tmp_path: Path) -> N
     finally:
         devnet_cli("down")
     assert not Devnet(root).node("xmr").is_running()
-    assert not any(_pid_alive(pid) for pid in pids if pid)  # a zombie awaiting its reaper counts as gone
+    assert not any(pid_alive(pid) for pid in pids if pid)  # a zombie awaiting its reaper counts as gone
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import os
 import pytest
 from bip_utils import Bip44, Bip44Coins
 
-from watcherd.config import EthereumChainConfig, load
+from watcherd.chains.ethereum.config import EthereumChainConfig
+from watcherd.config import load
 from watcherd.exceptions import ConfigError
 
 HEAD = '[store]\npath = "w.sqlite3"\n[api]\ntoken = "0123456789abcdef0123"\n'

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from testkit.devnet import nodes_dir
+from testkit.process import nodes_dir
 from watcherd.chains.ethereum.adapter import TOKEN_VOUT_BASE, EthereumAdapter
 from watcherd.chains.ethereum.address import TRANSFER_TOPIC, parse_address, payment_uri, to_checksum
-from watcherd.config import EthereumChainConfig, EthToken
+from watcherd.chains.ethereum.config import EthereumChainConfig, EthToken
 
 ROOT = Path(__file__).resolve().parent.parent
 XPUB = "xpub6Bk2fe7f3b5M8UALtNmyLzmiB28KVyhXpN6DM3F2LbkCVJMi1p8FiwCFbTCtGKvameqXB89DapR8N9zEwfUwGKMaXhZh4rfGHPsch3tf3hM"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from monero.seed import Seed
 
+from watcherd.chains.monero.config import MoneroChainConfig
 from watcherd.chains.monero.crypto import decode_address
-from watcherd.config import MoneroChainConfig, load
+from watcherd.config import load
 from watcherd.exceptions import ConfigError
 
 TOKEN = "tok-0123456789abcdef"

@@ -10,7 +10,7 @@ import time
 
 from harness import Daemon, monero_table, wait_delivered
 
-from testkit.devnet_monero import new_keys, primary_address
+from testkit.monero_node import new_keys, primary_address
 from watcherd.chains.monero.crypto import SubaddressDeriver, scalar_base
 
 XMR = 10**12

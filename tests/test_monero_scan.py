@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from testkit.devnet_monero import new_keys, primary_address
+from testkit.monero_node import new_keys, primary_address
 from watcherd import metrics
 from watcherd.chains.monero.adapter import MoneroAdapter
+from watcherd.chains.monero.config import MoneroChainConfig, MoneroNetwork
 from watcherd.chains.monero.crypto import (
     H_POINT,
     IDENTITY,
@@ -27,7 +28,6 @@ from watcherd.chains.monero.crypto import (
     parse_tx_json,
     scalar_base,
 )
-from watcherd.config import MoneroChainConfig, MoneroNetwork
 from watcherd.core.types import ChainBlock, Cursor
 from watcherd.exceptions import NodeProtocolError
 

@@ -11,7 +11,8 @@ from conftest import async_wait_for
 from testkit.fake import FakeChain
 from testkit.receiver import WebhookReceiver
 from watcherd.core.types import ChainTx, Cursor, Received
-from watcherd.delivery.outbox import WebhookSender, sign, verify
+from watcherd.delivery.signing import sign, verify
+from watcherd.delivery.webhook import WebhookSender
 from watcherd.ledger import Processor
 from watcherd.store import Store
 

@@ -8,7 +8,8 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -16,6 +17,8 @@ from watcherd.config import Config, load
 from watcherd.exceptions import ConfigError
 
 DEFAULT_CONFIG = "/etc/watcherd/watcherd.toml"
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
 def _load(path: str) -> Config:
@@ -27,9 +30,28 @@ def _load(path: str) -> Config:
         sys.exit(2)
 
 
+def _override_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.obj = value  # this command's context only: pass_obj below reads it, the parent keeps its own
+
+
+def config_option(command: _Command) -> _Command:
+    """`--config PATH` after the command (`watcherd run --config PATH`), as operators type it.
+
+    The group's own `--config` (before the command, or WATCHERD_CONFIG, or the default) is the context object
+    every command receives; this one, when given, replaces it for the command it follows, so the later, more
+    specific one wins.
+    """
+    return click.option(
+        "--config", "config_path", default=None, expose_value=False, callback=_override_config,
+        metavar="PATH", help="Path of the TOML configuration; overrides one given before the command.",
+    )(command)
+
+
 @click.group()
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True, envvar="WATCHERD_CONFIG",
-              show_envvar=True, help="Path of the TOML configuration (before the command).")
+              show_envvar=True, metavar="PATH",
+              help="Path of the TOML configuration (also accepted after the command).")
 @click.version_option(package_name="watcherd")
 @click.pass_context
 def main(ctx: click.Context, config_path: str) -> None:
@@ -38,6 +60,7 @@ def main(ctx: click.Context, config_path: str) -> None:
 
 
 @main.command()
+@config_option
 @click.pass_obj
 def run(config_path: str) -> None:
     """Run the daemon in the foreground."""
@@ -50,6 +73,7 @@ def run(config_path: str) -> None:
 
 
 @main.command("check-config")
+@config_option
 @click.pass_obj
 def check_config(config_path: str) -> None:
     """Validate the configuration; exit non-zero naming the file and key of every error."""
@@ -87,11 +111,13 @@ def _print_invoice(invoice: dict[str, Any], as_json: bool) -> None:
 
 
 @main.group()
+@config_option
 def invoice() -> None:
     """Create and inspect invoices (through the running daemon)."""
 
 
 @invoice.command("create")
+@config_option
 @click.option("--chain", required=True)
 @click.option("--amount", required=True, help="Decimal amount, e.g. 0.015")
 @click.option("--asset", help="A token configured on the chain (e.g. USDC); default: the chain's own coin")
@@ -115,6 +141,7 @@ def invoice_create(config_path: str, chain: str, amount: str, asset: str | None,
 
 
 @invoice.command("show")
+@config_option
 @click.argument("invoice_id")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
@@ -123,6 +150,7 @@ def invoice_show(config_path: str, invoice_id: str, as_json: bool) -> None:
 
 
 @invoice.command("list")
+@config_option
 @click.option("--status")
 @click.option("--chain")
 @click.option("--limit", type=int, default=50, show_default=True)
@@ -139,6 +167,7 @@ def invoice_list(config_path: str, status: str | None, chain: str | None, limit:
 
 
 @invoice.command("cancel")
+@config_option
 @click.argument("invoice_id")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
@@ -147,11 +176,13 @@ def invoice_cancel(config_path: str, invoice_id: str, as_json: bool) -> None:
 
 
 @main.group()
+@config_option
 def webhooks() -> None:
     """Inspect and redeliver webhook notifications."""
 
 
 @webhooks.command("list")
+@config_option
 @click.option("--state", type=click.Choice(["pending", "delivered", "failed"]))
 @click.option("--invoice", "invoice_id")
 @click.option("--json", "as_json", is_flag=True)
@@ -170,6 +201,7 @@ def webhooks_list(config_path: str, state: str | None, invoice_id: str | None, a
 
 
 @webhooks.command("redeliver")
+@config_option
 @click.argument("event_id")
 @click.pass_obj
 def webhooks_redeliver(config_path: str, event_id: str) -> None:

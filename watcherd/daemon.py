@@ -25,7 +25,7 @@ from watcherd.chains.registry import make_adapter
 from watcherd.config import Config, load
 from watcherd.core.chain import ChainAdapter
 from watcherd.delivery.mqtt import MqttPublisher
-from watcherd.delivery.outbox import WebhookSender
+from watcherd.delivery.webhook import WebhookSender
 from watcherd.exceptions import STORE_ERRORS, ConfigError
 from watcherd.http import metrics as metrics_http
 from watcherd.http.api import make_app

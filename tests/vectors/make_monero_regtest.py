@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from testkit.devnet import NodeRPCError  # noqa: E402
-from testkit.devnet_monero import MoneroNode, new_keys, primary_address, random_address  # noqa: E402
+from testkit.monero_node import MoneroNode, new_keys, primary_address, random_address  # noqa: E402
+from testkit.rpc import NodeRPCError  # noqa: E402
 from watcherd.chains.monero.crypto import SubaddressDeriver, scalar_base  # noqa: E402
 
 

@@ -21,14 +21,15 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from watcherd import metrics
-from watcherd.delivery.outbox import retry_delay, sleep_until_due
+from watcherd.delivery.schedule import retry_delay, sleep_until_due
 from watcherd.retry import backoff, sleep_unless
 from watcherd.store import Delivery, Store
 
 if TYPE_CHECKING:
     from watcherd.config import MqttConfig
 
-log = logging.getLogger(__name__)
+# named as before the package layout, so log filters on the logger name keep matching
+log = logging.getLogger("watcherd.mqtt")
 
 PUBLISH_TIMEOUT = 10.0
 

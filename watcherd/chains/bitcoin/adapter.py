@@ -14,7 +14,6 @@ import time
 from typing import TYPE_CHECKING
 
 from watcherd import metrics
-from watcherd.chains.bitcoin.address import AddressDeriver
 from watcherd.chains.bitcoin.codec import ScannedTx, scan_block, scan_tx
 from watcherd.chains.bitcoin.rpc import JsonRpc
 from watcherd.chains.follow import follow_forever
@@ -41,7 +40,7 @@ class BitcoinAdapter(ZmqFollower):
 
     def __init__(self, config: BitcoinChainConfig):
         super().__init__(config)
-        self._deriver = AddressDeriver(config.xpub, config.address_type, config.network)
+        self._deriver = config.address_deriver()
         self._rpc = JsonRpc(config.rpc_url, config.rpc_user, config.rpc_password, config.rpc_cookie_file)
         self._sequences: dict[bytes, int] = {}
 

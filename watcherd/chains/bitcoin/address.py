@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from bip_utils import Base58ChecksumError, Base58Decoder, Base58Encoder, Bip32Secp256k1, Hash160
 from bip_utils.ecc import Secp256k1, Secp256k1PublicKey
 
+from watcherd.config.private import private_key_kind
+
 
 @dataclass(frozen=True)
 class Network:
@@ -88,52 +90,10 @@ _PUBLIC_VERSIONS = {
     bytes.fromhex("0436f6e1"): _KeyVersion("ttub", False, _LTC, None),
 }
 
-# The matching private versions: recognised only to refuse them with a message that says why.
-PRIVATE_EXTENDED_KEY_VERSIONS = {
-    bytes.fromhex(v): prefix
-    for v, prefix in [
-        ("0488ade4", "xprv"),
-        ("049d7878", "yprv"),
-        ("04b2430c", "zprv"),
-        ("0295b005", "Yprv"),
-        ("02aa7a99", "Zprv"),
-        ("019d9cfe", "Ltpv"),
-        ("01b26792", "Mtpv"),
-        ("04358394", "tprv"),
-        ("044a4e28", "uprv"),
-        ("045f18bc", "vprv"),
-        ("024285b5", "Uprv"),
-        ("02575048", "Vprv"),
-        ("0436ef7d", "ttpv"),
-    ]
-}
-
-# Leading byte of a WIF private key: bitcoin mainnet, every testnet, litecoin mainnet.
-WIF_VERSIONS = (0x80, 0xEF, 0xB0)
-
 _XPUB_VERSION = bytes.fromhex("0488b21e")  # what bip_utils' Bip32Secp256k1 parses by default
 _EXTENDED_KEY_LEN = 78
 _HARDENED = 0x80000000
 _TAP_TWEAK_TAG = hashlib.sha256(b"TapTweak").digest()
-
-
-def private_key_kind(text: str) -> str | None:
-    """What kind of private key `text` is ("an extended PRIVATE key (xprv)", "a WIF private key"), or None.
-
-    Decodes rather than pattern-matches, so a random token that happens to start with "xprv" is not refused,
-    and a private key under any version is (its key data starts with 0x00, BIP32's private marker).
-    """
-    try:
-        raw = Base58Decoder.CheckDecode(text)
-    except (ValueError, Base58ChecksumError):
-        return None
-    if len(raw) == _EXTENDED_KEY_LEN:
-        prefix = PRIVATE_EXTENDED_KEY_VERSIONS.get(raw[:4])
-        if prefix is not None or raw[45] == 0:
-            return f"an extended PRIVATE key ({prefix or text[:4] + ' prefix, private key data'})"
-    if raw and raw[0] in WIF_VERSIONS and (len(raw) == 33 or (len(raw) == 34 and raw[33] == 1)):
-        return "a WIF private key"
-    return None
 
 
 class AddressDeriver:

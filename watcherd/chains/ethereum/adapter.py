@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from watcherd import metrics
-from watcherd.chains.ethereum.address import TRANSFER_SELECTOR, TRANSFER_TOPIC, EthDeriver, payment_uri
+from watcherd.chains.ethereum.address import TRANSFER_SELECTOR, TRANSFER_TOPIC, payment_uri
 from watcherd.chains.ethereum.rpc import WsRpc
 from watcherd.chains.follow import Follower, follow_forever
 from watcherd.chains.rpc import RpcError
@@ -90,7 +90,7 @@ class EthereumAdapter(Follower):
         super().__init__(config, {t.symbol: t.decimals for t in config.tokens})
         if config.finality == "finalized":
             self.confirmations = FINALITY
-        self._deriver = EthDeriver(config.xpub)
+        self._deriver = config.address_deriver()
         self._rpc: Rpc = rpc if rpc is not None else WsRpc(config.ws_url)
         # contract (lower-case hex, as nodes send it) -> (symbol, checksummed address)
         self._tokens = {t.contract.lower(): (t.symbol, t.contract) for t in config.tokens}

@@ -1,6 +1,6 @@
 """A real anvil (Ethereum dev node) for the demo and the tests: spawn, deploy the test contracts, pay, reorg.
 
-Synchronous and stdlib-only, like devnet.py: used from pytest fixtures and the devnet CLI, never from the
+Synchronous and stdlib-only, like bitcoin_node.py: used from pytest fixtures and the devnet CLI, never from the
 daemon's event loop. anvil runs with `--no-mining` so a payment waits in the pool (watcherd shows it as
 `processing`) until `mine()`; `--dump-state` at exit and `--load-state` at start make `restart()` keep the
 chain, the way a real node restarts.
@@ -9,40 +9,24 @@ chain, the way a real node restarts.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from testkit.devnet import (
-    START_TIMEOUT,
-    STOP_TIMEOUT,
-    NodeRPCError,
-    _die_with_parent,
-    _pid_alive,
-    _pid_cmdline,
-    free_ports,
-    nodes_dir,
-    wait_exited,
-)
+from testkit.process import PROBE_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT, NodeProcess, free_ports, installed_binary
+from testkit.rpc import call_jsonrpc
+from watcherd.chains.ethereum.address import parse_address, to_checksum
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "contracts" / "artifacts.json"
 ANVIL_CHAIN_ID = 31337
 TOKEN_SYMBOL = "USDC"
 TOKEN_DECIMALS = 6
+# The test tokens deploy_contracts() makes: symbol -> decimals
+TOKENS = {TOKEN_SYMBOL: TOKEN_DECIMALS, "DAI": 18}
 
 
 def anvil_binary() -> Path:
-    path = nodes_dir() / "npm" / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
-    if not os.access(path, os.X_OK):
-        raise FileNotFoundError(f"{path} is missing: run scripts/install-deps")
-    return path
+    return installed_binary("npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 
 
 def _abi_word(value: int | bytes | str) -> str:
@@ -64,31 +48,48 @@ class EthNode:
     kind = "anvil"
 
     def __init__(self, name: str, datadir: Path, port: int | None = None, chain_id: int = ANVIL_CHAIN_ID,
-                 die_with_parent: bool = False):
+                 die_with_parent: bool = False, pid: int | None = None):
         self.name = name
         self.datadir = Path(datadir).absolute()
         self.port = port or free_ports(1)[0]
         self.chain_id = chain_id
-        self.die_with_parent = die_with_parent
-        self.pid: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.process = NodeProcess(f"{name} anvil", ["--dump-state", str(self.state_path)],
+                                   self.datadir / "console.log", die_with_parent=die_with_parent, pid=pid)
         self.contracts: dict[str, str] = {}  # name -> address, once deployed
+        if self.contracts_path.exists():
+            self.contracts = json.loads(self.contracts_path.read_text())
 
     def to_state(self) -> dict[str, Any]:
         return {"kind": self.kind, "datadir": str(self.datadir), "port": self.port, "chain_id": self.chain_id,
                 "pid": self.pid}
 
     @classmethod
-    def from_state(cls, name: str, state: dict[str, Any]) -> EthNode:
-        node = cls(name, Path(state["datadir"]), port=state["port"], chain_id=state["chain_id"])
-        node.pid = state.get("pid")
-        if (node.datadir / "contracts.json").exists():
-            node.contracts = json.loads((node.datadir / "contracts.json").read_text())
-        return node
+    def from_state(cls, name: str, state: dict[str, Any], die_with_parent: bool = False) -> EthNode:
+        return cls(name, Path(state["datadir"]), port=state["port"], chain_id=state["chain_id"],
+                   die_with_parent=die_with_parent, pid=state.get("pid"))
+
+    def __repr__(self) -> str:
+        return f"<EthNode {self.name} rpc={self.port} pid={self.pid}>"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port,)
+
+    def move_to_free_ports(self) -> None:
+        """A fresh port (for a node whose old one was taken while it was down)."""
+        self.port = free_ports(1)[0]
 
     @property
     def state_path(self) -> Path:
         return self.datadir / "state.json"
+
+    @property
+    def contracts_path(self) -> Path:
+        return self.datadir / "contracts.json"
 
     @property
     def rpc_url(self) -> str:
@@ -106,44 +107,16 @@ class EthNode:
         return args
 
     def is_running(self) -> bool:
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return self.pid is not None and _pid_alive(self.pid) and str(self.state_path) in _pid_cmdline(self.pid)
+        return self.process.running()
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         self.datadir.mkdir(parents=True, exist_ok=True)
-        with open(self.datadir / "console.log", "ab") as console:
-            self._proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=(_die_with_parent if self.die_with_parent
-                            and threading.current_thread() is threading.main_thread() else None),
-            )
-        self.pid = self._proc.pid
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.is_running():
-                raise RuntimeError(f"anvil exited during startup:\n{self.log_tail()}")
-            try:
-                self.rpc("eth_chainId")
-                break
-            except NodeRPCError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"anvil did not answer within {timeout:.0f} s:\n{self.log_tail()}") from None
-                time.sleep(0.05)
-        if not self.contracts and (self.datadir / "contracts.json").exists():
-            self.contracts = json.loads((self.datadir / "contracts.json").read_text())
+        self.process.start(self.command(), ready=lambda: self.rpc("eth_chainId", timeout=PROBE_TIMEOUT),
+                           timeout=timeout)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM (anvil dumps its state on the way out), wait for the pid; SIGKILL if it hangs."""
-        if self.pid is not None and self.is_running():
-            os.kill(self.pid, signal.SIGTERM)
-            if not wait_exited(self._proc, self.pid, timeout) and self.is_running():
-                os.kill(self.pid, signal.SIGKILL)
-                wait_exited(self._proc, self.pid, 10)
-        self._proc = None
-        self.pid = None
+        self.process.stop(timeout)
 
     def restart(self) -> None:
         """Stop (dumping the chain) and start again from the dump on the same port: websockets drop."""
@@ -151,24 +124,12 @@ class EthNode:
         self.start()
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join((self.datadir / "console.log").read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return self.process.tail(lines)
 
     # ---- JSON-RPC -----------------------------------------------------------------------------------------
 
-    def rpc(self, method: str, *params: Any) -> Any:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-        request = urllib.request.Request(self.rpc_url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                reply = json.loads(response.read())
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            raise NodeRPCError(method, None, f"cannot reach {self.rpc_url}: {exc}") from None
-        if reply.get("error"):
-            raise NodeRPCError(method, reply["error"].get("code"), reply["error"].get("message", ""))
-        return reply["result"]
+    def rpc(self, method: str, *params: Any, timeout: float = 60) -> Any:
+        return call_jsonrpc(self.rpc_url, method, list(params), timeout=timeout)
 
     def accounts(self) -> list[str]:
         return self.rpc("eth_accounts")
@@ -215,10 +176,8 @@ class EthNode:
             head = _abi_word(96) + _abi_word(96 + 32 + 32 * ((len(name) + 31) // 32 or 1)) + _abi_word(decimals)
             return head + _abi_string(name) + _abi_string(symbol)
 
-        from watcherd.chains.ethereum.address import parse_address, to_checksum
-
-        usdc = deploy("TestToken", token_args("Test USD Coin", TOKEN_SYMBOL, TOKEN_DECIMALS))
-        dai = deploy("TestToken", token_args("Test Dai", "DAI", 18))
+        usdc = deploy("TestToken", token_args("Test USD Coin", TOKEN_SYMBOL, TOKENS[TOKEN_SYMBOL]))
+        dai = deploy("TestToken", token_args("Test Dai", "DAI", TOKENS["DAI"]))
         forwarder = deploy("Forwarder")
         self.contracts = {k: to_checksum(parse_address(v)) for k, v in
                           {"USDC": usdc, "DAI": dai, "Forwarder": forwarder}.items()}
@@ -226,7 +185,7 @@ class EthNode:
             for token in (self.contracts["USDC"], self.contracts["DAI"]):
                 self.send(deployer, token, 0, "0x40c10f19" + _abi_word(account) + _abi_word(10**30))
         self.mine(1)
-        (self.datadir / "contracts.json").write_text(json.dumps(self.contracts))
+        self.contracts_path.write_text(json.dumps(self.contracts))
         return self.contracts
 
     def pay_token(self, symbol: str, address: str, amount: int, account: int = 1) -> str:

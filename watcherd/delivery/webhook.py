@@ -1,17 +1,13 @@
-"""Durable notifications: the outbox rows written with each state change, delivered until acknowledged.
+"""Webhook delivery: each due outbox event POSTed, signed, to `webhook.url`, until a 2xx acknowledges it.
 
-Delivery keeps per-invoice order (an invoice's next event waits until the previous one is delivered) without
-letting one failing invoice hold back the others: its head event waits out its backoff while other invoices'
-events keep flowing.
+A 4xx other than 408/429 is given up at once (the endpoint rejects the event itself); anything else is retried
+on the shared schedule until `webhook.max_retry_hours` have passed since the event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,50 +15,17 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from watcherd import metrics
-from watcherd.retry import sleep_unless
+from watcherd.delivery.schedule import retry_delay, sleep_until_due
+from watcherd.delivery.signing import sign
 from watcherd.store import Delivery, Store
 
 if TYPE_CHECKING:
     from watcherd.config import WebhookConfig
 
-log = logging.getLogger(__name__)
+# named as before the package layout, so log filters on the logger name keep matching
+log = logging.getLogger("watcherd.outbox")
 
 RETRYABLE_STATUS = {408, 429}
-MAX_BACKOFF = 3600.0
-
-
-def retry_delay(attempts: int) -> float:
-    """Delay before attempt number `attempts + 1` (1 s, 2 s, 4 s ... capped at about an hour)."""
-    return min(MAX_BACKOFF, 2.0 ** max(0, attempts - 1)) * random.uniform(0.8, 1.2)
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The `Watcherd-Signature` header value: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify(secret: str, header: str, body: bytes, tolerance: int = 300, now: float | None = None) -> bool:
-    """The receiver's side of `sign` (documented in the README), used by the tests and the demo."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs((now if now is not None else time.time()) - timestamp) > tolerance:
-        return False
-    expected = sign(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
-
-
-async def sleep_until_due(
-    store: Store, transport: str, clock: Callable[[], float], wakeup: asyncio.Event, stop: asyncio.Event
-) -> None:
-    """A transport's idle wait: until its next delivery is due (at most 5 s), a new event, or `stop`."""
-    wakeup.clear()  # before reading the store: an event queued after the read still wakes us
-    next_at = await store.next_delivery_time(transport)
-    wait = 5.0 if next_at is None else max(0.0, min(5.0, next_at - clock()))
-    await sleep_unless(wait, stop, wakeup)
 
 
 class WebhookSender:

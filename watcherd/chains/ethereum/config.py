@@ -1,0 +1,119 @@
+"""An EVM chain's `[chains.NAME]` table (kind = "ethereum": the native asset and ERC-20 tokens, over websocket)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from watcherd.chains.ethereum import address as eth_address
+from watcherd.config.reader import Table, common_chain_keys
+
+
+@dataclass(frozen=True)
+class EthToken:
+    symbol: str
+    contract: str  # EIP-55 checksummed
+    decimals: int
+
+
+@dataclass(frozen=True)
+class EvmNetwork:
+    name: str  # "chain-id-<n>": two chains are the same network only when their chain ids match
+
+
+@dataclass(frozen=True)
+class EthereumChainConfig:
+    name: str
+    ws_url: str = field(repr=False)  # may carry a provider's API key in its path
+    chain_id: int
+    xpub: str = field(repr=False)  # account level m/44'/60'/0'; invoices get /0/i
+    confirmations: int  # used when finality is None
+    finality: str | None  # "finalized": a payment is confirmed once the node's `finalized` block covers it
+    tokens: tuple[EthToken, ...]
+    asset: str  # the native asset's symbol (ETH, or POL, ...)
+    underpaid_tolerance_percent: Decimal
+    invoice_expiry_seconds: int
+    start_height: int | None  # None: start at the node's tip on the very first run
+    kind: str = "ethereum"
+    decimals: int = 18
+    coin: str = "ethereum"
+
+    @property
+    def network(self) -> EvmNetwork:
+        return EvmNetwork(f"chain-id-{self.chain_id}")
+
+    def address_deriver(self) -> eth_address.EthDeriver:
+        return eth_address.EthDeriver(self.xpub)
+
+
+_WS_URL = re.compile(r"wss?://\S+")
+_TOKEN_SYMBOL = re.compile(r"[A-Za-z0-9.]{1,16}")
+
+
+def parse_config(t: Table, name: str) -> EthereumChainConfig | None:
+    ws_url = t.text("ws_url")
+    if ws_url and not _WS_URL.fullmatch(ws_url):
+        t.problem("ws_url", "must be a websocket URL, ws:// or wss:// (the node's websocket JSON-RPC)")
+    chain_id = t.integer("chain_id", None, lambda x: x >= 1, "an integer ≥ 1 (1 = Ethereum mainnet)")
+    xpub = t.secret("xpub")
+    if xpub is not None:
+        try:
+            eth_address.EthDeriver(xpub)
+        except ValueError as e:
+            t.problem(t.secret_key("xpub"), str(e))
+            xpub = None
+    finality = t.choice("finality", ("finalized",), default="") or None
+    if finality is not None and t.present("confirmations"):
+        t.problem("finality", "set confirmations or finality = \"finalized\", not both")
+    asset = t.text("asset", default="ETH")
+    tokens = _tokens(t, asset)
+    common = common_chain_keys(t, confirmations=12)
+    chain = EthereumChainConfig(
+        name=name,
+        ws_url=ws_url,
+        chain_id=chain_id,
+        xpub=xpub or "",
+        confirmations=common.confirmations,
+        finality=finality,
+        tokens=tokens,
+        asset=asset,
+        underpaid_tolerance_percent=common.underpaid_tolerance_percent,
+        invoice_expiry_seconds=common.invoice_expiry_seconds,
+        start_height=common.start_height,
+    )
+    return chain if t.finish() and xpub is not None and chain_id else None
+
+
+def _tokens(t: Table, asset: str) -> tuple[EthToken, ...]:
+    """The [[chains.NAME.tokens]] array; a token with problems is left out (and its problems reported)."""
+    tokens: list[EthToken] = []
+    raw_tokens = t.raw("tokens")
+    if raw_tokens is None:
+        return ()
+    if not isinstance(raw_tokens, list):
+        t.problem("tokens", "must be an array of tables: [[chains.NAME.tokens]] symbol, contract, decimals")
+        return ()
+    for i, item in enumerate(raw_tokens):
+        if not isinstance(item, dict):
+            t.problem(f"tokens[{i}]", "must be a table with symbol, contract, decimals")
+            continue
+        tt = Table(t.ctx, t.dotted(f"tokens[{i}]"), item)
+        symbol = tt.text("symbol")
+        if symbol and not _TOKEN_SYMBOL.fullmatch(symbol):
+            tt.problem("symbol", "must be 1-16 letters, digits or dots")
+        elif symbol and (symbol == asset or symbol in {tok.symbol for tok in tokens}):
+            tt.problem("symbol", f"{symbol!r} is already an asset of this chain")
+        contract = tt.text("contract")
+        if contract:
+            try:
+                contract = eth_address.to_checksum(eth_address.parse_address(contract))
+            except ValueError as e:
+                tt.problem("contract", str(e))
+                contract = ""
+        if contract and contract in {tok.contract for tok in tokens}:
+            tt.problem("contract", "is listed twice")
+        decimals = tt.integer("decimals", None, lambda x: 0 <= x <= 36, "an integer 0 ≤ x ≤ 36")
+        if tt.finish() and symbol and contract:
+            tokens.append(EthToken(symbol=symbol, contract=contract, decimals=decimals))
+    return tuple(tokens)

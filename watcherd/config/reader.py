@@ -1,0 +1,266 @@
+"""Reading TOML tables: typed getters that record problems instead of raising, for the core tables and every
+chain kind's table alike; and the checks more than one table needs (listen addresses, URLs, ZMQ endpoints,
+the keys every chain table has).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from watcherd.config.private import WATCH_ONLY, private_material
+
+
+class Context:
+    """What every table reader shares: the file, the problems found so far, the keys already refused."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.problems: list[tuple[str, str, str]] = []
+        self.refused: set[str] = set()
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append((str(self.path), key, message))
+
+    def refuse(self, key: str, message: str) -> None:
+        self.refused.add(key)
+        self.problem(key, message)
+
+    def resolve(self, value: str) -> Path:
+        """Relative paths mean relative to the config file, not to wherever the daemon was started."""
+        candidate = Path(value)
+        return candidate if candidate.is_absolute() else self.path.parent / candidate
+
+
+_ABSENT = object()
+_REFUSED = object()
+
+
+class Table:
+    """One TOML table being read.
+
+    A getter that meets a bad value records the problem and returns a placeholder of the right type, so the
+    parsers stay straight-line code; load() raises before any placeholder can escape. A key the private
+    material scan refused reads as a placeholder without a second problem.
+    """
+
+    def __init__(self, ctx: Context, key: str, data: dict[str, object]):
+        self.ctx = ctx
+        self.key = key
+        self.data = data
+        self.known: set[str] = set()
+        self._problems_before = len(ctx.problems)
+
+    def dotted(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def problem(self, name: str, message: str) -> None:
+        self.ctx.problem(self.dotted(name), message)
+
+    def present(self, name: str) -> bool:
+        self.known.add(name)
+        return name in self.data
+
+    def _raw(self, name: str, required: bool = False) -> object:
+        self.known.add(name)
+        if self.dotted(name) in self.ctx.refused:
+            return _REFUSED
+        if name not in self.data:
+            if required:
+                self.problem(name, "is required")
+            return _ABSENT
+        return self.data[name]
+
+    def raw(self, name: str) -> object | None:
+        """The value as TOML parsed it, for a parser that judges its shape itself; None: absent or refused."""
+        value = self._raw(name)
+        # TOML has no null, so None cannot be a value from the file.
+        return None if value is _ABSENT or value is _REFUSED else value
+
+    def text(self, name: str, default: str | None = None) -> str:
+        """A string; required unless it has a default."""
+        value = self.optional_text(name, required=default is None)
+        return value if value is not None else (default or "")
+
+    def optional_text(self, name: str, required: bool = False) -> str | None:
+        value = self._raw(name, required)
+        if value is _ABSENT or value is _REFUSED:
+            return None
+        if not isinstance(value, str) or not value:
+            self.problem(name, "must be a non-empty string")
+            return None
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], default: str | None = None) -> str:
+        value = self._raw(name, required=default is None)
+        if value is _ABSENT or value is _REFUSED:
+            return default or ""
+        if value not in options:
+            self.problem(name, f"must be one of: {', '.join(options)}")
+            return ""
+        assert isinstance(value, str)
+        return value
+
+    def integer(self, name: str, default: int | None, valid: Callable[[int], bool], rule: str) -> int:
+        value = self.optional_integer(name, valid, rule, required=default is None)
+        return value if value is not None else (default or 0)
+
+    def optional_integer(
+        self, name: str, valid: Callable[[int], bool], rule: str, required: bool = False
+    ) -> int | None:
+        value = self._raw(name, required)
+        if value is _ABSENT or value is _REFUSED:
+            return None
+        # bool is an int subclass in Python, but `confirmations = true` is a mistake, not a 1.
+        if not isinstance(value, int) or isinstance(value, bool) or not valid(value):
+            self.problem(name, f"must be {rule}")
+            return None
+        return value
+
+    def number(self, name: str, default: float, valid: Callable[[float], bool], rule: str) -> float:
+        value = self._raw(name)
+        if value is _ABSENT or value is _REFUSED:
+            return default
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not valid(value)
+        ):
+            self.problem(name, f"must be {rule}")
+            return default
+        return value
+
+    def path(self, name: str) -> Path:
+        value = self.optional_path(name, required=True)
+        return value if value is not None else Path()
+
+    def optional_path(self, name: str, required: bool = False) -> Path | None:
+        value = self.optional_text(name, required)
+        return self.ctx.resolve(value) if value is not None else None
+
+    def secret(self, name: str, required: bool = True, min_length: int = 1) -> str | None:
+        """`name` inline, or `name_file` holding it (one trailing newline stripped); exactly one of them."""
+        file_name = f"{name}_file"
+        inline = self._raw(name)
+        from_file = self._raw(file_name)
+        if inline is _REFUSED or from_file is _REFUSED:
+            return None
+        if inline is not _ABSENT and from_file is not _ABSENT:
+            self.problem(name, f"set {name} or {file_name}, not both")
+            return None
+        if inline is _ABSENT and from_file is _ABSENT:
+            if required:
+                self.problem(name, f"is required (or {file_name} naming a file that holds it)")
+            return None
+        if inline is not _ABSENT:
+            source = name
+            if not isinstance(inline, str):
+                self.problem(name, "must be a string")
+                return None
+            value = inline
+        else:
+            source = file_name
+            if not isinstance(from_file, str) or not from_file:
+                self.problem(file_name, "must be a non-empty string (a file path)")
+                return None
+            read = self._read_secret_file(file_name, self.ctx.resolve(from_file))
+            if read is None:
+                return None
+            value = read
+        if len(value) < min_length:
+            self.problem(source, f"must be at least {min_length} characters")
+            return None
+        return value
+
+    def secret_key(self, name: str) -> str:
+        """Which of `name` / `name_file` a secret came from, for problems found after reading it."""
+        return name if name in self.data else f"{name}_file"
+
+    def _read_secret_file(self, file_name: str, path: Path) -> str | None:
+        try:
+            value = path.read_text(encoding="utf-8")
+        except OSError as e:
+            self.problem(file_name, f"cannot read {path}: {e.strerror}")
+            return None
+        except UnicodeDecodeError:
+            self.problem(file_name, f"{path} is not UTF-8 text")
+            return None
+        # Editors and `echo` add one trailing newline; anything else is part of the secret.
+        value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+        if not value:
+            self.problem(file_name, f"{path} is empty")
+            return None
+        why = private_material(value)
+        if why is not None:
+            self.problem(file_name, f"refused: {path} holds {why.removeprefix('this is ')}; {WATCH_ONLY}")
+            return None
+        return value
+
+    def table(self, name: str) -> Table:
+        """A sub-table; an absent one reads as empty, so its required keys are reported by name."""
+        value = self._raw(name)
+        if value is _ABSENT or value is _REFUSED:
+            return Table(self.ctx, self.dotted(name), {})
+        if not isinstance(value, dict):
+            self.problem(name, "must be a table")
+            return Table(self.ctx, self.dotted(name), {})
+        return Table(self.ctx, self.dotted(name), value)
+
+    def finish(self) -> bool:
+        """Report the keys nobody asked for; True when this table (and what it read) had no problems."""
+        for name in self.data:
+            dotted = self.dotted(name)
+            if name in self.known or dotted in self.ctx.refused:
+                continue
+            close = difflib.get_close_matches(name, sorted(self.known), n=1, cutoff=0.75)
+            self.problem(name, "unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
+        return len(self.ctx.problems) == self._problems_before
+
+
+@dataclass(frozen=True)
+class CommonChainKeys:
+    """The keys every `[chains.NAME]` table has, whatever its kind."""
+
+    confirmations: int
+    underpaid_tolerance_percent: Decimal
+    invoice_expiry_seconds: int
+    start_height: int | None  # None: start at the node's tip on the very first run
+
+
+def common_chain_keys(t: Table, confirmations: int) -> CommonChainKeys:
+    """Read the keys every chain table has; `confirmations` is the kind's default."""
+    tolerance = t.number("underpaid_tolerance_percent", 0, lambda x: 0 <= x < 100, "a number 0 ≤ x < 100")
+    return CommonChainKeys(
+        confirmations=t.integer("confirmations", confirmations, lambda x: x >= 1, "an integer ≥ 1"),
+        # Through str so that 0.1 in the file is Decimal("0.1"), not the float's binary expansion.
+        underpaid_tolerance_percent=Decimal(str(tolerance)),
+        invoice_expiry_seconds=t.integer("invoice_expiry_seconds", 900, lambda x: x >= 60, "an integer ≥ 60"),
+        start_height=t.optional_integer("start_height", lambda x: x >= 0, "an integer ≥ 0"),
+    )
+
+
+ZMQ_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}|ipc://\S+")
+
+
+def host_port(value: str) -> tuple[str, int] | None:
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.-]+):(\d{1,5})", value)
+    if match is None:
+        return None
+    host, port = match[1] or match[3], int(match[2] or match[4])
+    return (host, port) if 1 <= port <= 65535 else None
+
+
+def is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in value)

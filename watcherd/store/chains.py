@@ -1,0 +1,54 @@
+"""Per-chain bookkeeping: the cursor (the last block processed), the recent blocks the reorg walk-back compares
+against, and the derivation indexes handed out to invoices."""
+
+from __future__ import annotations
+
+from watcherd.core.types import Cursor
+from watcherd.exceptions import StoreError
+from watcherd.store.db import Database
+
+
+class ChainQueries(Database):
+    async def ensure_chain(self, chain: str) -> None:
+        await self._write("INSERT OR IGNORE INTO chains (name) VALUES (?)", (chain,))
+
+    async def cursor(self, chain: str) -> Cursor | None:
+        row = await self._one("SELECT cursor_height, cursor_hash FROM chains WHERE name = ?", (chain,))
+        if row is None or row[0] is None:
+            return None
+        return Cursor(row[0], row[1])
+
+    async def set_cursor(self, chain: str, cursor: Cursor, keep_blocks: int = 1000) -> None:
+        await self._write(
+            "UPDATE chains SET cursor_height = ?, cursor_hash = ? WHERE name = ?",
+            (cursor.height, cursor.hash, chain),
+        )
+        await self._write(
+            "INSERT OR REPLACE INTO blocks (chain, height, hash) VALUES (?, ?, ?)",
+            (chain, cursor.height, cursor.hash),
+        )
+        await self._write(
+            "DELETE FROM blocks WHERE chain = ? AND (height > ? OR height <= ?)",
+            (chain, cursor.height, cursor.height - keep_blocks),
+        )
+
+    async def block_hash(self, chain: str, height: int) -> str | None:
+        row = await self._one("SELECT hash FROM blocks WHERE chain = ? AND height = ?", (chain, height))
+        return row[0] if row else None
+
+    async def allocate_address_index(self, chain: str) -> int:
+        row = await self._one("SELECT next_address_index FROM chains WHERE name = ?", (chain,))
+        if row is None:
+            raise StoreError(f"unknown chain {chain!r}")
+        await self._write("UPDATE chains SET next_address_index = ? WHERE name = ?", (row[0] + 1, chain))
+        return int(row[0])
+
+    async def unused_address_run(self, chain: str) -> int:
+        """How many of the newest issued addresses in a row have never received anything."""
+        row = await self._one("SELECT next_address_index - 1 - last_used_index FROM chains WHERE name = ?", (chain,))
+        return int(row[0]) if row else 0
+
+    async def mark_address_used(self, chain: str, derivation_index: int) -> None:
+        await self._write(
+            "UPDATE chains SET last_used_index = MAX(last_used_index, ?) WHERE name = ?", (derivation_index, chain)
+        )

@@ -1,0 +1,125 @@
+"""The outbox: events written in the same transaction as the change they report, and one delivery row per
+event and transport, retried until delivered or given up on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from watcherd.store.db import Database
+from watcherd.store.rows import Delivery
+
+
+class OutboxQueries(Database):
+    async def add_event(
+        self, event_id: str, invoice_id: str, chain: str, type_: str, created_at: int, payload: str,
+        transports: Iterable[str], now: float,
+    ) -> int:
+        seq = await self._write(
+            "INSERT INTO events (id, invoice_id, chain, type, created_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            (event_id, invoice_id, chain, type_, created_at, payload),
+        )
+        for transport in transports:
+            await self._write(
+                """INSERT INTO deliveries (event_seq, transport, invoice_id, next_attempt_at)
+                   VALUES (?, ?, ?, ?)""",
+                (seq, transport, invoice_id, now),
+            )
+        return seq
+
+    async def due_deliveries(self, transport: str, now: float, limit: int = 100) -> list[Delivery]:
+        """Undelivered events whose time has come, each the oldest undelivered one of its invoice."""
+        rows = await self._all(
+            """SELECT d.event_seq, e.id, d.invoice_id, e.type, e.payload, d.attempts, e.created_at
+               FROM deliveries d JOIN events e ON e.seq = d.event_seq
+               WHERE d.transport = ? AND d.delivered_at IS NULL AND d.failed_at IS NULL
+                 AND d.next_attempt_at <= ?
+                 AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.transport = d.transport
+                     AND o.invoice_id = d.invoice_id AND o.event_seq < d.event_seq
+                     AND o.delivered_at IS NULL AND o.failed_at IS NULL)
+               ORDER BY d.event_seq LIMIT ?""",
+            (transport, now, limit),
+        )
+        return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    async def next_delivery_time(self, transport: str) -> float | None:
+        row = await self._one(
+            """SELECT MIN(next_attempt_at) FROM deliveries
+               WHERE transport = ? AND delivered_at IS NULL AND failed_at IS NULL""",
+            (transport,),
+        )
+        return row[0] if row else None
+
+    async def mark_delivered(self, transport: str, event_seq: int, now: int) -> None:
+        await self._write(
+            "UPDATE deliveries SET delivered_at = ?, attempts = attempts + 1, last_error = NULL "
+            "WHERE event_seq = ? AND transport = ?",
+            (now, event_seq, transport),
+        )
+
+    async def mark_attempt_failed(
+        self, transport: str, event_seq: int, error: str, next_attempt_at: float, give_up_at: int | None,
+    ) -> None:
+        await self._write(
+            """UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, failed_at = ?
+               WHERE event_seq = ? AND transport = ?""",
+            (error[:500], next_attempt_at, give_up_at, event_seq, transport),
+        )
+
+    async def redeliver(self, event_id: str, now: float) -> bool:
+        row = await self._one("SELECT seq FROM events WHERE id = ?", (event_id,))
+        if row is None:
+            return False
+        await self._write(
+            """UPDATE deliveries SET delivered_at = NULL, failed_at = NULL, next_attempt_at = ?
+               WHERE event_seq = ?""",
+            (now, row[0]),
+        )
+        return True
+
+    async def deliveries(
+        self, *, transport: str | None = None, state: str | None = None, invoice_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if transport:
+            where.append("d.transport = ?")
+            params.append(transport)
+        if invoice_id:
+            where.append("d.invoice_id = ?")
+            params.append(invoice_id)
+        if state == "pending":
+            where.append("d.delivered_at IS NULL AND d.failed_at IS NULL")
+        elif state == "delivered":
+            where.append("d.delivered_at IS NOT NULL")
+        elif state == "failed":
+            where.append("d.failed_at IS NOT NULL")
+        sql = """SELECT e.id, e.type, d.invoice_id, e.chain, d.transport, e.created_at, d.attempts,
+                        d.next_attempt_at, d.delivered_at, d.failed_at, d.last_error
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq"""
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY d.event_seq DESC LIMIT ?"
+        return [dict(r) for r in await self._all(sql, (*params, limit))]
+
+    async def pending_deliveries(self) -> list[tuple[str, int, int | None]]:
+        """(transport, count, oldest created_at) of what is still to deliver."""
+        rows = await self._all(
+            """SELECT d.transport, COUNT(*), MIN(e.created_at) FROM deliveries d
+               JOIN events e ON e.seq = d.event_seq
+               WHERE d.delivered_at IS NULL AND d.failed_at IS NULL GROUP BY d.transport"""
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def failed_deliveries(self) -> dict[str, int]:
+        """Per transport, the deliveries given up on (kept for `webhooks redeliver`)."""
+        rows = await self._all(
+            "SELECT transport, COUNT(*) FROM deliveries WHERE failed_at IS NOT NULL GROUP BY transport"
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def events_for(self, invoice_id: str) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT id, type, created_at, payload FROM events WHERE invoice_id = ? ORDER BY seq", (invoice_id,)
+        )
+        return [dict(r) for r in rows]

@@ -1,0 +1,103 @@
+"""The schema as its migration scripts: `SCHEMA[n]` takes a store from version n to n + 1.
+
+A released script never changes: an existing database has already run it. A change is a new script appended.
+"""
+
+SCHEMA = [
+    # version 1
+    """
+    CREATE TABLE chains (
+        name TEXT PRIMARY KEY,
+        cursor_height INTEGER,
+        cursor_hash TEXT,
+        next_address_index INTEGER NOT NULL DEFAULT 0,
+        last_used_index INTEGER NOT NULL DEFAULT -1  -- highest derivation index that ever received funds
+    );
+    -- recent blocks of the main chain as we processed them: the reorg walk-back compares against these
+    CREATE TABLE blocks (
+        chain TEXT NOT NULL,
+        height INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (chain, height)
+    );
+    CREATE TABLE invoices (
+        id TEXT PRIMARY KEY,
+        chain TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        address TEXT NOT NULL,
+        watch_key BLOB NOT NULL,  -- what the chain adapter matches on (a scriptPubKey, an address)
+        derivation_index INTEGER NOT NULL,
+        amount TEXT NOT NULL,
+        confirmations_required INTEGER NOT NULL,
+        tolerance_percent TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exception TEXT,
+        order_id TEXT,
+        idempotency_key TEXT UNIQUE,  -- the API's Idempotency-Key: a retried create returns the same invoice
+        request_digest TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        cancelled_at INTEGER,
+        paid_at INTEGER,
+        updated_at INTEGER NOT NULL,
+        digest TEXT NOT NULL DEFAULT '',  -- what the last event showed: a change emits the next one
+        UNIQUE (chain, derivation_index),
+        UNIQUE (chain, address)
+    );
+    CREATE INDEX invoices_key ON invoices (chain, watch_key);
+    CREATE INDEX invoices_open ON invoices (status, expires_at);
+    CREATE TABLE payments (
+        chain TEXT NOT NULL,
+        txid TEXT NOT NULL,
+        vout INTEGER NOT NULL,
+        invoice_id TEXT NOT NULL REFERENCES invoices(id),
+        asset TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        first_seen_at INTEGER NOT NULL,
+        block_height INTEGER,
+        block_hash TEXT,
+        confirmed_at INTEGER,
+        replaced INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (chain, txid, vout)
+    );
+    CREATE INDEX payments_invoice ON payments (invoice_id);
+    CREATE INDEX payments_block ON payments (chain, block_hash);
+    CREATE INDEX payments_height ON payments (chain, block_height);
+    CREATE INDEX payments_unconfirmed ON payments (chain) WHERE confirmed_at IS NULL;
+    -- the outpoints spent by each paying transaction: another transaction spending one of them replaces it
+    CREATE TABLE spends (
+        chain TEXT NOT NULL,
+        outpoint BLOB NOT NULL,
+        txid TEXT NOT NULL,
+        PRIMARY KEY (chain, outpoint, txid)
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        invoice_id TEXT NOT NULL,
+        chain TEXT NOT NULL,
+        type TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE TABLE deliveries (
+        event_seq INTEGER NOT NULL REFERENCES events(seq),
+        transport TEXT NOT NULL,
+        invoice_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        delivered_at INTEGER,
+        failed_at INTEGER,
+        last_error TEXT,
+        PRIMARY KEY (event_seq, transport)
+    );
+    CREATE INDEX deliveries_pending ON deliveries (transport, delivered_at, failed_at, next_attempt_at);
+    CREATE INDEX deliveries_invoice ON deliveries (transport, invoice_id, event_seq);
+    """,
+    # version 2: Monero's one-time output keys, so a reused one counts once across restarts
+    """
+    ALTER TABLE payments ADD COLUMN output_key BLOB;
+    CREATE INDEX payments_output_key ON payments (chain, output_key) WHERE output_key IS NOT NULL;
+    """,
+]
