@@ -79,6 +79,19 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
 
+NODE_FIXTURES = {"bsv_node", "ltc_node", "eth_node", "xmr_node", "daemon_factory"}
+# modules that start nodes, build wheels or run whole programs without going through those fixtures
+NODE_MODULES = {"test_devnet", "test_packaging", "test_bench_runs"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`nodes`: the test runs real nodes or programs (seconds to a minute each); `-m "not nodes"` leaves the
+    unit tests, which run in seconds."""
+    for item in items:
+        if NODE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in NODE_MODULES:
+            item.add_marker(pytest.mark.nodes)
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

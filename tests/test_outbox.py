@@ -135,3 +135,50 @@ async def test_redirect_is_not_followed_and_retried_until_the_url_is_right(core)
         async with aiohttp.ClientSession() as session:
             assert await sender.deliver_due(session) == 1
     assert receiver.statuses(inv["id"]) == ["unpaid"]
+
+
+async def test_an_event_rolled_back_never_goes_out(core):
+    """A block's transaction queues an event, the webhook sender looks for due deliveries while that transaction
+    is still open, then the transaction rolls back (a reload cancels the follower mid-block): the sender never
+    saw the event, and the receiver never gets it."""
+    processor, chain = core
+    invoice = await processor.create_invoice("fake", 1000)
+    with WebhookReceiver(SECRET) as receiver:
+        config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
+        sender = WebhookSender(processor.store, config, processor.outbox_listener())
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            assert await sender.deliver_due(session) == 1  # invoice.created
+            looked_inside = asyncio.Event()
+
+            async def outbox_looks_meanwhile() -> int:
+                await looked_inside.wait()
+                return await sender.deliver_due(session)
+
+            look = asyncio.create_task(outbox_looks_meanwhile())
+            with pytest.raises(RuntimeError, match="cancelled mid-block"):
+                async with processor.store.transaction():
+                    await processor._apply_tx(chain, ChainTx("t1", (Received(chain.derive(0)[1], 0, 1000),)), None)
+                    await processor._reassess(invoice["id"])
+                    assert len(await processor.store.events_for(invoice["id"])) == 2  # the writer sees it
+                    looked_inside.set()
+                    assert await look == 0, "the sender saw an uncommitted event"
+                    raise RuntimeError("cancelled mid-block")
+            assert await sender.deliver_due(session) == 0
+    assert receiver.statuses(invoice["id"]) == ["unpaid"]
+    assert [e["type"] for e in await processor.store.events_for(invoice["id"])] == ["invoice.created"]
+
+
+async def test_a_store_written_by_a_newer_watcherd_is_refused(tmp_path):
+    """An older binary must not run on a schema it does not know (it would misread or corrupt it)."""
+    import sqlite3
+
+    from watcherd.exceptions import StoreError
+
+    store = await Store.open(tmp_path / "w.sqlite3")
+    await store.close()
+    with sqlite3.connect(tmp_path / "w.sqlite3") as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema is version 99, newer than this watcherd"):
+        await Store.open(tmp_path / "w.sqlite3")

@@ -21,16 +21,22 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def core(tmp_path):
+async def open_core(tmp_path, confirmations):
+    """A ledger on a fresh store with one fake chain whose cursor is at block 100, and a clock to move."""
     store = await Store.open(tmp_path / "w.sqlite3")
-    chain = FakeChain(confirmations=2)
+    chain = FakeChain(confirmations=confirmations)
     clock = Clock()
     processor = Processor(store, {"fake": chain}, ["webhook"], clock=clock)
     await processor.start()
     await processor.set_cursor("fake", Cursor(100, "h100"))
+    return processor, chain, clock
+
+
+@pytest.fixture
+async def core(tmp_path):
+    processor, chain, clock = await open_core(tmp_path, confirmations=2)
     yield processor, chain, clock
-    await store.close()
+    await processor.store.close()
 
 
 def block(height, txs, parent=None):

@@ -7,36 +7,21 @@ import asyncio
 import logging
 
 import pytest
+from test_processor import open_core
 
-from testkit.fake import FakeChain
 from watcherd import metrics
 from watcherd.chains import follow
 from watcherd.chains.follow import follow_forever
 from watcherd.chains.rpc import NodeBusy, RpcError, retrying
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import ChainRefused, NodeProtocolError, NodeUnavailable
-from watcherd.ledger import Processor
-from watcherd.store import Store
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 async def core(tmp_path):
-    store = await Store.open(tmp_path / "w.sqlite3")
-    chain = FakeChain(confirmations=1)
-    clock = Clock()
-    processor = Processor(store, {"fake": chain}, ["webhook"], clock=clock)
-    await processor.start()
-    await processor.set_cursor("fake", Cursor(100, "h100"))
+    processor, chain, clock = await open_core(tmp_path, confirmations=1)
     yield processor, chain, clock
-    await store.close()
+    await processor.store.close()
 
 
 async def test_payment_found_on_catch_up_is_dated_by_its_block(core):

@@ -1,5 +1,9 @@
-"""The connection every query family shares: opening (PRAGMAs, migrations), serialized transactions, and the
-three primitives the families build on (`_one`, `_all`, `_write`)."""
+"""The connections every query family shares: opening (PRAGMAs, migrations), serialized transactions, and the
+three primitives the families build on (`_one`, `_all`, `_write`).
+
+Two connections: the writer, used only by the task inside `transaction()`, and a read-only one for everybody
+else. In WAL mode the reader sees the last committed state, never the rows of a transaction still open: the
+outbox and the API can never act on an event that a rollback then takes back."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Self
 
@@ -15,36 +20,61 @@ import aiosqlite
 from watcherd.exceptions import StoreError
 from watcherd.store.schema import SCHEMA
 
+# the store whose transaction the current task is in (contextvars follow the task, not the object)
+_WRITING: ContextVar[object | None] = ContextVar("watcherd_store_writing", default=None)
+
+
+async def _connect(path: str, *, read_only: bool) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    await db.execute("PRAGMA busy_timeout=5000")
+    if read_only:
+        await db.execute("PRAGMA query_only=ON")
+    else:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives power loss
+        await db.execute("PRAGMA foreign_keys=ON")
+    return db
+
 
 class Database:
-    def __init__(self, db: aiosqlite.Connection):
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection | None = None):
         self._db = db
+        self._reader = reader or db  # ":memory:" has no second connection to the same database
         self._lock = asyncio.Lock()
-        self._in_transaction = False
 
     @classmethod
     async def open(cls, path: str | Path) -> Self:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = await aiosqlite.connect(str(path), isolation_level=None)
-            db.row_factory = sqlite3.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives power loss
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
-            store = cls(db)
-            await store._migrate()
+            db = await _connect(str(path), read_only=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
+        store = cls(db)
+        try:
+            await store._migrate()
+            if str(path) != ":memory:":
+                store._reader = await _connect(str(path), read_only=True)
+        except BaseException as exc:
+            await store.close()  # its worker thread would keep the process alive
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise
         return store
 
     async def close(self) -> None:
+        if self._reader is not self._db:
+            await self._reader.close()
         await self._db.close()
 
     async def _migrate(self) -> None:
-        row = await self._one("PRAGMA user_version")
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
         version = row[0] if row is not None else 0  # a PRAGMA always answers one row; the guard is for the type checker
+        if version > len(SCHEMA):
+            raise StoreError(f"the store's schema is version {version}, newer than this watcherd knows "
+                             f"({len(SCHEMA)}): a newer watcherd wrote it; run that version (or restore a backup)")
         for number, script in enumerate(SCHEMA[version:], start=version + 1):
             await self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
 
@@ -53,7 +83,7 @@ class Database:
         """One atomic unit of work; transactions are serialized, never interleaved."""
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
-            self._in_transaction = True
+            token = _WRITING.set(self)
             try:
                 yield self
             except BaseException:
@@ -63,18 +93,22 @@ class Database:
                 # shielded: a shutdown cancelling the caller must not leave a commit half-acknowledged
                 await asyncio.shield(self._db.execute("COMMIT"))
             finally:
-                self._in_transaction = False
+                _WRITING.reset(token)
+
+    def _connection(self) -> aiosqlite.Connection:
+        """Inside our own transaction: the writer (we read what we wrote); anywhere else: the committed state."""
+        return self._db if _WRITING.get() is self else self._reader
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        async with self._db.execute(sql, tuple(params)) as cur:
+        async with self._connection().execute(sql, tuple(params)) as cur:
             return await cur.fetchone()
 
     async def _all(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params if isinstance(params, dict) else tuple(params)) as cur:
+        async with self._connection().execute(sql, params if isinstance(params, dict) else tuple(params)) as cur:
             return list(await cur.fetchall())
 
     async def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
-        if not self._in_transaction:
+        if _WRITING.get() is not self:
             raise StoreError("write outside a transaction")
         async with self._db.execute(sql, tuple(params)) as cur:
             return cur.lastrowid or 0
@@ -82,7 +116,8 @@ class Database:
     async def writable(self) -> bool:
         try:
             async with self.transaction():
-                await self._write("CREATE TEMP TABLE IF NOT EXISTS probe (x)")
+                # a real write to the database file (its header): a temp table would not meet a full disk
+                await self._write(f"PRAGMA user_version = {len(SCHEMA)}")
             return True
         except (sqlite3.Error, StoreError):
             return False
