@@ -100,12 +100,15 @@ class Database:
         return self._db if _WRITING.get() is self else self._reader
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        async with self._connection().execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        async with self._connection().execute(sql, params if isinstance(params, dict) else tuple(params)) as cur:
-            return list(await cur.fetchall())
+        # execute and fetch in one call on the connection's thread: a task cancelled while waiting (a reload
+        # stopping a follower) can then never leave a statement open, which would pin the reader to an old
+        # snapshot of the database
+        rows = await self._connection().execute_fetchall(sql, params if isinstance(params, dict) else tuple(params))
+        return list(rows)
 
     async def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
         if _WRITING.get() is not self:
