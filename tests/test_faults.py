@@ -66,8 +66,12 @@ def test_busy_monerod_never_stalls_nor_invents_a_reorg(xmr_node, daemon_factory,
             assert time.monotonic() < deadline, daemon.log_tail()
             time.sleep(0.1)
         invoices = [daemon.create_invoice("xmr", "0.01") for _ in range(INVOICES)]
-        for half in (invoices[:8], invoices[8:]):  # two txs: 16 outputs in one is more than a tx may carry
-            xmr_node.pay({invoice["address"]: 10**10 for invoice in half})
+        txids = [xmr_node.pay({invoice["address"]: 10**10 for invoice in half})  # 16 outputs: too large for one tx
+                 for half in (invoices[:8], invoices[8:])]
+        deadline = time.monotonic() + scaled(20)  # the wallet relays asynchronously: mine once both are in the pool
+        while not set(txids) <= set(xmr_node.pool()):
+            assert time.monotonic() < deadline, "the payments never reached monerod's pool"
+            time.sleep(0.1)
         xmr_node.mine(2)
         wait_all_paid(daemon, invoices, 10)
         assert sum(proxy.injected.values()) >= 3, proxy.injected
