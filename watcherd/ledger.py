@@ -238,11 +238,7 @@ class Processor:
     async def expire_due(self) -> int:
         """Expire unpaid invoices past their expiry, but only on chains that are caught up: a payment mined
         while we (or the node) were away must be found before we judge it missing."""
-        due = []
-        for invoice_id in await self.store.expiring(int(self.clock())):
-            invoice = await self.store.invoice(invoice_id)
-            if invoice is not None and self.caught_up(invoice.chain):
-                due.append(invoice_id)
+        due = [i for i, chain in await self.store.expiring(int(self.clock())) if self.caught_up(chain)]
         if due:
             async with self.store.transaction():
                 for invoice_id in due:

@@ -162,7 +162,7 @@ class Follower:
         """Fetch and match the pool transactions not seen yet (a diff: cheap even on a busy node), then, if
         the pool was read at our cursor, tell the core which unconfirmed payments it still holds."""
         pool = await self.pool_txids()
-        await self.seen_in_pool(sink, sorted(pool))
+        await self.seen_in_pool(sink, list(pool))
         # judge "dropped" only against a pool read at the tip we have processed, or a payment mined in a block
         # we haven't connected yet would look dropped
         cursor = await sink.cursor()

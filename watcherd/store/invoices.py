@@ -78,11 +78,12 @@ class InvoiceQueries(Database):
         )
         return [invoice_from_row(r) for r in rows]
 
-    async def expiring(self, now: int) -> list[str]:
+    async def expiring(self, now: int) -> list[tuple[str, str]]:
+        """(invoice id, chain) of the unpaid invoices whose expiry has passed."""
         rows = await self._all(
-            "SELECT id FROM invoices WHERE status = ? AND expires_at <= ?", (Status.UNPAID.value, now)
+            "SELECT id, chain FROM invoices WHERE status = ? AND expires_at <= ?", (Status.UNPAID.value, now)
         )
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     async def invoice_counts(self) -> list[tuple[str, str, int]]:
         return [
