@@ -170,6 +170,22 @@ async def test_an_event_rolled_back_never_goes_out(core):
     assert [e["type"] for e in await processor.store.events_for(invoice["id"])] == ["invoice.created"]
 
 
+async def test_a_task_cancelled_while_its_transaction_begins_leaves_none_open(tmp_path):
+    """Shutdown cancels the store probe, a follower or a sender at any await, including the BEGIN itself (which
+    still runs on the connection's thread). The next transaction must start, not find one already open."""
+    store = await Store.open(tmp_path / "w.sqlite3")
+    try:
+        for _ in range(50):  # the cancel lands at a different point each time; the BEGIN is the usual one
+            probe = asyncio.create_task(store.writable())
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
+            assert await store.writable()
+    finally:
+        await store.close()
+
+
 async def test_a_store_written_by_a_newer_watcherd_is_refused(tmp_path):
     """An older binary must not run on a schema it does not know (it would misread or corrupt it)."""
     import sqlite3

@@ -8,6 +8,7 @@ outbox and the API can never act on an event that a rollback then takes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -82,18 +83,32 @@ class Database:
     async def transaction(self) -> AsyncIterator[Self]:
         """One atomic unit of work; transactions are serialized, never interleaved."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except asyncio.CancelledError:
+                # the BEGIN was already queued on the connection's thread and runs anyway: undo it behind it,
+                # or the next transaction would find one still open
+                await asyncio.shield(self._rollback())
+                raise
             token = _WRITING.set(self)
             try:
                 yield self
             except BaseException:
-                await asyncio.shield(self._db.execute("ROLLBACK"))
+                await asyncio.shield(self._rollback())
                 raise
             else:
                 # shielded: a shutdown cancelling the caller must not leave a commit half-acknowledged
-                await asyncio.shield(self._db.execute("COMMIT"))
+                try:
+                    await asyncio.shield(self._db.execute("COMMIT"))
+                except sqlite3.Error:
+                    await asyncio.shield(self._rollback())  # a failed COMMIT (disk full) can leave it open
+                    raise
             finally:
                 _WRITING.reset(token)
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # "no transaction is active" when the BEGIN had failed
+            await self._db.execute("ROLLBACK")
 
     def _connection(self) -> aiosqlite.Connection:
         """Inside our own transaction: the writer (we read what we wrote); anywhere else: the committed state."""
