@@ -111,6 +111,7 @@ def test_defaults(tmp_path):
     assert btc.invoice_expiry_seconds == 900
     assert btc.poll_interval_seconds == 2.0
     assert btc.start_height is None
+    assert btc.node_down_after_seconds == 30
     assert not btc.zmq and btc.zmq_rawtx is None
 
 
@@ -171,6 +172,8 @@ poll_interval_seconds = 0
         ("underpaid_tolerance_percent = nan", "chains.btc.underpaid_tolerance_percent"),
         ('address_type = "p2wsh"', "chains.btc.address_type"),
         ("rpc_url = 8332", "chains.btc.rpc_url"),
+        ("node_down_after_seconds = 0", "chains.btc.node_down_after_seconds"),
+        ("node_down_after_seconds = 7200", "chains.btc.node_down_after_seconds"),
         ('rpc_url = "127.0.0.1:8332"', "chains.btc.rpc_url"),
     ],
 )
@@ -450,3 +453,26 @@ def test_toml_syntax_error(tmp_path):
 def test_tables_must_be_tables(tmp_path):
     found = problems(write(tmp_path, f'store = "x"\nchains = 3\n[api]\ntoken = "{TOKEN}"\n'))
     assert found == {"store": "must be a table", "chains": "must be a table", "store.path": "is required"}
+
+
+async def test_node_down_after_seconds_bounds_how_long_a_failing_node_is_retried(tmp_path):
+    """An unreachable node is retried in place for `node_down_after_seconds`, then the chain counts as down."""
+    import socket
+    import time
+
+    from watcherd.chains.bitcoin.adapter import BitcoinAdapter
+    from watcherd.exceptions import NodeUnavailable
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: every connection is refused
+        text = MINIMAL.replace("8332", str(port)).replace('rpc_cookie_file = "bitcoind/.cookie"',
+                                                          'rpc_user = "u"\nrpc_password = "p"')
+        adapter = BitcoinAdapter(load(write(tmp_path, text + "node_down_after_seconds = 1.5\n")).chains["btc"])
+        started = time.monotonic()
+        try:
+            with pytest.raises(NodeUnavailable):
+                await adapter._rpc.call("getblockcount")
+        finally:
+            await adapter.close()
+    assert 0.5 < time.monotonic() - started < 2.5

@@ -232,6 +232,7 @@ class CommonChainKeys:
     underpaid_tolerance_percent: Decimal
     invoice_expiry_seconds: int
     start_height: int | None  # None: start at the node's tip on the very first run
+    node_down_after_seconds: float  # a node failing (busy, unreachable) this long counts as down
 
 
 def common_chain_keys(t: Table, confirmations: int) -> CommonChainKeys:
@@ -243,6 +244,8 @@ def common_chain_keys(t: Table, confirmations: int) -> CommonChainKeys:
         underpaid_tolerance_percent=Decimal(str(tolerance)),
         invoice_expiry_seconds=t.integer("invoice_expiry_seconds", 900, lambda x: x >= 60, "an integer ≥ 60"),
         start_height=t.optional_integer("start_height", lambda x: x >= 0, "an integer ≥ 0"),
+        node_down_after_seconds=t.number("node_down_after_seconds", 30.0, lambda x: 1 <= x <= 3600,
+                                         "a number of seconds, 1 ≤ x ≤ 3600"),
     )
 
 

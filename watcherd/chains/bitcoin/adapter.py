@@ -41,7 +41,8 @@ class BitcoinAdapter(ZmqFollower):
     def __init__(self, config: BitcoinChainConfig):
         super().__init__(config)
         self._deriver = config.address_deriver()
-        self._rpc = JsonRpc(config.rpc_url, config.rpc_user, config.rpc_password, config.rpc_cookie_file)
+        self._rpc = JsonRpc(config.rpc_url, config.rpc_user, config.rpc_password, config.rpc_cookie_file,
+                           give_up_after=config.node_down_after_seconds)
         self._sequences: dict[bytes, int] = {}
 
     def derive(self, index: int) -> tuple[str, bytes]:

@@ -31,6 +31,7 @@ class BitcoinChainConfig:
     underpaid_tolerance_percent: Decimal
     invoice_expiry_seconds: int
     start_height: int | None  # None: start at the node's tip on the very first run
+    node_down_after_seconds: float = 30.0
     kind: str = "bitcoin"
     decimals: int = 8
 
@@ -112,6 +113,7 @@ def parse_config(t: Table, name: str) -> BitcoinChainConfig | None:
         confirmations=common.confirmations,
         underpaid_tolerance_percent=common.underpaid_tolerance_percent,
         invoice_expiry_seconds=common.invoice_expiry_seconds,
+        node_down_after_seconds=common.node_down_after_seconds,
         start_height=common.start_height,
     )
     # A refused or invalid key leaves placeholders behind; such a chain must not be used, even for checks.

@@ -91,7 +91,7 @@ class EthereumAdapter(Follower):
         if config.finality == "finalized":
             self.confirmations = FINALITY
         self._deriver = config.address_deriver()
-        self._rpc: Rpc = rpc if rpc is not None else WsRpc(config.ws_url)
+        self._rpc: Rpc = rpc if rpc is not None else WsRpc(config.ws_url, timeout=config.node_down_after_seconds)
         # contract (lower-case hex, as nodes send it) -> (symbol, checksummed address)
         self._tokens = {t.contract.lower(): (t.symbol, t.contract) for t in config.tokens}
         self._token_of_symbol = {t.symbol: t.contract for t in config.tokens}

@@ -35,6 +35,7 @@ class EthereumChainConfig:
     underpaid_tolerance_percent: Decimal
     invoice_expiry_seconds: int
     start_height: int | None  # None: start at the node's tip on the very first run
+    node_down_after_seconds: float = 30.0
     kind: str = "ethereum"
     decimals: int = 18
     coin: str = "ethereum"
@@ -80,6 +81,7 @@ def parse_config(t: Table, name: str) -> EthereumChainConfig | None:
         asset=asset,
         underpaid_tolerance_percent=common.underpaid_tolerance_percent,
         invoice_expiry_seconds=common.invoice_expiry_seconds,
+        node_down_after_seconds=common.node_down_after_seconds,
         start_height=common.start_height,
     )
     return chain if t.finish() and xpub is not None and chain_id else None

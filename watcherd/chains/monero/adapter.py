@@ -57,7 +57,8 @@ class MoneroAdapter(ZmqFollower):
         super().__init__(config)
         self._deriver = config.address_deriver()
         self._scanner = Scanner(config.view_key)
-        self._rpc = MoneroRpc(config.rpc_url, config.rpc_user, config.rpc_password)
+        self._rpc = MoneroRpc(config.rpc_url, config.rpc_user, config.rpc_password,
+                              give_up_after=config.node_down_after_seconds)
 
     def derive(self, index: int) -> tuple[str, bytes]:
         return self._deriver.derive(index)

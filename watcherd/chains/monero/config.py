@@ -28,6 +28,7 @@ class MoneroChainConfig:
     confirmations: int = 10
     underpaid_tolerance_percent: Decimal = Decimal(0)
     invoice_expiry_seconds: int = 900
+    node_down_after_seconds: float = 30.0
     poll_interval_seconds: float = 2.0
     start_height: int | None = None  # None: start at the node's tip on the very first run
     asset: str = "XMR"
@@ -101,6 +102,7 @@ def parse_config(t: Table, name: str) -> MoneroChainConfig | None:
         confirmations=common.confirmations,
         underpaid_tolerance_percent=common.underpaid_tolerance_percent,
         invoice_expiry_seconds=common.invoice_expiry_seconds,
+        node_down_after_seconds=common.node_down_after_seconds,
         poll_interval_seconds=t.number("poll_interval_seconds", 2.0, lambda x: x > 0, "a number > 0"),
         start_height=common.start_height,
     )
