@@ -15,6 +15,8 @@ from watcherd.chains.follow import follow_forever
 from watcherd.chains.rpc import NodeBusy, RpcError, retrying
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import ChainRefused, NodeProtocolError, NodeUnavailable
+from watcherd.ledger import Processor
+from watcherd.store import KEEP_BLOCKS
 
 
 @pytest.fixture
@@ -165,3 +167,59 @@ async def test_a_block_whose_commit_fails_moves_nothing(core, monkeypatch):
     monkeypatch.setattr(processor.store, "invoices_gaining_confirmation", original)
     await processor.block_connected("fake", ChainBlock(101, "h101", "h100", (paying,)))
     assert (await processor.invoice_json(invoice["id"]))["status"] == "paid"
+
+
+async def test_pruning_forgets_settled_history_and_buried_spends_only(core):
+    """After the retention, a paid invoice's delivered events go (the invoice and its payment stay, rendered the
+    same); an undelivered event, an open invoice's events, and the spends of a payment a reorg could still take
+    back stay."""
+    from test_processor import block, tx
+
+    processor, chain, clock = core
+    paid = await processor.create_invoice("fake", 1000)
+    pending = await processor.create_invoice("fake", 1000)
+    open_ = await processor.create_invoice("fake", 1000)
+    paid_key, pending_key = chain.derive(0)[1], chain.derive(1)[1]
+    await processor.block_connected("fake", block(101, [tx("t1", paid_key, 1000, spent=(b"o1",))]))
+    await processor.tx_seen("fake", tx("t2", pending_key, 1000, spent=(b"o2",)))
+    assert (await processor.invoice_json(paid["id"]))["status"] == "paid"
+    before = await processor.invoice_json(paid["id"])
+    seqs = {r[0]: r[1] for r in await processor.store._all("SELECT seq, invoice_id FROM events")}
+    last_paid_event = max(s for s, i in seqs.items() if i == paid["id"])
+    async with processor.store.transaction():
+        for seq in seqs:
+            if seq != last_paid_event:  # the invoice.paid webhook has not gone out yet
+                await processor.store.mark_delivered("webhook", seq, int(clock.now))
+
+    assert await processor.prune(retention_seconds=86400) == (0, 0)  # nothing is old enough yet
+    clock.now += 2 * 86400
+    events, spends = await processor.prune(retention_seconds=86400)
+    assert (events, spends) == (len([s for s, i in seqs.items() if i == paid["id"]]) - 1, 0)
+    assert [e["type"] for e in await processor.store.events_for(paid["id"])] == ["invoice.paid"]
+    assert len(await processor.store.events_for(open_["id"])) == 1
+    assert (await processor.invoice_json(paid["id"]))["payments"] == before["payments"]
+
+    async with processor.store.transaction():
+        await processor.store.mark_delivered("webhook", last_paid_event, int(clock.now))
+    assert await processor.prune(retention_seconds=86400) == (1, 0)
+    assert await processor.prune(retention_seconds=None) == (0, 0)
+
+    # t1's outpoint can replace it only while a reorg could take block 101 back
+    assert set(chain.watchlist.spends) == {b"o1", b"o2"}
+    processor.tips["fake"] = 101 + KEEP_BLOCKS - 1
+    assert await processor.prune(retention_seconds=None) == (0, 0)
+    processor.tips["fake"] = 101 + KEEP_BLOCKS
+    assert await processor.prune(retention_seconds=None) == (0, 1)
+    assert set(chain.watchlist.spends) == {b"o2"}
+    assert await processor.store.spends("fake") == [(b"o2", "t2")]
+
+
+async def test_an_invoice_of_a_chain_removed_from_the_config_keeps_its_decimals(core, tmp_path):
+    """The chain left the config (or a token its list): its invoices still show 0.00001, not 1000."""
+    processor, chain, clock = core
+    invoice = await processor.create_invoice("fake", 1000)
+    assert invoice["amount"] == "0.00001"
+    later = Processor(processor.store, {}, ["webhook"], clock=clock)
+    await later.start()
+    shown = await later.invoice_json(invoice["id"])
+    assert (shown["amount"], shown["amount_received"]) == ("0.00001", "0")

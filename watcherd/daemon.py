@@ -35,6 +35,7 @@ from watcherd.store import Store
 log = logging.getLogger("watcherd.daemon")
 
 DRAIN_SECONDS = 10.0
+PRUNE_FIRST_SECONDS = 60.0  # pruning waits until start-up work (catch-up) had its turn
 READY_LAG_BLOCKS = 3
 STORE_PROBE_SECONDS = 2.0
 LAG_PROBE_SECONDS = 0.25
@@ -105,7 +106,8 @@ class Daemon:
                               group.create_task(self._supervise(), name="supervisor"),
                               group.create_task(self._reload_loop(), name="reload"),
                               group.create_task(self._probe_store(), name="store-probe"),
-                              group.create_task(self._measure_loop_lag(), name="loop-lag")]
+                              group.create_task(self._measure_loop_lag(), name="loop-lag"),
+                              group.create_task(self._prune_loop(), name="prune")]
                 deliveries = [group.create_task(s.run(self.stop), name=s.transport) for s in senders]
                 sdnotify.notify("READY=1", f"STATUS={await self._status()}")
                 await self.stop.wait()
@@ -227,6 +229,19 @@ class Daemon:
             except STORE_ERRORS as exc:
                 log.debug("expiry waits for the store: %s", exc)
             await asyncio.sleep(1.0)
+
+    async def _prune_loop(self) -> None:
+        """A minute after start, then hourly: forget what can no longer matter (see Processor.prune)."""
+        await asyncio.sleep(PRUNE_FIRST_SECONDS)
+        while True:
+            try:
+                events, spends = await self.processor.prune(self.config.store.retention_days * 86400 or None)
+                if events or spends:
+                    log.info("pruned %d event(s) of settled invoices and %d spent outpoint(s) of buried payments",
+                             events, spends)
+            except STORE_ERRORS as exc:
+                log.debug("pruning waits for the store: %s", exc)
+            await asyncio.sleep(3600)
 
     async def _probe_store(self) -> None:
         """Whether the store takes writes (disk full, read-only, gone): for /readyz, a metric and one log line

@@ -22,7 +22,7 @@ from watcherd.core.chain import ChainAdapter, OpenInvoice
 from watcherd.core.invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import InvoiceError
-from watcherd.store import InvoiceRow, PaymentRow, Store
+from watcherd.store import KEEP_BLOCKS, InvoiceRow, PaymentRow, Store
 
 log = logging.getLogger("watcherd.processor")
 
@@ -45,6 +45,7 @@ class Processor:
         self.outbox_listeners: list[asyncio.Event] = []  # one per transport: set when events are queued
         self.tips: dict[str, int] = {}
         self.final_heights: dict[str, int] = {}  # chains with finality: the node's last finalized height
+        self.known_assets: dict[str, dict[str, int]] = {}  # chains no longer configured render with these
 
     def sink(self, chain_name: str) -> LedgerSink:
         """What the chain's adapter reports to: this ledger, bound to that chain."""
@@ -62,13 +63,16 @@ class Processor:
     async def start(self) -> None:
         for name in self.chains:
             await self.load_chain(name)
+        self.known_assets = await self.store.known_assets()
 
     async def load_chain(self, name: str) -> None:
         """Load a chain's watched keys and live spends into its adapter's memory."""
         chain = self.chains[name]
         async with self.store.transaction():
             await self.store.ensure_chain(name)
+            await self.store.record_assets(name, chain.assets)
         chain.watchlist.keys.update(await self.store.watch_keys(name))
+        self.known_assets[name] = dict(chain.assets)
         for outpoint, txid in await self.store.spends(name):
             chain.watchlist.spends[outpoint] = txid
         cursor = await self.store.cursor(name)
@@ -167,7 +171,7 @@ class Processor:
         terms, counting_tip = self._counting(invoice)
         return views.invoice_json(
             invoice, payments, terms=terms, counting_tip=counting_tip, tip=self.tips.get(invoice.chain, 0),
-            now=self.clock(), assets=chain.assets if chain else {},
+            now=self.clock(), assets=chain.assets if chain else self.known_assets.get(invoice.chain, {}),
             payment_uri=chain.payment_uri(invoice.address, invoice.amount, invoice.asset) if chain else None,
         )
 
@@ -245,6 +249,31 @@ class Processor:
                     await self._reassess(invoice_id)
             self.wake_outbox()
         return len(due)
+
+    async def prune(self, retention_seconds: int | None) -> tuple[int, int]:
+        """Forget what can no longer matter, a bounded batch per transaction so that blocks are not held up:
+        the events (and delivery records) of settled invoices older than the retention once delivered, and the
+        spent outpoints of payments replaced or buried deeper than any reorg we follow. Invoices and payments
+        stay for ever. Returns (events, spends) forgotten."""
+        events = spends = 0
+        if retention_seconds is not None:
+            while True:
+                async with self.store.transaction():
+                    pruned = await self.store.prune_events(int(self.clock()) - retention_seconds)
+                events += pruned
+                if not pruned:
+                    break
+        for name, chain in list(self.chains.items()):
+            while True:
+                async with self.store.transaction():
+                    gone = await self.store.prune_spends(name, self.tips.get(name, 0) - KEEP_BLOCKS)
+                for outpoint, txid in gone:
+                    if chain.watchlist.spends.get(outpoint) == txid:
+                        del chain.watchlist.spends[outpoint]
+                spends += len(gone)
+                if not gone:
+                    break
+        return events, spends
 
     # --- what adapters report -----------------------------------------------------------------------
 

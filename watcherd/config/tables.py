@@ -13,6 +13,7 @@ from watcherd.config.reader import Table, host_port, is_http_url
 @dataclass(frozen=True)
 class StoreConfig:
     path: Path
+    retention_days: int = 90  # events (and their deliveries) of settled invoices older than this are pruned; 0: never
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class LogConfig:
 
 
 def parse_store(t: Table) -> StoreConfig:
-    store = StoreConfig(path=t.path("path"))
+    store = StoreConfig(path=t.path("path"),
+                        retention_days=t.integer("retention_days", 90, lambda x: x >= 0, "an integer ≥ 0 (0: keep)"))
     t.finish()
     return store
 

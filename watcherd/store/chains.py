@@ -7,6 +7,9 @@ from watcherd.core.types import Cursor
 from watcherd.exceptions import StoreError
 from watcherd.store.db import Database
 
+# the blocks kept below the cursor: the deepest reorg the walk-back can follow
+KEEP_BLOCKS = 1000
+
 
 class ChainQueries(Database):
     async def ensure_chain(self, chain: str) -> None:
@@ -18,7 +21,7 @@ class ChainQueries(Database):
             return None
         return Cursor(row[0], row[1])
 
-    async def set_cursor(self, chain: str, cursor: Cursor, keep_blocks: int = 1000) -> None:
+    async def set_cursor(self, chain: str, cursor: Cursor, keep_blocks: int = KEEP_BLOCKS) -> None:
         await self._write(
             "UPDATE chains SET cursor_height = ?, cursor_hash = ? WHERE name = ?",
             (cursor.height, cursor.hash, chain),
@@ -31,6 +34,19 @@ class ChainQueries(Database):
             "DELETE FROM blocks WHERE chain = ? AND (height > ? OR height <= ?)",
             (chain, cursor.height, cursor.height - keep_blocks),
         )
+
+    async def record_assets(self, chain: str, assets: dict[str, int]) -> None:
+        """The decimals of each asset the chain offers, as configured now."""
+        for asset, decimals in assets.items():
+            await self._write("INSERT OR REPLACE INTO assets (chain, asset, decimals) VALUES (?, ?, ?)",
+                              (chain, asset, decimals))
+
+    async def known_assets(self) -> dict[str, dict[str, int]]:
+        """chain -> asset -> decimals, for every chain ever configured."""
+        known: dict[str, dict[str, int]] = {}
+        for chain, asset, decimals in await self._all("SELECT chain, asset, decimals FROM assets"):
+            known.setdefault(chain, {})[asset] = decimals
+        return known
 
     async def block_hash(self, chain: str, height: int) -> str | None:
         row = await self._one("SELECT hash FROM blocks WHERE chain = ? AND height = ?", (chain, height))

@@ -118,6 +118,22 @@ class OutboxQueries(Database):
         )
         return {r[0]: r[1] for r in rows}
 
+    async def prune_events(self, before: int, limit: int = 2000) -> int:
+        """Forget up to `limit` events created before `before`, with their deliveries, where the invoice is
+        settled and every delivery of the event is done (delivered or given up on). Invoices and payments stay."""
+        seqs = [r[0] for r in await self._all(
+            """SELECT e.seq FROM events e JOIN invoices i ON i.id = e.invoice_id
+               WHERE e.created_at < ? AND i.status IN ('paid', 'expired', 'cancelled', 'invalid')
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq
+                                 AND d.delivered_at IS NULL AND d.failed_at IS NULL)
+               ORDER BY e.seq LIMIT ?""",
+            (before, limit),
+        )]
+        for seq in seqs:
+            await self._write("DELETE FROM deliveries WHERE event_seq = ?", (seq,))
+            await self._write("DELETE FROM events WHERE seq = ?", (seq,))
+        return len(seqs)
+
     async def events_for(self, invoice_id: str) -> list[dict[str, Any]]:
         rows = await self._all(
             "SELECT id, type, created_at, payload FROM events WHERE invoice_id = ? ORDER BY seq", (invoice_id,)

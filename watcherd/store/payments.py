@@ -137,6 +137,22 @@ class PaymentQueries(Database):
         )
         return [(bytes(r[0]), r[1]) for r in rows]
 
+    async def prune_spends(self, chain: str, buried_at: int, limit: int = 2000) -> list[tuple[bytes, str]]:
+        """Forget up to `limit` spent outpoints that can no longer replace anything: every payment of their
+        transaction was replaced, or mined at or below `buried_at` (deeper than any reorg we follow). Returns
+        them, for the watch list in memory."""
+        rows = await self._all(
+            """SELECT s.outpoint, s.txid FROM spends s WHERE s.chain = ? AND NOT EXISTS (
+                   SELECT 1 FROM payments p WHERE p.chain = s.chain AND p.txid = s.txid AND p.replaced = 0
+                   AND (p.block_height IS NULL OR p.block_height > ?))
+               LIMIT ?""",
+            (chain, buried_at, limit),
+        )
+        for outpoint, txid in rows:
+            await self._write("DELETE FROM spends WHERE chain = ? AND outpoint = ? AND txid = ?",
+                              (chain, outpoint, txid))
+        return [(bytes(r[0]), r[1]) for r in rows]
+
     async def mined_totals(self, chain: str, asset: str, invoice_ids: list[str], height: int) -> dict[str, int]:
         """Per invoice, the `asset` payments that still count and were mined at or below `height`."""
         totals: dict[str, int] = {}

@@ -100,4 +100,15 @@ SCHEMA = [
     ALTER TABLE payments ADD COLUMN output_key BLOB;
     CREATE INDEX payments_output_key ON payments (chain, output_key) WHERE output_key IS NOT NULL;
     """,
+    # version 3: the decimals of each asset invoices were made for (an invoice still renders right once its chain
+    # left the config); an invoice's events by index, not by scanning them all
+    """
+    CREATE TABLE assets (
+        chain TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        decimals INTEGER NOT NULL,
+        PRIMARY KEY (chain, asset)
+    );
+    CREATE INDEX events_invoice ON events (invoice_id, seq);
+    """,
 ]
