@@ -338,3 +338,19 @@ async def test_output_key_of_a_pool_payment_follows_it_into_its_block_and_a_mine
     assert duplicates._value.get() == before + 1
     shown = await processor.invoice_json(second["id"])
     assert {p["txid"]: p["status"] for p in shown["payments"]} == {"a": "replaced", "b": "pending"}
+
+
+async def test_a_page_watching_an_invoice_is_woken_by_its_committed_changes_and_by_blocks(core):
+    processor, chain, _ = core
+    watched = await processor.create_invoice("fake", 1000)
+    other = await processor.create_invoice("fake", 1000)
+    with processor.live.watch(watched["id"]) as woken:
+        await processor.tx_seen("fake", tx("t9", chain.derive(1)[1], 1000))  # the other invoice
+        assert not woken.is_set()
+        await processor.tx_seen("fake", tx("t1", chain.derive(0)[1], 1000))
+        assert woken.is_set()
+        woken.clear()
+        await processor.block_connected("fake", block(101, []))  # confirmations moved, no event
+        assert woken.is_set()
+    assert processor.live.watching == 0
+    assert other["id"] != watched["id"]

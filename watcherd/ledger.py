@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from watcherd import metrics, views
+from watcherd.live import Live
 from watcherd.core.chain import ChainAdapter, OpenInvoice
 from watcherd.core.invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
@@ -46,6 +47,8 @@ class Processor:
         self.tips: dict[str, int] = {}
         self.final_heights: dict[str, int] = {}  # chains with finality: the node's last finalized height
         self.known_assets: dict[str, dict[str, int]] = {}  # chains no longer configured render with these
+        self.live = Live()  # payment pages watching an invoice
+        self._touched: set[str] = set()  # invoices given an event since the last wake-up
 
     def sink(self, chain_name: str) -> LedgerSink:
         """What the chain's adapter reports to: this ledger, bound to that chain."""
@@ -57,8 +60,11 @@ class Processor:
         return event
 
     def wake_outbox(self) -> None:
+        """After a commit: the senders have events to send, and pages watching a changed invoice re-read it."""
         for event in self.outbox_listeners:
             event.set()
+        self.live.touch(self._touched)
+        self._touched.clear()
 
     async def start(self) -> None:
         for name in self.chains:
@@ -225,6 +231,7 @@ class Processor:
             event_id, invoice_id, invoice.chain, type_, now, payload, self.transports, self.clock()
         )
         metrics.EVENTS.labels(invoice.chain, type_).inc()
+        self._touched.add(invoice_id)
         log.info(
             "invoice %s %s -> %s%s", invoice_id, invoice.status, assessment.status,
             f" ({exception})" if exception else "",
@@ -375,6 +382,7 @@ class Processor:
         for tx in block.txs:
             self._refresh_spends(chain, tx)
         self.wake_outbox()
+        self.live.touch_all()  # every page shows its payments' confirmations
 
     async def block_disconnected(self, chain_name: str, height: int, block_hash: str, parent: Cursor) -> None:
         """The block at the cursor left the main chain: undo it and move the cursor to its parent."""
@@ -390,6 +398,7 @@ class Processor:
             "block %d %s disconnected (reorg)", height, block_hash, extra={"chain": chain_name}
         )
         self.wake_outbox()
+        self.live.touch_all()
 
     async def set_cursor(self, chain_name: str, cursor: Cursor) -> None:
         """Where a chain starts on its very first run (nothing was issued before it)."""
