@@ -177,7 +177,7 @@ async def test_pruning_forgets_settled_history_and_buried_spends_only(core):
 
     processor, chain, clock = core
     paid = await processor.create_invoice("fake", 1000)
-    pending = await processor.create_invoice("fake", 1000)
+    await processor.create_invoice("fake", 1000)  # paid by t2, still pending
     open_ = await processor.create_invoice("fake", 1000)
     paid_key, pending_key = chain.derive(0)[1], chain.derive(1)[1]
     await processor.block_connected("fake", block(101, [tx("t1", paid_key, 1000, spent=(b"o1",))]))

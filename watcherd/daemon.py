@@ -77,7 +77,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         store = await Store.open(self.config.store.path)
         transports = [t for t, on in (("webhook", self.config.webhook), ("mqtt", self.config.mqtt)) if on]
-        self.processor = Processor(store, self.chains, transports)
+        self.processor = Processor(store, self.chains, transports, public_url=self.config.api.public_url)
         await self.processor.start()
         runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness),
                                access_log=None, handle_signals=False)

@@ -18,11 +18,11 @@ from dataclasses import replace
 from typing import Any
 
 from watcherd import metrics, views
-from watcherd.live import Live
 from watcherd.core.chain import ChainAdapter, OpenInvoice
 from watcherd.core.invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import InvoiceError
+from watcherd.live import Live
 from watcherd.store import KEEP_BLOCKS, InvoiceRow, PaymentRow, Store
 
 log = logging.getLogger("watcherd.processor")
@@ -37,8 +37,9 @@ def new_id(prefix: str) -> str:
 class Processor:
     def __init__(
         self, store: Store, chains: dict[str, ChainAdapter], transports: Iterable[str] = (),
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, public_url: str = "",
     ):
+        self.public_url = public_url  # the payment pages' base: checkout_url is <public_url>/i/<id>
         self.store = store
         self.chains = chains
         self.transports = tuple(transports)
@@ -179,6 +180,9 @@ class Processor:
             invoice, payments, terms=terms, counting_tip=counting_tip, tip=self.tips.get(invoice.chain, 0),
             now=self.clock(), assets=chain.assets if chain else self.known_assets.get(invoice.chain, {}),
             payment_uri=chain.payment_uri(invoice.address, invoice.amount, invoice.asset) if chain else None,
+            method=invoice.chain if chain is None or invoice.asset == chain.asset
+            else f"{invoice.chain}:{invoice.asset}",
+            checkout_url=f"{self.public_url}/i/{invoice.id}",
         )
 
     async def _reassess(self, invoice_id: str, force_type: str | None = None) -> None:

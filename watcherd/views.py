@@ -16,13 +16,14 @@ def iso(ts: int | float | None) -> str | None:
 
 def invoice_json(
     invoice: InvoiceRow, payments: list[PaymentRow], *, terms: Terms, counting_tip: int, tip: int, now: float,
-    assets: dict[str, int], payment_uri: str | None,
+    assets: dict[str, int], payment_uri: str | None, method: str, checkout_url: str,
 ) -> dict[str, Any]:
     """`terms` and `counting_tip` are what confirmations count against (on a chain with finality: one
     "confirmation" at or below the final height); `tip` is the chain tip shown as payments' confirmations."""
     decimals = assets.get(invoice.asset, 0)
     required = terms.confirmations_required
     assessment = assess(terms, [p.payment for p in payments], counting_tip, now)
+    due = max(0, invoice.amount - assessment.received)
     return {
         "id": invoice.id,
         "chain": invoice.chain,
@@ -45,6 +46,17 @@ def invoice_json(
         "expires_at": iso(invoice.expires_at),
         "paid_at": iso(invoice.paid_at),
         "cancelled_at": iso(invoice.cancelled_at),
+        "currency": invoice.asset,
+        "checkout_url": checkout_url,
+        # priced in the coin itself: one method, activated at creation, at a rate of 1
+        "payment_methods": [{
+            "method": method, "chain": invoice.chain, "asset": invoice.asset, "activated": True,
+            "address": invoice.address, "rate": "1",
+            "amount": to_decimal_string(invoice.amount, decimals), "amount_atomic": str(invoice.amount),
+            "due": to_decimal_string(due, decimals), "due_atomic": str(due),
+            "payment_uri": payment_uri,
+            "confirmations_required": invoice.confirmations_required or None,
+        }],
         "payments": [
             {
                 "txid": p.payment.txid,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,6 +21,7 @@ class ApiConfig:
     host: str
     port: int
     token: str = field(repr=False)
+    public_url: str = ""  # where customers reach the payment pages (/i/<id>); default http://<listen>
 
     @property
     def listen(self) -> str:
@@ -80,8 +81,12 @@ def parse_api(t: Table) -> ApiConfig:
     token = t.secret("token", min_length=16) or ""
     if any(c.isspace() or not c.isprintable() for c in token):
         t.problem(t.secret_key("token"), "must not contain whitespace or control characters")
+    public_url = t.text("public_url", default="")
+    if public_url and not is_http_url(public_url):
+        t.problem("public_url", "must be an http(s) URL, e.g. https://pay.example.com")
     t.finish()
-    return ApiConfig(host=host, port=port, token=token)
+    api = ApiConfig(host=host, port=port, token=token)
+    return replace(api, public_url=(public_url or f"http://{api.listen}").rstrip("/"))
 
 
 def parse_metrics(t: Table) -> MetricsConfig:

@@ -44,12 +44,24 @@ _PAYMENT = {
     },
 }
 
+_PAYMENT_METHOD = {
+    "type": "object",
+    "required": ["method", "chain", "asset", "activated"],
+    "properties": {
+        "method": {**_STRING, "description": "the chain's name for its own asset, <chain>:<TOKEN> for a token"},
+        "chain": _STRING, "asset": _STRING, "activated": {"type": "boolean"},
+        "address": _STRING, "rate": {**_DECIMAL, "description": "invoice currency per coin, locked at creation"},
+        "amount": _DECIMAL, "amount_atomic": _ATOMIC, "due": _DECIMAL, "due_atomic": _ATOMIC,
+        "payment_uri": _NULLABLE_STRING, "confirmations_required": {"type": "integer", "nullable": True},
+    },
+}
+
 _INVOICE = {
     "type": "object",
     "required": ["id", "chain", "asset", "address", "amount", "amount_atomic", "amount_received",
                  "amount_received_atomic", "amount_confirmed", "amount_confirmed_atomic", "status", "exception",
                  "payment_uri", "confirmations_required", "finality", "order_id", "metadata", "created_at",
-                 "expires_at", "paid_at", "cancelled_at", "payments"],
+                 "expires_at", "paid_at", "cancelled_at", "currency", "checkout_url", "payment_methods", "payments"],
     "properties": {
         "id": _STRING, "chain": _STRING, "asset": _STRING, "address": _STRING,
         "amount": _DECIMAL, "amount_atomic": _ATOMIC, "amount_received": _DECIMAL, "amount_received_atomic": _ATOMIC,
@@ -60,6 +72,9 @@ _INVOICE = {
         "finality": {"type": "string", "enum": ["finalized"], "nullable": True},
         "order_id": _NULLABLE_STRING, "metadata": {"type": "object"},
         "created_at": _TIME, "expires_at": _TIME, "paid_at": _TIME, "cancelled_at": _TIME,
+        "currency": {**_STRING, "description": "what the invoice is priced in"},
+        "checkout_url": {**_STRING, "description": "the customer's payment page"},
+        "payment_methods": {"type": "array", "items": _ref("PaymentMethod")},
         "payments": {"type": "array", "items": _ref("Payment")},
     },
 }
@@ -209,6 +224,7 @@ def document(chains: list[str] | None = None) -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Invoice": _INVOICE, "InvoiceRequest": request, "Payment": _PAYMENT,
-                        "Event": _EVENT, "Delivery": _DELIVERY, "Error": _ERROR, "Readiness": _READINESS},
+                        "PaymentMethod": _PAYMENT_METHOD, "Event": _EVENT, "Delivery": _DELIVERY, "Error": _ERROR,
+                        "Readiness": _READINESS},
         },
     }
