@@ -49,3 +49,7 @@ class InvoiceError(WatcherdError):
     def __init__(self, field: str, message: str):
         self.field = field
         super().__init__(message)
+
+
+class RatesUnavailable(WatcherdError):
+    """No fresh exchange rate for a pair: pricing on it now would be a guess (the API answers 503)."""
