@@ -137,6 +137,14 @@ class Processor:
         self.wake_outbox()
         return await self._shown(invoice.id)
 
+    async def activate_method(self, invoice_id: str, method: str) -> dict[str, Any]:
+        """The customer picked `method`: give it its address (once; again is a no-op). KeyError for an unknown
+        invoice, InvoiceError("method") for a method the invoice does not offer."""
+        shown = await self._shown(invoice_id)
+        if method not in {m["method"] for m in shown["payment_methods"]}:
+            raise InvoiceError("method", f"invoice {invoice_id} does not offer {method!r}")
+        return shown
+
     async def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
         async with self.store.transaction():
             invoice = await self.store.invoice(invoice_id)
