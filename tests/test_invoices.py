@@ -1,6 +1,7 @@
 """The invoice state machine, table-driven and by property: no I/O, no event loop."""
 
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
@@ -100,3 +101,50 @@ def test_properties(payments, now):
     gone = assess(TERMS, [Payment(p.txid, p.vout, p.amount, p.first_seen_at, p.block_height, True)
                           for p in payments], TIP, now)
     assert gone.status in (Status.UNPAID, Status.EXPIRED) and gone.received == 0
+
+
+# A 49.00 USD invoice (4,900 cents) payable in BTC at 50,000 USD/BTC and XMR at 150 USD/XMR, rates locked at
+# creation: one satoshi is worth 1/2000 cent, one piconero 1.5e-10 cents. Each payment is confirmed (or not)
+# on its own chain, as the ledger computes it.
+USD = Terms(amount=4_900, expires_at=1_000, confirmations_required=1)
+SAT = Fraction(50_000 * 100, 10**8)
+PICO = Fraction(150 * 100, 10**12)
+BTC_DUE = 98_000  # ceil(4900 / SAT): exactly 0.00098 BTC
+XMR_DUE = 326_666_666_667  # ceil(4900 / PICO): 0.326666666667 XMR, rounded up to the piconero
+
+
+def coin(amount, rate, *, confirmed=False, seen=10, txid="a", replaced=False):
+    return Payment(txid=txid, vout=0, amount=amount, first_seen_at=seen, rate=rate, confirmed=confirmed,
+                   replaced=replaced)
+
+
+@pytest.mark.parametrize(
+    ("payments", "now", "status", "exception"),
+    [
+        ([coin(BTC_DUE, SAT, confirmed=True)], 0, Status.PAID, None),
+        ([coin(XMR_DUE, PICO, confirmed=True)], 0, Status.PAID, None),  # rounded up, yet not "overpaid"
+        ([coin(XMR_DUE + 1, PICO, confirmed=True)], 0, Status.PAID, InvoiceException.OVERPAID),
+        ([coin(XMR_DUE - 1, PICO, confirmed=True)], 0, Status.UNPAID, InvoiceException.UNDERPAID),
+        # half in BTC, the rest in XMR: paid once both are confirmed, each on its own chain
+        ([coin(BTC_DUE // 2, SAT, confirmed=True), coin((XMR_DUE + 1) // 2, PICO, txid="x")], 0,
+         Status.PROCESSING, None),
+        ([coin(BTC_DUE // 2, SAT, confirmed=True), coin((XMR_DUE + 1) // 2, PICO, confirmed=True, txid="x")], 0,
+         Status.PAID, None),
+        ([coin(BTC_DUE // 2, SAT, confirmed=True), coin(XMR_DUE // 2, PICO, confirmed=True, txid="x",
+                                                         replaced=True)], 0,
+         Status.UNPAID, InvoiceException.DOUBLE_SPENT),  # the XMR half was double-spent away
+        # the XMR half arrived after expiry: the invoice was made whole late
+        ([coin(BTC_DUE // 2, SAT, confirmed=True), coin((XMR_DUE + 1) // 2, PICO, confirmed=True, seen=1_200,
+                                                         txid="x")], 2_000,
+         Status.PAID, InvoiceException.PAID_LATE),
+    ],
+)
+def test_an_invoice_paid_across_coins_counts_each_at_its_locked_rate(payments, now, status, exception):
+    result = assess(USD, payments, tip_height=0, now=now)
+    assert (result.status, result.exception) == (status, exception)
+
+
+def test_a_payment_is_worth_exactly_its_amount_at_the_rate():
+    assert coin(BTC_DUE, SAT).value == 4_900
+    assert 0 < coin(XMR_DUE, PICO).value - 4_900 < PICO  # the rounding up: less than one piconero's worth
+    assert assess(USD, [coin(BTC_DUE // 2, SAT)], 0, 0).received == 2_450

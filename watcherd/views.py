@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,9 @@ def invoice_json(
     decimals = assets.get(invoice.asset, 0)
     required = terms.confirmations_required
     assessment = assess(terms, [p.payment for p in payments], counting_tip, now)
-    due = max(0, invoice.amount - assessment.received)
+    # shown in the invoice currency's smallest unit: what arrived rounded down, what is still due rounded up
+    received, confirmed = math.floor(assessment.received), math.floor(assessment.confirmed)
+    due = max(0, math.ceil(invoice.amount - assessment.received))
     return {
         "id": invoice.id,
         "chain": invoice.chain,
@@ -31,10 +34,10 @@ def invoice_json(
         "address": invoice.address,
         "amount": to_decimal_string(invoice.amount, decimals),
         "amount_atomic": str(invoice.amount),
-        "amount_received": to_decimal_string(assessment.received, decimals),
-        "amount_received_atomic": str(assessment.received),
-        "amount_confirmed": to_decimal_string(assessment.confirmed, decimals),
-        "amount_confirmed_atomic": str(assessment.confirmed),
+        "amount_received": to_decimal_string(received, decimals),
+        "amount_received_atomic": str(received),
+        "amount_confirmed": to_decimal_string(confirmed, decimals),
+        "amount_confirmed_atomic": str(confirmed),
         "status": invoice.status.value,
         "exception": invoice.exception,
         "payment_uri": payment_uri,

@@ -52,10 +52,26 @@ class Payment:
     block_height: int | None = None
     replaced: bool = False
     wrong_asset: bool = False
+    # What one atomic unit is worth in the invoice's currency (its minor units), locked when the invoice was
+    # created: 1 for an invoice priced in the coin itself; 50000 USD/BTC is Fraction(5000000, 10**8) cents/sat.
+    rate: Fraction = Fraction(1)
+    # Whether it has its own chain's required confirmations, for invoices payable on several chains (each
+    # payment counts against its chain's tip); None: count against assess()'s tip and the terms.
+    confirmed: bool | None = None
 
     @property
     def counts(self) -> bool:
         return not self.replaced and not self.wrong_asset
+
+    @property
+    def value(self) -> Fraction:
+        """What the payment is worth in the invoice's currency (minor units, exact)."""
+        return self.amount * self.rate
+
+    def is_confirmed(self, tip_height: int, required: int) -> bool:
+        if self.confirmed is not None:
+            return self.confirmed and not self.replaced
+        return self.confirmations(tip_height) >= required
 
     def confirmations(self, tip_height: int) -> int:
         if self.block_height is None or self.replaced:
@@ -67,7 +83,7 @@ class Payment:
             return PaymentStatus.WRONG_ASSET
         if self.replaced:
             return PaymentStatus.REPLACED
-        if self.confirmations(tip_height) >= required:
+        if self.is_confirmed(tip_height, required):
             return PaymentStatus.CONFIRMED
         return PaymentStatus.PENDING
 
@@ -76,7 +92,7 @@ class Payment:
 class Terms:
     """What the invoice asks for; fixed when it is created."""
 
-    amount: int
+    amount: int  # in the invoice's currency: minor units (cents), or atomic units for an invoice priced in a coin
     expires_at: int
     confirmations_required: int
     underpaid_tolerance_percent: Decimal = Decimal(0)
@@ -87,32 +103,38 @@ class Terms:
 class Assessment:
     status: Status
     exception: InvoiceException | None
-    received: int  # every payment that still counts, confirmed or not
-    confirmed: int  # payments with the required confirmations
+    received: Fraction  # what every payment that still counts is worth, confirmed or not (invoice currency)
+    confirmed: Fraction  # what the payments with their required confirmations are worth
 
 
-def _covers(received: int, terms: Terms) -> bool:
+def _covers(received: Fraction, terms: Terms) -> bool:
     """True when `received` pays the invoice, allowing the configured underpayment tolerance."""
     if received >= terms.amount:
         return True
     tolerance = Fraction(terms.underpaid_tolerance_percent) / 100
-    return Fraction(received) >= Fraction(terms.amount) * (1 - tolerance)
+    return received >= terms.amount * (1 - tolerance)
 
 
 def _covered_after_expiry(live: Sequence[Payment], terms: Terms) -> bool:
     """True when the money that made the invoice whole arrived after it expired."""
-    total = 0
+    total = Fraction(0)
     for payment in sorted(live, key=lambda p: (p.first_seen_at, p.txid, p.vout)):
-        total += payment.amount
+        total += payment.value
         if _covers(total, terms):
             return payment.first_seen_at >= terms.expires_at
     return False
 
 
+def _rounding(live: Sequence[Payment]) -> Fraction:
+    """How far a customer who paid exactly what was asked can be above the price: each coin's amount is rounded
+    up to its atomic unit, so less than one unit of each coin paid with. Overpaid starts at that much more."""
+    return max(sum({p.rate for p in live}, Fraction(0)), Fraction(1, 10**9))
+
+
 def assess(terms: Terms, payments: Sequence[Payment], tip_height: int, now: float) -> Assessment:
     live = [p for p in payments if p.counts]
-    received = sum(p.amount for p in live)
-    confirmed = sum(p.amount for p in live if p.confirmations(tip_height) >= terms.confirmations_required)
+    received = sum((p.value for p in live), Fraction(0))
+    confirmed = sum((p.value for p in live if p.is_confirmed(tip_height, terms.confirmations_required)), Fraction(0))
 
     if terms.cancelled:
         status = Status.INVALID if received else Status.CANCELLED
@@ -133,7 +155,7 @@ def assess(terms: Terms, payments: Sequence[Payment], tip_height: int, now: floa
         exception = InvoiceException.DOUBLE_SPENT
     elif any(p.wrong_asset and not p.replaced for p in payments):
         exception = InvoiceException.WRONG_ASSET
-    elif received > terms.amount:
+    elif received - terms.amount >= _rounding(live):
         exception = InvoiceException.OVERPAID
     elif 0 < received < terms.amount:
         exception = InvoiceException.UNDERPAID
