@@ -176,7 +176,7 @@ class Daemon:
                     # the same watched set: an invoice created while this reload ran adds its address to it
                     adapter.watchlist = previous.watchlist
                 self.chains[name] = adapter
-                await self.processor.load_chain(name)
+                await self._load_chain(name)
                 self._start_follower(name)
             log.info("chain %s %s", name, "reconfigured" if name in new.chains else "removed",
                      extra={"chain": name})
@@ -186,6 +186,22 @@ class Daemon:
         log.info("configuration reloaded from %s", new.path)
         sdnotify.notify("READY=1", f"STATUS={await self._status()}")
         return True
+
+    async def _load_chain(self, name: str) -> None:
+        """Load a (re)configured chain's state for its new follower, waiting for the store if it cannot be
+        written: the old follower is already stopped, and giving up would leave the chain unfollowed until the
+        next reload."""
+        waiting = False
+        while True:
+            try:
+                await self.processor.load_chain(name)
+                return
+            except STORE_ERRORS as exc:
+                if not waiting:
+                    log.warning("chain %s waits for the store to take writes before it restarts: %s", name, exc,
+                                extra={"chain": name})
+                    waiting = True
+                await asyncio.sleep(STORE_PROBE_SECONDS)
 
     async def _status(self) -> str:
         parts = []

@@ -4,6 +4,7 @@ Each event goes to `<prefix>/events/<chain>` (QoS 1), and the invoice's state as
 `<prefix>/invoices/<id>` (QoS 1, retained), so a consumer that connects late reads every invoice's latest
 state from the broker. A delivery row is marked done only after the broker acknowledged both (PUBACK); a broker
 restart in between means the event is published again with the same event id (at-least-once, like webhooks).
+While the store cannot record outcomes (disk full, read-only), publishing pauses and backs off, connected.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from watcherd import metrics
-from watcherd.delivery.schedule import retry_delay, sleep_until_due
+from watcherd.delivery.schedule import StoreOutage, Unrecorded, retry_delay, sleep_until_due
+from watcherd.exceptions import STORE_ERRORS
 from watcherd.retry import backoff, sleep_unless
 from watcherd.store import Delivery, Store
 
@@ -47,6 +49,7 @@ class MqttPublisher:
         self.invoice_json = invoice_json
         self.clock = clock
         self.connected = False
+        self._unrecorded = Unrecorded()
 
     def _client(self) -> aiomqtt.Client:
         url = urlsplit(self.config.url)
@@ -59,6 +62,7 @@ class MqttPublisher:
 
     async def run(self, stop: asyncio.Event) -> None:
         delays = backoff(first=1.0, cap=60.0)
+        outage = StoreOutage(log, self.transport)
         while not stop.is_set():
             try:
                 async with self._client() as client:
@@ -67,8 +71,13 @@ class MqttPublisher:
                     log.info("MQTT connected to %s", self.config.url_without_credentials)
                     delays = backoff(first=1.0, cap=60.0)
                     while not stop.is_set():
-                        if not await self.publish_due(client):
-                            await sleep_until_due(self.store, self.transport, self.clock, self.wakeup, stop)
+                        try:
+                            if not await self.publish_due(client):
+                                await sleep_until_due(self.store, self.transport, self.clock, self.wakeup, stop)
+                        except STORE_ERRORS as exc:
+                            await outage.wait(exc, self.wakeup, stop)
+                        else:
+                            outage.ok()
             except aiomqtt.MqttError as exc:
                 self.connected = False
                 delay = next(delays)
@@ -77,15 +86,23 @@ class MqttPublisher:
         self.connected = False
 
     async def drain(self, deadline: float) -> None:
-        """Publish what is due now, for at most until `deadline` (graceful shutdown)."""
-        if not await self.store.due_deliveries(self.transport, self.clock(), limit=1):
-            return
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            async with asyncio.timeout(max(0.1, deadline - self.clock())), self._client() as client:
-                while self.clock() < deadline and await self.publish_due(client):
-                    pass
+        """Publish what is due now, for at most until `deadline` (graceful shutdown); nothing more once the
+        store cannot record outcomes (what it could not record is published again after the restart)."""
+        try:
+            await self._unrecorded.flush()
+            if not await self.store.due_deliveries(self.transport, self.clock(), limit=1):
+                return
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(max(0.1, deadline - self.clock())), self._client() as client:
+                    while self.clock() < deadline and await self.publish_due(client):
+                        pass
+        except STORE_ERRORS as exc:
+            log.warning("MQTT drain stopped: the store cannot record deliveries (%s); %d published but unrecorded "
+                        "will be published again after the restart", exc, len(self._unrecorded))
 
     async def publish_due(self, client: aiomqtt.Client) -> int:
+        """Publish what is due, one by one; a store error (an outcome it could not record) stops the batch."""
+        await self._unrecorded.flush()
         due = await self.store.due_deliveries(self.transport, self.clock())
         for delivery in due:
             await self._publish(client, delivery)
@@ -103,13 +120,18 @@ class MqttPublisher:
                                  retain=True, timeout=PUBLISH_TIMEOUT)
         except aiomqtt.MqttError as exc:
             metrics.DELIVERY_FAILURES.labels(self.transport).inc()
-            async with self.store.transaction():
-                await self.store.mark_attempt_failed(
-                    self.transport, delivery.event_seq, f"MQTT: {exc}",
-                    self.clock() + retry_delay(delivery.attempts + 1), None,
-                )
+            error, retry_at = f"MQTT: {exc}", self.clock() + retry_delay(delivery.attempts + 1)
+            with contextlib.suppress(*STORE_ERRORS):  # kept: recorded before anything is published again
+                await self._unrecorded.record(lambda: self._record_failed(delivery, error, retry_at))
             raise
         now = self.clock()
+        await self._unrecorded.record(lambda: self._record_delivered(delivery, now))
+
+    async def _record_failed(self, delivery: Delivery, error: str, retry_at: float) -> None:
+        async with self.store.transaction():
+            await self.store.mark_attempt_failed(self.transport, delivery.event_seq, error, retry_at, None)
+
+    async def _record_delivered(self, delivery: Delivery, now: float) -> None:
         async with self.store.transaction():
             await self.store.mark_delivered(self.transport, delivery.event_seq, int(now))
         metrics.DELIVERED.labels(self.transport).inc()

@@ -1,12 +1,14 @@
 """Webhook delivery: each due outbox event POSTed, signed, to `webhook.url`, until a 2xx acknowledges it.
 
 A 4xx other than 408/429 is given up at once (the endpoint rejects the event itself); anything else is retried
-on the shared schedule until `webhook.max_retry_hours` have passed since the event.
+on the shared schedule until `webhook.max_retry_hours` have passed since the event. While the store cannot
+record outcomes (disk full, read-only), sending pauses and backs off; it resumes by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -15,8 +17,9 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from watcherd import metrics
-from watcherd.delivery.schedule import retry_delay, sleep_until_due
+from watcherd.delivery.schedule import StoreOutage, Unrecorded, retry_delay, sleep_until_due
 from watcherd.delivery.signing import sign
+from watcherd.exceptions import STORE_ERRORS
 from watcherd.store import Delivery, Store
 
 if TYPE_CHECKING:
@@ -40,24 +43,40 @@ class WebhookSender:
         self.wakeup = wakeup
         self.clock = clock
         self._slots = asyncio.Semaphore(concurrency)
+        self._unrecorded = Unrecorded()
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
+        outage = StoreOutage(log, self.transport)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while not stop.is_set():
-                await self.deliver_due(session)
-                await sleep_until_due(self.store, self.transport, self.clock, self.wakeup, stop)
+                try:
+                    await self.deliver_due(session)
+                    await sleep_until_due(self.store, self.transport, self.clock, self.wakeup, stop)
+                except STORE_ERRORS as exc:
+                    await outage.wait(exc, self.wakeup, stop)
+                else:
+                    outage.ok()
 
     async def drain(self, deadline: float) -> None:
-        """Deliver what is due now, for at most until `deadline` (graceful shutdown)."""
+        """Deliver what is due now, for at most until `deadline` (graceful shutdown); nothing more once the
+        store cannot record outcomes (what it could not record is sent again after the restart)."""
         timeout = aiohttp.ClientTimeout(total=min(self.config.timeout_seconds, max(0.1, deadline - self.clock())))
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while self.clock() < deadline and await self.deliver_due(session):
-                pass
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while self.clock() < deadline and await self.deliver_due(session):
+                    pass
+        except STORE_ERRORS as exc:
+            log.warning("webhook drain stopped: the store cannot record deliveries (%s); %d sent but unrecorded "
+                        "will be sent again after the restart", exc, len(self._unrecorded))
 
     async def deliver_due(self, session: aiohttp.ClientSession) -> int:
+        """Send what is due, concurrently; raises a store error (after every send ended) if an outcome could
+        not be recorded, so the caller backs off."""
+        await self._unrecorded.flush()
         due = await self.store.due_deliveries(self.transport, self.clock())
         await asyncio.gather(*(self._deliver(session, d) for d in due))
+        await self._unrecorded.flush()
         return len(due)
 
     async def _deliver(self, session: aiohttp.ClientSession, delivery: Delivery) -> None:
@@ -87,10 +106,13 @@ class WebhookSender:
                         permanent = response.status < 500 and response.status not in RETRYABLE_STATUS
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            await self._record(delivery, error, permanent)
+            # never raised out of the gather: a sibling still sending would be left running, and could send
+            # its event again once the loop reads it as due; deliver_due raises it after the gather
+            at = self.clock()
+            with contextlib.suppress(*STORE_ERRORS):
+                await self._unrecorded.record(lambda: self._record(delivery, error, permanent, at))
 
-    async def _record(self, delivery: Delivery, error: str | None, permanent: bool) -> None:
-        now = self.clock()
+    async def _record(self, delivery: Delivery, error: str | None, permanent: bool, now: float) -> None:
         async with self.store.transaction():
             if error is None:
                 await self.store.mark_delivered(self.transport, delivery.event_seq, int(now))
