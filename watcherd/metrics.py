@@ -58,3 +58,19 @@ NOTIFICATIONS_FAILED = Gauge(
 OLDEST_PENDING_AGE = Gauge(
     "watcherd_notification_oldest_pending_age_seconds", "Age of the oldest undelivered event", ["transport"]
 )
+RATE_SOURCE_FAILURES = Counter(
+    "watcherd_rate_source_failures_total",
+    "Exchange rate fetches that failed or answered garbage (unreachable, HTTP error, timeout, bad JSON or price)",
+    ["source"],
+)
+RATE_SOURCE_OUTLIERS = Counter(
+    "watcherd_rate_source_outliers_total",
+    "Rates left out of a pair's median for deviating from it by more than max_deviation_percent",
+    ["source", "pair"],
+)
+RATE_AGE = Gauge(
+    "watcherd_rate_age_seconds", "Age of a pair's newest source value (fixed pairs 0, never fetched +Inf)", ["pair"]
+)
+RATE = Gauge(
+    "watcherd_exchange_rate", "A pair's median rate before the spread (NaN while unavailable); display only", ["pair"]
+)

@@ -32,10 +32,12 @@ from watcherd.config.tables import (
     parse_log,
     parse_metrics,
     parse_mqtt,
+    parse_rates,
     parse_store,
     parse_webhook,
 )
 from watcherd.exceptions import ConfigError
+from watcherd.rates.config import RatesConfig
 
 __all__ = [
     "ApiConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "MqttConfig",
+    "RatesConfig",
     "StoreConfig",
     "WebhookConfig",
     "load",
@@ -99,6 +102,7 @@ class Config:
     chains: dict[str, ChainConfig]
     metrics: MetricsConfig | None = None  # Prometheus listener; absent table: no listener
     mqtt: MqttConfig | None = None  # absent table: no MQTT publishing
+    rates: RatesConfig | None = None  # absent table: no rates fetched; a fiat invoice must bring its own rates
 
 
 def load(path: str | Path) -> Config:
@@ -123,11 +127,13 @@ def load(path: str | Path) -> Config:
     log = parse_log(root.table("log"))
     metrics = parse_metrics(root.table("metrics")) if root.present("metrics") else None
     mqtt = parse_mqtt(root.table("mqtt")) if root.present("mqtt") else None
+    rates = parse_rates(root.table("rates")) if root.present("rates") else None
     chains = _chains(root.table("chains"))
     root.finish()
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains, metrics=metrics, mqtt=mqtt)
+    return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains, metrics=metrics, mqtt=mqtt,
+                  rates=rates)
 
 
 _CHAIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")

@@ -1,13 +1,20 @@
-"""The core tables: [store], [api], [metrics], [mqtt], [webhook] and [log], each a frozen dataclass."""
+"""The core tables: [store], [api], [metrics], [mqtt], [webhook], [log] and [rates], each a frozen dataclass
+([rates]' own, RatesConfig, lives in watcherd/rates/config.py so that the rates package imports no config code)."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from watcherd.config.reader import Table, host_port, is_http_url
+from watcherd.core.currencies import MINOR_UNITS
+from watcherd.rates.config import DEFAULT_CURRENCIES, DEFAULT_SOURCES, SOURCE_URLS, RatesConfig
 
 
 @dataclass(frozen=True)
@@ -146,3 +153,90 @@ def parse_log(t: Table) -> LogConfig:
     )
     t.finish()
     return log
+
+
+_FIXED_PAIR = re.compile(r"([A-Za-z0-9.]{1,16})_([A-Za-z0-9.]{1,16})")
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
+
+
+def _codes(t: Table, name: str, default: tuple[str, ...], known: Collection[str], unknown: str) -> tuple[str, ...]:
+    """A list of distinct names out of `known`; `unknown` ends the problem for one that is not."""
+    value = t.raw(name)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        t.problem(name, f"must be a list of strings, e.g. {json.dumps(list(default))}")
+        return default
+    codes: list[str] = []
+    for code in value:
+        if code not in known:
+            t.problem(name, f"{code!r} {unknown}")
+        elif code in codes:
+            t.problem(name, f"{code!r} is listed twice")
+        else:
+            codes.append(code)
+    return tuple(codes)
+
+
+def _fixed_rate(value: object) -> Decimal | None:
+    if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value.strip()):
+        rate = Decimal(value.strip())
+    elif isinstance(value, int) and not isinstance(value, bool):
+        rate = Decimal(value)
+    elif isinstance(value, float) and math.isfinite(value):
+        rate = Decimal(str(value))  # through str: 1.01 in the file is Decimal("1.01"), not the float's expansion
+    else:
+        return None
+    return rate if rate > 0 else None
+
+
+def parse_rates(t: Table) -> RatesConfig:
+    sources = _codes(t, "sources", DEFAULT_SOURCES, SOURCE_URLS,
+                     f"is not an exchange rate source; known: {', '.join(sorted(SOURCE_URLS))}")
+    currencies = _codes(t, "currencies", DEFAULT_CURRENCIES, MINOR_UNITS,
+                        "is not an ISO 4217 currency code watcherd knows (see watcherd/core/currencies.py)")
+    refresh = t.number("refresh_seconds", 60, lambda x: 10 <= x <= 3600, "a number of seconds, 10 ≤ x ≤ 3600")
+    max_age = t.number("max_age_seconds", 300, lambda x: 0 < x <= 86400, "a number of seconds, 0 < x ≤ 86400")
+    if max_age <= refresh:
+        t.problem("max_age_seconds", f"must be more than refresh_seconds ({refresh:g}), or every rate goes stale "
+                                     "between two refreshes")
+    spread = t.number("spread_percent", 0, lambda x: 0 <= x < 100, "a number 0 ≤ x < 100")
+    deviation = t.number("max_deviation_percent", 3, lambda x: 0 < x <= 100, "a number 0 < x ≤ 100")
+    timeout = t.number("timeout_seconds", 10, lambda x: 0 < x <= 60, "a number of seconds, 0 < x ≤ 60")
+    api_key = t.secret("coingecko_api_key", required="coingecko" in sources)
+
+    urls: dict[str, str] = {}
+    url_table = t.table("urls")
+    for name in list(url_table.data):
+        url = url_table.text(name)
+        if name not in SOURCE_URLS:
+            url_table.problem(name, f"is not an exchange rate source; known: {', '.join(sorted(SOURCE_URLS))}")
+        elif url and not is_http_url(url):
+            url_table.problem(name, "must be an http:// or https:// base URL, e.g. " + SOURCE_URLS[name])
+        elif url:
+            urls[name] = url.rstrip("/")
+    url_table.finish()
+
+    fixed: dict[str, Decimal] = {}
+    fixed_table = t.table("fixed")
+    for name in list(fixed_table.data):
+        value = fixed_table.raw(name)
+        match = _FIXED_PAIR.fullmatch(name)
+        if match is None or match[1] == match[2]:
+            fixed_table.problem(name, "must be ASSET_CURRENCY, two different codes, e.g. USDC_USD")
+            continue
+        rate = _fixed_rate(value)
+        if rate is None:
+            fixed_table.problem(name, 'must be a positive decimal, e.g. "1" or "0.9998" (currency per one whole '
+                                      f"{match[1]})")
+            continue
+        fixed[name] = rate
+    fixed_table.finish()
+
+    rates = RatesConfig(
+        sources=sources, currencies=currencies, refresh_seconds=refresh, max_age_seconds=max_age,
+        spread_percent=Decimal(str(spread)), max_deviation_percent=Decimal(str(deviation)),
+        timeout_seconds=timeout, urls=urls, fixed=fixed, coingecko_api_key=api_key,
+    )
+    t.finish()
+    return rates
