@@ -179,9 +179,17 @@ class Follower:
         `full=False` is the cheap periodic check: it reads the pool only when it needs a re-read (after a
         gap or reconnection), unless `pool_every_check` says the node's feed may miss pool transactions."""
         best = await self.best_hash()
-        self.mark_up()
         cursor = await sink.cursor()
-        if cursor is None or best != cursor.hash:
+        behind = cursor is None or best != cursor.hash
+        # the node's tip is known before the chain counts as up: Processor.caught_up (expiry) reads "connected,
+        # processed up to node_tip", which must not hold with a missing or stale tip while blocks wait
+        if behind:
+            await self._tip()
+        elif self.node_tip is None and cursor is not None:
+            self.node_tip = cursor.height  # the node's best block is our cursor
+            metrics.NODE_TIP.labels(self.name).set(cursor.height)
+        self.mark_up()
+        if behind:
             await self.catch_up(sink)
         if full or self._pool_stale or self.pool_every_check():
             await self.sync_pool(sink)
@@ -204,6 +212,7 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
     another chain than configured) ends the daemon: that is the operator's config to fix."""
     delays = backoff()
     failing_since: float | None = None
+    details: BaseException | None  # logged with its traceback: what failed unexpectedly
     while True:
         started = time.monotonic()
         try:
@@ -211,13 +220,13 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
         except (ChainRefused, asyncio.CancelledError):
             raise
         except NodeError as exc:
-            kind, problem, details = "node", f"{exc}", False
+            kind, problem, details = "node", f"{exc}", None
             if isinstance(exc, NodeProtocolError):
                 metrics.MALFORMED.labels(follower.name, "rpc").inc()
         except Exception as exc:  # noqa: BLE001 -- isolate this chain, whatever failed
             store = isinstance(exc, StoreError) or type(exc).__module__.startswith(("sqlite3", "aiosqlite"))
             kind = "store" if store else "unexpected"
-            problem, details = f"{type(exc).__name__}: {exc}", not store
+            problem, details = f"{type(exc).__name__}: {exc}", None if store else exc
         else:
             continue
         follower.connected = False

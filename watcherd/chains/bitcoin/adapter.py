@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from watcherd import metrics
 from watcherd.chains.bitcoin.codec import ScannedTx, scan_block, scan_tx
@@ -119,21 +119,22 @@ class BitcoinAdapter(ZmqFollower):
     # --- the node reads the shared follower needs ---------------------------------------------------
 
     async def best_hash(self) -> str:
-        return str(await self._rpc.call("getbestblockhash"))
+        return _expect("getbestblockhash", await self._rpc.call("getbestblockhash"), str)
 
     async def tip_height(self) -> int:
-        return int(await self._rpc.call("getblockcount"))
+        return _expect("getblockcount", await self._rpc.call("getblockcount"), int)
 
     async def hash_at(self, height: int) -> str | None:
         try:
-            return str(await self._rpc.call("getblockhash", height))
+            return _expect("getblockhash", await self._rpc.call("getblockhash", height), str)
         except RpcError as exc:
             if exc.code == RPC_HEIGHT_OUT_OF_RANGE:
                 return None  # the node's tip moved down since we asked
             raise
 
     async def parent_hash(self, block: Cursor) -> str:
-        return str((await self._rpc.call("getblockheader", block.hash))["previousblockhash"])
+        header = _expect("getblockheader", await self._rpc.call("getblockheader", block.hash), dict)
+        return _expect("getblockheader", header.get("previousblockhash"), str)
 
     async def next_block(self, sink: ChainSink, cursor: Cursor) -> ChainBlock | None:
         height = cursor.height + 1
@@ -142,7 +143,9 @@ class BitcoinAdapter(ZmqFollower):
             return None
         raw_hex = await self._rpc.call("getblock", block_hash, 0)
         try:
-            block = await asyncio.to_thread(scan_block, bytes.fromhex(raw_hex), self.watchlist.keys)
+            # the hex decode too off the loop: ~0.7 ms for a 0.7 MB block, ~4.5 ms for a 4 MB one
+            keys = self.watchlist.keys
+            block = await asyncio.to_thread(lambda: scan_block(bytes.fromhex(raw_hex), keys))
         except (DecodeError, ValueError, TypeError) as exc:
             metrics.MALFORMED.labels(self.name, "rpc").inc()
             raise NodeProtocolError(f"block {height} {block_hash}: cannot decode: {exc}") from exc
@@ -155,7 +158,8 @@ class BitcoinAdapter(ZmqFollower):
         return ChainBlock(height, block.hash, block.prev_hash, txs, block.time)
 
     async def pool_txids(self) -> set[str]:
-        return {str(t) for t in await self._rpc.call("getrawmempool")}
+        txids = _expect("getrawmempool", await self._rpc.call("getrawmempool"), list)
+        return {_expect("getrawmempool", t, str) for t in txids}
 
     async def pool_txs(self, txids: list[str]) -> dict[str, ChainTx | None]:
         found: dict[str, ChainTx | None] = {}
@@ -175,3 +179,13 @@ class BitcoinAdapter(ZmqFollower):
                 metrics.TXS.labels(self.name, "mempool").inc()
                 found[txid] = self._chain_tx(scanned)
         return found
+
+
+def _expect(method: str, value: Any, kind: type) -> Any:
+    """The node's answer if it has the type `method` documents, else NodeProtocolError: a wrongly typed answer
+    is the node's garbage (an unusable answer, kind "node"), never coerced with str()/int() into a hash or a
+    height, nor mistaken for a bug of ours."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise NodeProtocolError(f"{method}: answered a {type(value).__name__} where a {kind.__name__} was due: "
+                                f"{str(value)[:80]!r}")
+    return value

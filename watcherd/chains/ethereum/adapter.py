@@ -198,6 +198,7 @@ class EthereumAdapter(Follower):
             self._subscriptions = {heads: "head", pending: "pending"}
             rpc.droppable = {pending}
             metrics.RECONNECTS.labels(self.name).inc()
+            await self._tip()  # known before the chain counts as up (see Follower.reconcile)
             self.mark_up()
             self._pool_stale = True
             await self.catch_up(sink)
