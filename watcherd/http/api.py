@@ -17,7 +17,7 @@ from aiohttp import web
 from watcherd.core.invoices import Status
 from watcherd.core.money import MAX_ATOMIC, to_atomic
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
-from watcherd.http import openapi
+from watcherd.http import checkout, openapi
 from watcherd.ledger import Processor
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ MAX_METADATA_BYTES = 16 * 1024
 INVOICE_FIELDS = {"chain", "asset", "amount", "amount_atomic", "order_id", "expires_in", "metadata"}
 PROCESSOR: web.AppKey[Processor] = web.AppKey("processor", Processor)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PREFIX = "/i/"  # the payment pages (watcherd/http/checkout.py): an invoice id is the only key
 READINESS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("readiness")
 
 
@@ -42,7 +43,9 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
 def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]]) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        if request.path in PUBLIC_PATHS:
+        # judged by the route that matched, not the raw path, so no path trick reaches the API without a token
+        resource = request.match_info.route.resource
+        if request.path in PUBLIC_PATHS or (resource is not None and resource.canonical.startswith(PUBLIC_PREFIX)):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
@@ -68,6 +71,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
     app = web.Application(middlewares=[json_errors, auth], client_max_size=64 * 1024)
     app[PROCESSOR] = processor
     app[READINESS] = readiness
+    checkout.setup(app, processor)
     app.add_routes([
         web.post("/v1/invoices", create_invoice),
         web.get("/v1/invoices", list_invoices),

@@ -1,0 +1,352 @@
+"""The payment page in a real browser: headless Chromium (Debian `chromium` + `chromium-driver`, driven by
+selenium) against the real `watcherd run` and real regtest nodes.
+
+The customer's journey: open the page, read the amount and the address from it, pay them from the node's
+wallet, and watch the page go Processing (with its confirmations) and then Paid over Server-Sent Events, with no
+reload. Along the way: no request ever leaves the daemon's origin (Chromium's performance log), no console
+error (a CSP violation would be one), nothing wider than a 360 px phone screen, the copy buttons reachable by
+keyboard, and the QR code in a screenshot decodes (zxing-cpp) to the payment URI. Screenshots of each state at
+360 px and desktop width, light and dark, land in test-artifacts/checkout/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import scaled
+from harness import chain_table, free_port
+
+# a browser is a whole program, like the nodes: deselected with the unit tests' -m "not nodes"
+pytestmark = pytest.mark.nodes
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "checkout"
+VIEWPORTS = {"360": (360, 780, True), "desktop": (1280, 900, False)}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module; selenium is given both binaries, so it never fetches a driver."""
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), "Debian chromium + chromium-driver: run scripts/install-deps"
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager: never look anything up online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900", "--hide-scrollbars",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--disable-default-apps", "--lang=en-US"):
+        options.add_argument(argument)
+    options.add_experimental_option("prefs", {"intl.accept_languages": "en-US,en"})
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(scaled(30))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    """The browser on one payment page, with the network requests it made kept as they are read."""
+
+    def __init__(self, driver: Any, origin: str):
+        self.driver = driver
+        self.origin = origin
+        self.requests: list[dict[str, Any]] = []
+        self.console: list[dict[str, Any]] = []
+        self.drain()
+
+    def drain(self) -> None:
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                self.requests.append({"url": message["params"]["request"]["url"],
+                                      "type": message["params"].get("type")})
+        self.console.extend(e for e in self.driver.get_log("browser") if e["level"] == "SEVERE")
+
+    def open(self, path: str, accept_language: str = "en-US,en") -> None:
+        self.driver.execute_cdp_cmd("Network.enable", {})
+        self.driver.execute_cdp_cmd("Network.setUserAgentOverride", {
+            "userAgent": self.driver.execute_script("return navigator.userAgent"), "acceptLanguage": accept_language})
+        self.driver.get(f"{self.origin}{path}")
+        self.wait(lambda d: d.execute_script("return document.readyState") == "complete", "the page to load")
+
+    def wait(self, condition: Any, what: str, timeout: float = 20) -> Any:
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            return WebDriverWait(self.driver, scaled(timeout), poll_frequency=0.05).until(condition)
+        except TimeoutException:
+            raise AssertionError(f"timed out waiting for {what}; page shows:\n{self.text('main')}") from None
+
+    def text(self, selector: str) -> str:
+        """The rendered text of the first match, read in one script call (the live update swaps <main>, so an
+        element found in one call may be gone in the next)."""
+        return self.driver.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText.trim() : ''", selector)
+
+    def headline(self) -> str:
+        return self.text(".status h2")
+
+    def screenshot(self, name: str) -> dict[str, Path]:
+        """Full-page screenshots at each viewport, light and dark; returns them by "<viewport>-<scheme>"."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shots = {}
+        for viewport, (width, height, mobile) in VIEWPORTS.items():
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+            for scheme in ("light", "dark"):
+                self.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+                    "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+                assert self.driver.execute_script(
+                    "return matchMedia('(prefers-color-scheme: dark)').matches") == (scheme == "dark")
+                if mobile:  # nothing wider than the phone: no sideways scrolling
+                    assert self.driver.execute_script("return document.documentElement.scrollWidth") <= width
+                size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+                png = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+                    "format": "png", "captureBeyondViewport": True,
+                    "clip": {"x": 0, "y": 0, "width": width, "height": max(height, size["height"]), "scale": 1}})
+                path = ARTIFACTS / f"{name}-{viewport}-{scheme}.png"
+                path.write_bytes(base64.b64decode(png["data"]))
+                shots[f"{viewport}-{scheme}"] = path
+        self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        self.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        return shots
+
+    def assert_only_own_origin(self) -> None:
+        self.drain()
+        assert self.requests, "the performance log recorded no request"
+        outside = [r["url"] for r in self.requests if not (r["url"].startswith(f"{self.origin}/")
+                                                          or r["url"].startswith("data:"))]
+        assert outside == [], f"requests outside the daemon: {outside}"
+        assert self.console == [], f"console errors (a CSP violation shows here): {self.console}"
+
+
+def decode_qr(path: Path) -> list[str]:
+    import zxingcpp
+    from PIL import Image
+
+    return [result.text for result in zxingcpp.read_barcodes(Image.open(path))]
+
+
+def same_payment_uri(decoded: str, uri: str) -> bool:
+    """Exact equality, except that BIP21 lets a BTC QR carry `BITCOIN:<BECH32 ADDRESS>` in upper case (the
+    alphanumeric-mode trick): scheme and address compare case-insensitively there, the query exactly."""
+    if decoded == uri:
+        return True
+    head, _, query = decoded.partition("?")
+    uri_head, _, uri_query = uri.partition("?")
+    return (uri_head.lower().startswith(("bitcoin:bc1", "bitcoin:tb1", "bitcoin:bcrt1")) and head == head.upper()
+            and head.lower() == uri_head.lower() and query == uri_query)
+
+
+def test_customer_pays_and_the_page_goes_processing_then_paid_without_reload(bsv_node, daemon_factory, browser):
+    """The acceptance journey on the real daemon and bitcoind (ZMQ), confirmations 2: amount and address read
+    from the page are paid; the page shows Processing with 0 then 1 of 2 confirmations, then Paid with the
+    ledger line and the way back to the shop, all in the same document (one navigation, a marker set on the
+    window survives), through the SSE stream."""
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=2))
+    invoice = daemon.create_invoice("btc", "0.015", order_id="ORDER-77", expires_in=3600, metadata={
+        "description": "2 × Widget, blue", "redirect_url": "https://shop.example/orders/ORDER-77"})
+    page = Page(browser, f"http://127.0.0.1:{daemon.port}")
+    page.open(f"/i/{invoice['id']}")
+    assert page.headline() == "Waiting for payment" and "ORDER-77" in page.text("h1")
+    page.wait(lambda d: page.text('button[data-copy="pay-address"]') == "Copy", "the script to reveal copy buttons")
+    address, amount = page.text("#pay-address"), page.text("#pay-amount")
+    assert (address, amount) == (invoice["address"], "0.015")
+    method = invoice["payment_methods"][0]
+
+    shots = page.screenshot("1-unpaid")
+    for variant, path in shots.items():
+        decoded = decode_qr(path)
+        assert len(decoded) == 1 and same_payment_uri(decoded[0], method["payment_uri"]), (variant, decoded)
+    # this node's addresses are legacy base58 (case-sensitive): the QR must carry the URI byte for byte
+    assert decode_qr(shots["360-light"]) == [method["payment_uri"]]
+
+    # keyboard: Tab reaches the copy buttons and the wallet link in document order
+    from selenium.webdriver.common.keys import Keys
+
+    reached = []
+    for _ in range(4):
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        reached.append(browser.execute_script(
+            "const e = document.activeElement; return e.dataset.copy || e.getAttribute('href') || e.tagName"))
+        if reached[-1] == "pay-address":  # Enter on the focused copy button copies the address
+            browser.switch_to.active_element.send_keys(Keys.ENTER)
+            page.wait(lambda d: page.text("#copy-status") == "Copied", "the copy to be confirmed")
+    assert reached[:3] == ["pay-amount", "pay-address", method["payment_uri"]], reached
+    assert browser.execute_script("return window.getSelection().toString()") in ("", address)
+    browser.execute_script("window.__sameDocument = true")
+
+    txid = bsv_node.pay(address, Decimal(amount))
+    page.wait(lambda d: page.headline() == "Processing", "Processing")
+    page.wait(lambda d: "0 of 2 confirmations" in page.text(".ledger"), "0 of 2 confirmations")
+    assert txid in page.text(".ledger")
+    bsv_node.mine(1)
+    page.wait(lambda d: "1 of 2 confirmations" in page.text(".ledger"), "1 of 2 confirmations")
+    page.screenshot("2-processing")
+    bsv_node.mine(1)
+    page.wait(lambda d: page.headline() == "Paid", "Paid")
+    ledger = page.text(".ledger")
+    assert "Crypto Payments (BTC)" in ledger and txid in ledger and "0.015 BTC" in ledger
+    back = browser.find_element("css selector", ".actions a")
+    assert back.get_attribute("href") == "https://shop.example/orders/ORDER-77" and back.text == "Back to the shop"
+    assert browser.execute_script("return window.__sameDocument") is True, "the page was reloaded"
+    page.screenshot("3-paid")
+
+    page.assert_only_own_origin()
+    documents = [r["url"] for r in page.requests if r["type"] == "Document"]
+    assert documents == [f"{page.origin}/i/{invoice['id']}"], documents  # no reload, no navigation
+    assert any("/live?v=" in r["url"] and r["type"] == "EventSource" for r in page.requests)
+    assert daemon.wait_status(invoice["id"], "paid")["payments"][0]["txid"] == txid
+
+
+def test_litecoin_qr_keeps_its_bech32_lowercase_and_the_page_speaks_german(ltc_node, daemon_factory, browser):
+    """The uppercase trick is BTC's only: an LTC bech32 QR decodes to the URI exactly as given. Accept-Language
+    de picks German; the page turns Expired by itself when the daemon expires the invoice, and then offers no
+    address."""
+    daemon = daemon_factory(chain_table("ltc", ltc_node, confirmations=1))
+    # expires long enough after the page opens for the screenshots, soon enough to watch it expire
+    invoice = daemon.create_invoice("ltc", "0.25", order_id="B-2", expires_in=round(scaled(6)))
+    page = Page(browser, f"http://127.0.0.1:{daemon.port}")
+    page.open(f"/i/{invoice['id']}", accept_language="de-DE,de;q=0.9")
+    assert page.headline() == "Warten auf Zahlung"
+    shots = page.screenshot("4-ltc-unpaid-de")
+    uri = invoice["payment_methods"][0]["payment_uri"]
+    assert uri.startswith("litecoin:rltc1q")
+    assert decode_qr(shots["360-light"]) == [uri] and decode_qr(shots["desktop-dark"]) == [uri]
+    # the page learns of the expiry by itself
+    page.wait(lambda d: page.headline() == "Abgelaufen", "Abgelaufen", timeout=30)
+    assert page.text("#pay-address") == ""
+    page.screenshot("5-expired-de")
+    page.assert_only_own_origin()
+
+
+@contextmanager
+def served(app: Any) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
+    """An aiohttp application on a free loopback port, run by its own event loop in a thread."""
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    port = free_port()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="stub-daemon", daemon=True)
+    thread.start()
+    assert started.wait(10), "the stub server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", loop
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_choosing_a_coin_on_a_usd_invoice_without_leaving_the_page(browser):
+    """The invoice shape coming next (49.00 USD offered in four coins, none activated), served by the real
+    routes over a stub ledger: the list shows each coin's amount; pressing "Pay with LTC" activates it through
+    the script (no navigation) and the page shows the LTC address and QR; a later underpayment arrives live
+    and asks for the rest."""
+    from test_checkout import STUB_ADDRESSES, StubProcessor, payment, usd_invoice
+
+    from watcherd.http.api import make_app
+
+    async def readiness() -> dict[str, Any]:
+        return {"ready": True}
+
+    invoice = usd_invoice(expires_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900)))
+    stub = StubProcessor([invoice])
+    stub.clock = time.time
+    with served(make_app(stub, "token", readiness)) as (origin, loop):
+        page = Page(browser, origin)
+        page.open(f"/i/{invoice['id']}", accept_language="en")
+        assert page.headline() == "Waiting for payment"
+        methods = page.text(".methods")
+        for amount in ("0.00098 BTC", "0.7 LTC", "49 USDC", "0.326667 XMR"):
+            assert amount in methods
+        page.screenshot("6-usd-choose-coin")
+        browser.execute_script("window.__sameDocument = true")
+        browser.find_element("css selector", 'form[action$="/methods/ltc"] button').click()
+        page.wait(lambda d: page.text("#pay-address") == STUB_ADDRESSES["ltc"][0], "the LTC address")
+        assert browser.current_url.endswith(f"/i/{invoice['id']}?method=ltc")
+        assert browser.execute_script("return window.__sameDocument") is True
+        assert browser.execute_script("return document.activeElement.id") == "pay-title"
+        shots = page.screenshot("7-usd-ltc-chosen")
+        ltc = next(m for m in stub.invoices[invoice["id"]]["payment_methods"] if m["method"] == "ltc")
+        assert decode_qr(shots["360-light"]) == [ltc["payment_uri"]]
+
+        # 0.3 of 0.7 LTC arrives: the page turns Underpaid by itself and its QR asks for the remaining 0.4
+        def underpay() -> None:
+            changed = stub.invoices[invoice["id"]]
+            changed.update(exception="underpaid", due="28.00",
+                           payments=[payment(0, "pending", asset="LTC", amount="0.3", method="ltc")])
+            ltc.update(due="0.4")
+            for method in changed["payment_methods"]:
+                if method["method"] == "ltc":
+                    method.update(due="0.4")
+            stub.live.touch([invoice["id"]])
+
+        loop.call_soon_threadsafe(underpay)  # the stub's state belongs to the server's loop
+        page.wait(lambda d: page.headline() == "Underpaid", "Underpaid")
+        assert "Send the remaining 0.4 LTC to the same address" in page.text(".status")
+        assert page.text("#pay-amount") == "0.4"
+        shots = page.screenshot("8-usd-underpaid")
+        assert decode_qr(shots["360-dark"]) == [f"litecoin:{STUB_ADDRESSES['ltc'][0]}?amount=0.4"]
+        page.assert_only_own_origin()
+        documents = [r["url"] for r in page.requests if r["type"] == "Document"]
+        assert documents == [f"{origin}/i/{invoice['id']}"], documents
+
+
+def test_without_javascript_a_coin_is_chosen_by_form_post(browser):
+    """Scripts off: the page still works. "Pay with BTC" is a plain form post answered with a 303 back to the
+    page, which then shows the BTC address and QR; the copy buttons (script-only) stay hidden."""
+    from selenium.webdriver.common.by import By
+    from test_checkout import STUB_ADDRESSES, StubProcessor, usd_invoice
+
+    from watcherd.http.api import make_app
+
+    async def readiness() -> dict[str, Any]:
+        return {"ready": True}
+
+    invoice = usd_invoice(expires_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900)))
+    stub = StubProcessor([invoice])
+    stub.clock = time.time
+    with served(make_app(stub, "token", readiness)) as (origin, _):
+        page = Page(browser, origin)
+        browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+        try:
+            page.open(f"/i/{invoice['id']}")
+            browser.find_element(By.CSS_SELECTOR, 'form[action$="/methods/btc"] button').click()
+            page.wait(lambda d: d.current_url.endswith(f"/i/{invoice['id']}?method=btc"), "the 303 back to the page")
+            address = browser.find_element(By.ID, "pay-address")
+            assert address.text == STUB_ADDRESSES["btc"][0]
+            assert not browser.find_element(By.CSS_SELECTOR, 'button[data-copy="pay-address"]').is_displayed()
+            assert browser.find_element(By.CSS_SELECTOR, ".qr svg").is_displayed()
+        finally:
+            browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+        page.assert_only_own_origin()
