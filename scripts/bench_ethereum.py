@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import shutil
 import tempfile
 import time
 from decimal import Decimal
@@ -137,6 +138,7 @@ async def _run(quick: bool, rounds: int) -> dict[str, Any]:
         found += shown is not None and shown["amount_received_atomic"] == str(10**6)
     cursor = await store.cursor("eth")
     await store.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return {"times": times, "calls": calls, "planted": planted, "found": found, "watched": len(adapter.watchlist.keys),
             "block_bytes": block_bytes, "cursor_ok": cursor is not None and cursor.hash == parent,
             "open_invoices": len(invoices)}

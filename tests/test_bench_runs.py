@@ -20,4 +20,9 @@ def test_bench_quick_runs_and_reports_scan_tx_throughput():
     )
     assert re.search(r"^scan_tx speed-up over python-bitcoinlib: [\d.]+x$", done.stdout, re.MULTILINE)
     assert re.search(r"^scan_block throughput: [\d,]+ tx/s$", done.stdout, re.MULTILINE)
+    # the loop-lag section measured both an idle and a busy loop, and judged the busy one
+    lag = r"p50 [\d.]+ ms, p99 [\d.]+ ms, max [\d.]+ ms \([1-9]\d* wake-ups\)$"
+    assert re.search(rf"^loop lag idle \(baseline\): {lag}", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(rf"^loop lag while both chains are in flight: {lag}", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^(PASS|FAIL): loop lag p99 <= 10 ms", done.stdout, re.MULTILINE), done.stdout
     assert "BROKEN" not in done.stdout
