@@ -10,20 +10,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from watcherd import metrics, views
 from watcherd.core.chain import ChainAdapter, OpenInvoice
-from watcherd.core.invoices import FINALITY, PaymentStatus, Status, Terms, assess, event_type
+from watcherd.core.currencies import minor_units
+from watcherd.core.invoices import FINALITY, Status, assess, event_type
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import InvoiceError
 from watcherd.live import Live
-from watcherd.store import KEEP_BLOCKS, InvoiceRow, PaymentRow, Store
+from watcherd.store import KEEP_BLOCKS, InvoiceRow, MethodRow, PaymentRow, Store
 
 log = logging.getLogger("watcherd.processor")
 
@@ -48,6 +52,9 @@ class Processor:
         self.tips: dict[str, int] = {}
         self.final_heights: dict[str, int] = {}  # chains with finality: the node's last finalized height
         self.known_assets: dict[str, dict[str, int]] = {}  # chains no longer configured render with these
+        self.natives: dict[str, str] = {}  # each chain's own coin
+        self._new_keys: list[tuple[str, bytes]] = []  # addresses handed out in the open transaction
+        self._unused: dict[str, int] = {}  # per chain: issued addresses in a row that never received funds
         self.live = Live()  # payment pages watching an invoice
         self._touched: set[str] = set()  # invoices given an event since the last wake-up
 
@@ -70,16 +77,17 @@ class Processor:
     async def start(self) -> None:
         for name in self.chains:
             await self.load_chain(name)
-        self.known_assets = await self.store.known_assets()
+        self.known_assets, self.natives = await self.store.known_assets()
 
     async def load_chain(self, name: str) -> None:
         """Load a chain's watched keys and live spends into its adapter's memory."""
         chain = self.chains[name]
         async with self.store.transaction():
             await self.store.ensure_chain(name)
-            await self.store.record_assets(name, chain.assets)
+            await self.store.record_assets(name, chain.assets, chain.asset)
         chain.watchlist.keys.update(await self.store.watch_keys(name))
         self.known_assets[name] = dict(chain.assets)
+        self.natives[name] = chain.asset
         for outpoint, txid in await self.store.spends(name):
             chain.watchlist.spends[outpoint] = txid
         cursor = await self.store.cursor(name)
@@ -91,9 +99,11 @@ class Processor:
     async def create_invoice(
         self, chain_name: str, amount: int, *, asset: str | None = None, order_id: str | None = None,
         expires_in: int | None = None, metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
+        redirect_url: str | None = None,
     ) -> dict[str, Any]:
-        """A new invoice with a fresh address; with an `idempotency_key` seen before, the invoice it created
-        (a retried request must not burn a second address), or InvoiceError if the request differs."""
+        """An invoice priced in a coin, payable in it on one chain, with its address at once (the one-coin form).
+        With an `idempotency_key` seen before, the invoice it created (a retried request must not burn a second
+        address), or InvoiceError if the request differs."""
         chain = self.chains.get(chain_name)
         if chain is None:
             raise InvoiceError("chain", f"unknown chain {chain_name!r}; configured: {sorted(self.chains)}")
@@ -102,8 +112,67 @@ class Processor:
             raise InvoiceError("asset", f"{chain_name} has no asset {asset!r}; configured: {sorted(chain.assets)}")
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
+        digest = json.dumps([chain_name, asset, amount, order_id, expires_in, metadata, redirect_url], sort_keys=True)
+        method = MethodRow("", chain_name, asset, Fraction(1), amount, chain.confirmations)
+        return await self._create(
+            asset, amount, [method], activate=True, order_id=order_id, metadata=metadata, redirect_url=redirect_url,
+            expires_in=expires_in if expires_in is not None else chain.invoice_expiry_seconds,
+            tolerance=chain.underpaid_tolerance_percent, idempotency_key=idempotency_key, request_digest=digest,
+        )
+
+    async def create_priced_invoice(
+        self, currency: str, amount: int, quotes: dict[str, Fraction], *, order_id: str | None = None,
+        expires_in: int | None = None, metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
+        redirect_url: str | None = None,
+    ) -> dict[str, Any]:
+        """An invoice priced in `currency` (`amount` in its smallest unit), offered in each method of `quotes`
+        (method id -> the currency's minor units per atomic unit of the method's coin, locked now). No address
+        is taken until the customer picks a method (activate_method)."""
+        if amount <= 0:
+            raise InvoiceError("amount", "must be greater than zero")
+        if not quotes:
+            raise InvoiceError("payment_methods", "no payment method to offer")
+        methods = []
+        for method_id, rate in quotes.items():
+            chain_name, asset = self.method_parts(method_id)
+            chain = self.chains[chain_name]
+            methods.append(MethodRow("", chain_name, asset, rate, math.ceil(amount / rate), chain.confirmations))
+        chains = [self.chains[m.chain] for m in methods]
+        digest = json.dumps([currency, amount, sorted(quotes), order_id, expires_in, metadata, redirect_url],
+                            sort_keys=True)
+        return await self._create(
+            currency, amount, methods, activate=False, order_id=order_id, metadata=metadata,
+            redirect_url=redirect_url,
+            expires_in=expires_in if expires_in is not None else min(c.invoice_expiry_seconds for c in chains),
+            tolerance=min(c.underpaid_tolerance_percent for c in chains), idempotency_key=idempotency_key,
+            request_digest=digest,
+        )
+
+    def method_parts(self, method_id: str) -> tuple[str, str]:
+        """(chain, asset) of a configured method id ("btc", "eth:USDC"); InvoiceError otherwise."""
+        chain_name, _, token = method_id.partition(":")
+        chain = self.chains.get(chain_name)
+        asset = token or (chain.asset if chain else "")
+        if chain is None or asset not in chain.assets:
+            raise InvoiceError("payment_methods", f"unknown payment method {method_id!r}; configured: "
+                               f"{', '.join(self.method_ids())}")
+        return chain_name, asset
+
+    def method_ids(self) -> list[str]:
+        """Every configured method: each chain's coin, then its tokens."""
+        return [name if asset == chain.asset else f"{name}:{asset}"
+                for name, chain in self.chains.items() for asset in chain.assets]
+
+    def _method_id(self, chain: str, asset: str) -> str:
+        native = self.chains[chain].asset if chain in self.chains else self.natives.get(chain)
+        return chain if asset == native else f"{chain}:{asset}"
+
+    async def _create(
+        self, currency: str, amount: int, methods: list[MethodRow], *, activate: bool, order_id: str | None,
+        metadata: dict[str, Any] | None, redirect_url: str | None, expires_in: int, tolerance: Decimal,
+        idempotency_key: str | None, request_digest: str,
+    ) -> dict[str, Any]:
         now = int(self.clock())
-        request_digest = json.dumps([chain_name, asset, amount, order_id, expires_in, metadata], sort_keys=True)
         async with self.store.transaction():
             if idempotency_key is not None:
                 earlier = await self.store.invoice_by_idempotency_key(idempotency_key)
@@ -111,39 +180,70 @@ class Processor:
                     if earlier.request_digest != request_digest:
                         raise InvoiceError("Idempotency-Key", "was already used for a different request")
                     return await self._shown(earlier.id)
-            index = await self.store.allocate_address_index(chain_name)
-            address, key = await chain.address(index)
             invoice = InvoiceRow(
-                id=new_id("inv"), chain=chain_name, asset=asset, address=address, watch_key=key,
-                derivation_index=index, amount=amount, confirmations_required=chain.confirmations,
-                tolerance_percent=chain.underpaid_tolerance_percent, status=Status.UNPAID, exception=None,
-                order_id=order_id, metadata=metadata or {}, created_at=now,
-                expires_at=now + (expires_in if expires_in is not None else chain.invoice_expiry_seconds),
+                id=new_id("inv"), currency=currency, amount=amount, tolerance_percent=tolerance, status=Status.UNPAID,
+                exception=None, order_id=order_id, metadata=metadata or {}, created_at=now, expires_at=now + expires_in,
                 cancelled_at=None, paid_at=None, updated_at=now, idempotency_key=idempotency_key,
-                request_digest=request_digest,
+                request_digest=request_digest, redirect_url=redirect_url,
             )
-            await self.store.insert_invoice(invoice)
+            await self.store.insert_invoice(invoice, methods)
+            if activate:
+                await self._activate(replace(methods[0], invoice_id=invoice.id), now)
             await self._reassess(invoice.id, force_type="invoice.created")
-            unused = await self.store.unused_address_run(chain_name)
-        chain.watchlist.keys.add(key)
-        metrics.WATCHED_ADDRESSES.labels(chain_name).set(len(chain.watchlist.keys))
+        self._after_activation(methods[0].chain if activate else None, invoice.id)
+        return await self._shown(invoice.id)
+
+    async def _activate(self, method: MethodRow, now: int) -> None:
+        """Give the method its address: the chain's next derivation index. Inside the caller's transaction."""
+        chain = self.chains[method.chain]
+        index = await self.store.allocate_address_index(method.chain)
+        address, key = await chain.address(index)
+        await self.store.activate(method, address, key, index, now)
+        self._new_keys.append((method.chain, key))
+        self._unused[method.chain] = await self.store.unused_address_run(method.chain)
+
+    def _after_activation(self, chain_name: str | None, invoice_id: str) -> None:
+        """After the commit: the new address is watched from now on; warn when the gap limit is near."""
+        new, self._new_keys = self._new_keys, []
+        for name, key in new:
+            self.chains[name].watchlist.keys.add(key)
+            metrics.WATCHED_ADDRESSES.labels(name).set(len(self.chains[name].watchlist.keys))
+        self.wake_outbox()
+        if chain_name is None:
+            return
+        unused = self._unused.get(chain_name, 0)
         metrics.UNUSED_ADDRESS_RUN.labels(chain_name).set(unused)
         if unused > GAP_LIMIT:
             log.warning(
                 "%d consecutive issued addresses are unused: a wallet with gap limit %d would stop seeing "
                 "funds sent past them; raise the wallet's gap limit", unused, GAP_LIMIT,
-                extra={"chain": chain_name, "invoice_id": invoice.id},
+                extra={"chain": chain_name, "invoice_id": invoice_id},
             )
-        self.wake_outbox()
-        return await self._shown(invoice.id)
 
     async def activate_method(self, invoice_id: str, method: str) -> dict[str, Any]:
         """The customer picked `method`: give it its address (once; again is a no-op). KeyError for an unknown
-        invoice, InvoiceError("method") for a method the invoice does not offer."""
-        shown = await self._shown(invoice_id)
-        if method not in {m["method"] for m in shown["payment_methods"]}:
-            raise InvoiceError("method", f"invoice {invoice_id} does not offer {method!r}")
-        return shown
+        invoice, InvoiceError("method") for a method the invoice does not offer or an invoice no longer open."""
+        async with self.store.transaction():
+            invoice = await self.store.invoice(invoice_id)
+            if invoice is None:
+                raise KeyError(invoice_id)
+            offered = {self._method_id(m.chain, m.asset): m for m in await self.store.methods_for(invoice_id)}
+            chosen = offered.get(method)
+            if chosen is None:
+                raise InvoiceError("method", f"invoice {invoice_id} is not payable with {method!r}; it offers "
+                                             f"{', '.join(offered)}")
+            if chosen.activated_at is None:
+                if invoice.status not in (Status.UNPAID, Status.PROCESSING) or invoice.cancelled_at is not None:
+                    raise InvoiceError("method", f"invoice {invoice_id} is {invoice.status}: no new address")
+                if chosen.chain not in self.chains:
+                    raise InvoiceError("method", f"{method} is no longer configured")
+                await self._activate(chosen, int(self.clock()))
+                await self._reassess(invoice_id, force_type="invoice.updated")
+                activated = chosen.chain
+            else:
+                activated = None
+        self._after_activation(activated, invoice_id)
+        return await self._shown(invoice_id)
 
     async def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
         async with self.store.transaction():
@@ -172,26 +272,54 @@ class Processor:
         invoice = await self.store.invoice(invoice_id)
         if invoice is None:
             return None
-        return self._render(invoice, await self.store.payments_for(invoice_id))
+        methods = await self.store.methods_for(invoice_id)
+        return self._render(invoice, methods, await self.store.payments_for(invoice_id))
 
-    def _counting(self, invoice: InvoiceRow) -> tuple[Terms, int]:
-        """The terms and the height that payment confirmations are counted against: the chain tip, or on a
-        chain with finality the final height, where one "confirmation" means "at or below it"."""
-        if invoice.confirmations_required == FINALITY:
-            return replace(invoice.terms, confirmations_required=1), self.final_heights.get(invoice.chain, -1)
-        return invoice.terms, self.tips.get(invoice.chain, 0)
+    def _confirmed(self, row: PaymentRow) -> bool:
+        """Whether the payment has its own chain's required confirmations (with finality: its block is at or
+        below the chain's final height)."""
+        if row.payment.block_height is None or not row.payment.counts:
+            return False
+        if row.confirmations_required == FINALITY:
+            return row.payment.block_height <= self.final_heights.get(row.chain, -1)
+        return row.payment.confirmations(self.tips.get(row.chain, 0)) >= row.confirmations_required
 
-    def _render(self, invoice: InvoiceRow, payments: list[PaymentRow]) -> dict[str, Any]:
-        chain = self.chains.get(invoice.chain)
-        terms, counting_tip = self._counting(invoice)
-        return views.invoice_json(
-            invoice, payments, terms=terms, counting_tip=counting_tip, tip=self.tips.get(invoice.chain, 0),
-            now=self.clock(), assets=chain.assets if chain else self.known_assets.get(invoice.chain, {}),
-            payment_uri=chain.payment_uri(invoice.address, invoice.amount, invoice.asset) if chain else None,
-            method=invoice.chain if chain is None or invoice.asset == chain.asset
-            else f"{invoice.chain}:{invoice.asset}",
-            checkout_url=f"{self.public_url}/i/{invoice.id}",
-        )
+    def _decimals(self, chain_name: str, asset: str) -> int:
+        chain = self.chains.get(chain_name)
+        return (chain.assets if chain else self.known_assets.get(chain_name, {})).get(asset, 0)
+
+    def _shown_methods(self, methods: list[MethodRow]) -> list[views.ShownMethod]:
+        shown = []
+        for m in methods:
+            chain = self.chains.get(m.chain)
+            decimals = self._decimals(m.chain, m.asset)
+            uri = full = None
+            if chain is not None and m.address is not None:
+                full = chain.payment_uri(m.address, m.amount, m.asset)
+                uri = full
+            shown.append(views.ShownMethod(m, self._method_id(m.chain, m.asset), decimals,
+                                           self.tips.get(m.chain, 0), uri, full))
+        return shown
+
+    def _render(self, invoice: InvoiceRow, methods: list[MethodRow], payments: list[PaymentRow]) -> dict[str, Any]:
+        shown = self._shown_methods(methods)
+        valued = [views.ShownPayment(p, replace(p.payment, confirmed=self._confirmed(p)),
+                                     self._decimals(p.chain, p.asset)) for p in payments]
+        body = views.invoice_json(invoice, shown, valued, now=self.clock(),
+                                  currency_decimals=self._currency_decimals(invoice, shown),
+                                  checkout_url=f"{self.public_url}/i/{invoice.id}")
+        # a picked method's URI asks for what is still due
+        for m, j in zip(shown, body["payment_methods"], strict=True):
+            if m.row.address is not None and j.get("due_atomic") not in (None, "0") and m.row.chain in self.chains:
+                j["payment_uri"] = self.chains[m.row.chain].payment_uri(m.row.address, int(j["due_atomic"]),
+                                                                        m.row.asset)
+        return body
+
+    def _currency_decimals(self, invoice: InvoiceRow, methods: list[views.ShownMethod]) -> int:
+        fiat = minor_units(invoice.currency)
+        if fiat is not None:
+            return fiat
+        return next((m.decimals for m in methods if m.row.asset == invoice.currency), 0)
 
     async def _reassess(self, invoice_id: str, force_type: str | None = None) -> None:
         """Recompute one invoice from its payments; on any visible change, store it and queue an event.
@@ -201,24 +329,24 @@ class Processor:
         if invoice is None:
             return
         now = int(self.clock())
-        terms, tip = self._counting(invoice)
         payments = await self.store.payments_for(invoice_id)
-        required = terms.confirmations_required
         changed = False
         for row in payments:
-            confirmed = row.payment.status(tip, required) is PaymentStatus.CONFIRMED
+            confirmed = self._confirmed(row)
             if confirmed != (row.confirmed_at is not None):
                 await self.store.set_payment_confirmed_at(
-                    invoice.chain, row.payment.txid, row.payment.vout, now if confirmed else None
+                    row.chain, row.payment.txid, row.payment.vout, now if confirmed else None
                 )
                 changed = True
         if changed:
             payments = await self.store.payments_for(invoice_id)
-        assessment = assess(terms, [p.payment for p in payments], tip, now)
+        valued = [replace(p.payment, confirmed=self._confirmed(p)) for p in payments]
+        assessment = assess(invoice.terms, valued, 0, now)
         exception = assessment.exception.value if assessment.exception else None
+        methods = await self.store.methods_for(invoice_id)
         digest = json.dumps(
-            [assessment.status, exception,
-             sorted((p.payment.txid, p.payment.vout, p.payment.status(tip, required)) for p in payments)]
+            [assessment.status, exception, sorted((p.txid, p.vout, p.status(0, 0)) for p in valued),
+             sorted(m.asset + "@" + m.chain for m in methods if m.activated_at is not None)]
         )
         if digest == invoice.digest and force_type is None:
             return
@@ -234,20 +362,19 @@ class Processor:
         type_ = force_type or event_type(invoice.status, assessment.status)
         updated = replace(invoice, status=assessment.status, exception=exception, paid_at=paid_at, digest=digest,
                           updated_at=now)
-        body = self._render(updated, payments)
+        body = self._render(updated, methods, payments)
+        label = body["chain"] or "none"  # the event's chain: its first picked method's (metrics, MQTT topics)
         event_id = new_id("evt")
         payload = json.dumps(
             {"id": event_id, "type": type_, "created_at": views.iso(now), "invoice": body}, separators=(",", ":")
         )
-        await self.store.add_event(
-            event_id, invoice_id, invoice.chain, type_, now, payload, self.transports, self.clock()
-        )
-        metrics.EVENTS.labels(invoice.chain, type_).inc()
+        await self.store.add_event(event_id, invoice_id, label, type_, now, payload, self.transports, self.clock())
+        metrics.EVENTS.labels(label, type_).inc()
         self._touched.add(invoice_id)
         log.info(
             "invoice %s %s -> %s%s", invoice_id, invoice.status, assessment.status,
             f" ({exception})" if exception else "",
-            extra={"invoice_id": invoice_id, "chain": invoice.chain, "event_id": event_id},
+            extra={"invoice_id": invoice_id, "chain": label, "event_id": event_id},
         )
 
     def caught_up(self, chain_name: str) -> bool:
@@ -261,7 +388,8 @@ class Processor:
     async def expire_due(self) -> int:
         """Expire unpaid invoices past their expiry, but only on chains that are caught up: a payment mined
         while we (or the node) were away must be found before we judge it missing."""
-        due = [i for i, chain in await self.store.expiring(int(self.clock())) if self.caught_up(chain)]
+        due = [i for i, chains in await self.store.expiring(int(self.clock()))
+               if all(self.caught_up(chain) for chain in chains)]
         if due:
             async with self.store.transaction():
                 for invoice_id in due:
@@ -308,21 +436,22 @@ class Processor:
         # first met in a block: seen when the chain says it was mined, not when we caught up (never later)
         seen_at = now if block is None or block.time is None else min(now, block.time)
         for output in tx.received:
-            invoice = await self.store.invoice_by_key(chain.name, output.key)
-            if invoice is None:
+            method = await self.store.method_by_key(chain.name, output.key)
+            if method is None or method.derivation_index is None:
                 continue
             if output.output_key is not None and not await self._takes_output_key(chain, tx, output, block, touched):
                 continue
             await self.store.upsert_payment(
-                chain.name, invoice.id, output.asset or chain.asset, tx.txid, output.vout, output.amount, seen_at,
-                block.height if block else None, block.hash if block else None, output.output_key,
+                chain.name, method.invoice_id, output.asset or chain.asset, tx.txid, output.vout, output.amount,
+                seen_at, block.height if block else None, block.hash if block else None, output.output_key,
+                method_asset=method.asset,
             )
-            touched.add(invoice.id)
-            await self.store.mark_address_used(chain.name, invoice.derivation_index)
+            touched.add(method.invoice_id)
+            await self.store.mark_address_used(chain.name, method.derivation_index)
             log.info(
-                "payment %s:%d of %d to invoice %s%s", tx.txid, output.vout, output.amount, invoice.id,
+                "payment %s:%d of %d to invoice %s%s", tx.txid, output.vout, output.amount, method.invoice_id,
                 f" in block {block.height}" if block else " (unconfirmed)",
-                extra={"chain": chain.name, "txid": tx.txid, "invoice_id": invoice.id},
+                extra={"chain": chain.name, "txid": tx.txid, "invoice_id": method.invoice_id},
             )
         if tx.received and tx.spent:
             await self.store.add_spends(chain.name, tx.txid, tx.spent)
@@ -474,7 +603,7 @@ class LedgerSink:
 
     async def open_invoices(self, asset: str, expired_since: int) -> list[OpenInvoice]:
         rows = await self._store.open_invoices(self.chain, asset, expired_since)
-        return [OpenInvoice(r.id, r.address, r.watch_key) for r in rows]
+        return [OpenInvoice(invoice_id, address, key) for invoice_id, address, key in rows]
 
     async def mined_totals(self, asset: str, invoice_ids: list[str], height: int) -> dict[str, int]:
         return await self._store.mined_totals(self.chain, asset, invoice_ids, height)

@@ -3,77 +3,131 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
-from watcherd.core.invoices import FINALITY, Terms, assess
+from watcherd.core.invoices import FINALITY, Payment, assess
 from watcherd.core.money import to_decimal_string
-from watcherd.store import InvoiceRow, PaymentRow
+from watcherd.store import InvoiceRow, MethodRow, PaymentRow
 
 
 def iso(ts: int | float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True, slots=True)
+class ShownMethod:
+    """A method with what the ledger knows about its chain: its id, its coin's decimals, its payment URI maker."""
+
+    row: MethodRow
+    method: str  # "btc", or "eth:USDC" for a token
+    decimals: int
+    tip: int  # the chain tip, shown as its payments' confirmations
+    uri: str | None  # the payment URI for what is still due (None: the chain left the config, or nothing due)
+    uri_full: str | None  # the payment URI for the whole amount
+
+
+@dataclass(frozen=True, slots=True)
+class ShownPayment:
+    row: PaymentRow
+    valued: Payment  # with its method's rate and its chain's confirmation judgement
+    decimals: int  # of the asset it paid in (a wrong asset's own)
+
+
+def rate_text(rate: Fraction, currency_decimals: int, coin_decimals: int, places: int = 8) -> str:
+    """Invoice currency per whole coin, as a decimal string: the exact rate rounded to `places` places."""
+    per_coin = rate * 10**coin_decimals / 10**currency_decimals
+    scaled = round(per_coin * 10**places)
+    return to_decimal_string(scaled, places)
+
+
+def due_atomic(method: MethodRow, due: Fraction) -> int:
+    """What is still due, in the method's coin: rounded up to its atomic unit."""
+    return max(0, math.ceil(due / method.rate))
+
+
 def invoice_json(
-    invoice: InvoiceRow, payments: list[PaymentRow], *, terms: Terms, counting_tip: int, tip: int, now: float,
-    assets: dict[str, int], payment_uri: str | None, method: str, checkout_url: str,
+    invoice: InvoiceRow, methods: list[ShownMethod], payments: list[ShownPayment], *, now: float,
+    currency_decimals: int, checkout_url: str,
 ) -> dict[str, Any]:
-    """`terms` and `counting_tip` are what confirmations count against (on a chain with finality: one
-    "confirmation" at or below the final height); `tip` is the chain tip shown as payments' confirmations."""
-    decimals = assets.get(invoice.asset, 0)
-    required = terms.confirmations_required
-    assessment = assess(terms, [p.payment for p in payments], counting_tip, now)
-    # shown in the invoice currency's smallest unit: what arrived rounded down, what is still due rounded up
+    assessment = assess(invoice.terms, [p.valued for p in payments], 0, now)
+    # in the invoice currency's smallest unit: what arrived rounded down, what is still due rounded up
     received, confirmed = math.floor(assessment.received), math.floor(assessment.confirmed)
-    due = max(0, math.ceil(invoice.amount - assessment.received))
+    due = max(Fraction(0), invoice.amount - assessment.received)
+    activated = [m for m in methods if m.row.activated_at is not None]
+    # the fields of the one-coin form (chain, address ...) show the first picked method
+    first = activated[0] if activated else None
+    by_method = {(m.row.chain, m.row.asset): m for m in methods}
+
+    def money(atomic: int) -> str:
+        return to_decimal_string(atomic, currency_decimals)
+
     return {
         "id": invoice.id,
-        "chain": invoice.chain,
-        "asset": invoice.asset,
-        "address": invoice.address,
-        "amount": to_decimal_string(invoice.amount, decimals),
+        "chain": first.row.chain if first else None,
+        "asset": first.row.asset if first else None,
+        "address": first.row.address if first else None,
+        "currency": invoice.currency,
+        "amount": money(invoice.amount),
         "amount_atomic": str(invoice.amount),
-        "amount_received": to_decimal_string(received, decimals),
+        "amount_received": money(received),
         "amount_received_atomic": str(received),
-        "amount_confirmed": to_decimal_string(confirmed, decimals),
+        "amount_confirmed": money(confirmed),
         "amount_confirmed_atomic": str(confirmed),
+        "due": money(math.ceil(due)),
+        "due_atomic": str(math.ceil(due)),
         "status": invoice.status.value,
         "exception": invoice.exception,
-        "payment_uri": payment_uri,
-        "confirmations_required": invoice.confirmations_required or None,
-        "finality": "finalized" if invoice.confirmations_required == FINALITY else None,
+        "payment_uri": first.uri_full if first else None,
+        "confirmations_required": (first.row.confirmations_required or None) if first else None,
+        "finality": "finalized" if first and first.row.confirmations_required == FINALITY else None,
         "order_id": invoice.order_id,
         "metadata": invoice.metadata,
+        "redirect_url": invoice.redirect_url,
+        "checkout_url": checkout_url,
         "created_at": iso(invoice.created_at),
         "expires_at": iso(invoice.expires_at),
         "paid_at": iso(invoice.paid_at),
         "cancelled_at": iso(invoice.cancelled_at),
-        "currency": invoice.asset,
-        "checkout_url": checkout_url,
-        # priced in the coin itself: one method, activated at creation, at a rate of 1
-        "payment_methods": [{
-            "method": method, "chain": invoice.chain, "asset": invoice.asset, "activated": True,
-            "address": invoice.address, "rate": "1",
-            "amount": to_decimal_string(invoice.amount, decimals), "amount_atomic": str(invoice.amount),
-            "due": to_decimal_string(due, decimals), "due_atomic": str(due),
-            "payment_uri": payment_uri,
-            "confirmations_required": invoice.confirmations_required or None,
-        }],
-        "payments": [
-            {
-                "txid": p.payment.txid,
-                "vout": p.payment.vout,
-                "asset": p.asset,
-                "amount": to_decimal_string(p.payment.amount, assets.get(p.asset, 0)),
-                "amount_atomic": str(p.payment.amount),
-                "confirmations": p.payment.confirmations(tip),
-                "block_height": p.payment.block_height,
-                "block_hash": p.block_hash,
-                "first_seen_at": iso(p.payment.first_seen_at),
-                "confirmed_at": iso(p.confirmed_at),
-                "status": p.payment.status(counting_tip, required).value,
-            }
-            for p in payments
-        ],
+        "payment_methods": [_method_json(m, due, currency_decimals) for m in methods],
+        "payments": [_payment_json(p, by_method.get((p.row.chain, p.row.method_asset)), currency_decimals)
+                     for p in payments],
+    }
+
+
+def _method_json(m: ShownMethod, due: Fraction, currency_decimals: int) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "method": m.method, "chain": m.row.chain, "asset": m.row.asset, "activated": m.row.activated_at is not None,
+        "rate": rate_text(m.row.rate, currency_decimals, m.decimals),
+        "amount": to_decimal_string(m.row.amount, m.decimals), "amount_atomic": str(m.row.amount),
+        "confirmations_required": m.row.confirmations_required or None,
+    }
+    if m.row.activated_at is not None:
+        owed = due_atomic(m.row, due)
+        shown.update(address=m.row.address, due=to_decimal_string(owed, m.decimals), due_atomic=str(owed),
+                     payment_uri=m.uri)
+    return shown
+
+
+def _payment_json(p: ShownPayment, method: ShownMethod | None, currency_decimals: int) -> dict[str, Any]:
+    tip = method.tip if method else 0
+    return {
+        "txid": p.valued.txid,
+        "vout": p.valued.vout,
+        "chain": p.row.chain,
+        "method": method.method if method else p.row.chain,
+        "asset": p.row.asset,
+        "amount": to_decimal_string(p.valued.amount, p.decimals),
+        "amount_atomic": str(p.valued.amount),
+        # what it counts for, in the invoice currency, at the rate locked for its method
+        "value": to_decimal_string(math.floor(p.valued.value), currency_decimals),
+        "rate": rate_text(p.valued.rate, currency_decimals, method.decimals if method else p.decimals),
+        "confirmations": p.valued.confirmations(tip),
+        "block_height": p.valued.block_height,
+        "block_hash": p.row.block_hash,
+        "first_seen_at": iso(p.valued.first_seen_at),
+        "confirmed_at": iso(p.row.confirmed_at),
+        "status": p.valued.status(0, 0).value,
     }

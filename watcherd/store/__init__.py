@@ -15,10 +15,10 @@ from watcherd.store.chains import KEEP_BLOCKS, ChainQueries
 from watcherd.store.invoices import InvoiceQueries
 from watcherd.store.outbox import OutboxQueries
 from watcherd.store.payments import PaymentQueries
-from watcherd.store.rows import Delivery, InvoiceRow, PaymentRow
+from watcherd.store.rows import Delivery, InvoiceRow, MethodRow, PaymentRow
 from watcherd.store.schema import SCHEMA
 
-__all__ = ["KEEP_BLOCKS", "SCHEMA", "Delivery", "InvoiceRow", "PaymentRow", "Store"]
+__all__ = ["KEEP_BLOCKS", "SCHEMA", "Delivery", "InvoiceRow", "MethodRow", "PaymentRow", "Store"]
 
 
 class Store(ChainQueries, InvoiceQueries, PaymentQueries, OutboxQueries):

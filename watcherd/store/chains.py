@@ -35,18 +35,21 @@ class ChainQueries(Database):
             (chain, cursor.height, cursor.height - keep_blocks),
         )
 
-    async def record_assets(self, chain: str, assets: dict[str, int]) -> None:
-        """The decimals of each asset the chain offers, as configured now."""
+    async def record_assets(self, chain: str, assets: dict[str, int], native: str) -> None:
+        """The decimals of each asset the chain offers, as configured now, and which is the chain's own coin."""
         for asset, decimals in assets.items():
-            await self._write("INSERT OR REPLACE INTO assets (chain, asset, decimals) VALUES (?, ?, ?)",
-                              (chain, asset, decimals))
+            await self._write("INSERT OR REPLACE INTO assets (chain, asset, decimals, native) VALUES (?, ?, ?, ?)",
+                              (chain, asset, decimals, int(asset == native)))
 
-    async def known_assets(self) -> dict[str, dict[str, int]]:
-        """chain -> asset -> decimals, for every chain ever configured."""
+    async def known_assets(self) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+        """For every chain ever configured: asset -> decimals, and its own coin."""
         known: dict[str, dict[str, int]] = {}
-        for chain, asset, decimals in await self._all("SELECT chain, asset, decimals FROM assets"):
+        natives: dict[str, str] = {}
+        for chain, asset, decimals, native in await self._all("SELECT chain, asset, decimals, native FROM assets"):
             known.setdefault(chain, {})[asset] = decimals
-        return known
+            if native:
+                natives[chain] = asset
+        return known, natives
 
     async def block_hash(self, chain: str, height: int) -> str | None:
         row = await self._one("SELECT hash FROM blocks WHERE chain = ? AND height = ?", (chain, height))

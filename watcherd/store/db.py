@@ -76,8 +76,14 @@ class Database:
         if version > len(SCHEMA):
             raise StoreError(f"the store's schema is version {version}, newer than this watcherd knows "
                              f"({len(SCHEMA)}): a newer watcherd wrote it; run that version (or restore a backup)")
+        # a migration may rebuild a table others refer to (SQLite's documented procedure): references are
+        # checked once it is done, not while the old table is dropped
+        await self._db.execute("PRAGMA foreign_keys=OFF")
         for number, script in enumerate(SCHEMA[version:], start=version + 1):
             await self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+            if await self._db.execute_fetchall("PRAGMA foreign_key_check"):
+                raise StoreError(f"migration to schema version {number} left dangling references")
+        await self._db.execute("PRAGMA foreign_keys=ON")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Self]:

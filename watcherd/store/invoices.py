@@ -3,26 +3,44 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from watcherd.core.invoices import Status
 from watcherd.store.db import Database
-from watcherd.store.rows import InvoiceRow, invoice_from_row
+from watcherd.store.rows import InvoiceRow, MethodRow, invoice_from_row, method_from_row
 
 
 class InvoiceQueries(Database):
-    async def insert_invoice(self, inv: InvoiceRow) -> None:
+    async def insert_invoice(self, inv: InvoiceRow, methods: list[MethodRow]) -> None:
         await self._write(
-            """INSERT INTO invoices (id, chain, asset, address, watch_key, derivation_index, amount,
-                   confirmations_required, tolerance_percent, status, exception, order_id, metadata,
-                   created_at, expires_at, cancelled_at, paid_at, updated_at, idempotency_key, request_digest)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            """INSERT INTO invoices (id, currency, amount, tolerance_percent, status, exception, order_id, metadata,
+                   redirect_url, created_at, expires_at, cancelled_at, paid_at, updated_at, idempotency_key,
+                   request_digest)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
-                inv.id, inv.chain, inv.asset, inv.address, inv.watch_key, inv.derivation_index, str(inv.amount),
-                inv.confirmations_required, str(inv.tolerance_percent), inv.status.value, inv.exception,
-                inv.order_id, json.dumps(inv.metadata), inv.created_at, inv.expires_at, inv.cancelled_at,
-                inv.paid_at, inv.updated_at, inv.idempotency_key, inv.request_digest,
+                inv.id, inv.currency, str(inv.amount), str(inv.tolerance_percent), inv.status.value, inv.exception,
+                inv.order_id, json.dumps(inv.metadata), inv.redirect_url, inv.created_at, inv.expires_at,
+                inv.cancelled_at, inv.paid_at, inv.updated_at, inv.idempotency_key, inv.request_digest,
             ),
         )
+        for m in methods:
+            await self._write(
+                """INSERT INTO methods (invoice_id, chain, asset, rate, amount, confirmations_required, activated_at,
+                       address, watch_key, derivation_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (inv.id, m.chain, m.asset, str(m.rate), str(m.amount), m.confirmations_required, m.activated_at,
+                 m.address, m.watch_key, m.derivation_index),
+            )
+
+    async def activate(self, method: MethodRow, address: str, watch_key: bytes, index: int, now: int) -> None:
+        await self._write(
+            """UPDATE methods SET activated_at = ?, address = ?, watch_key = ?, derivation_index = ?
+               WHERE invoice_id = ? AND chain = ? AND asset = ? AND activated_at IS NULL""",
+            (now, address, watch_key, index, method.invoice_id, method.chain, method.asset),
+        )
+
+    async def methods_for(self, invoice_id: str) -> list[MethodRow]:
+        rows = await self._all("SELECT * FROM methods WHERE invoice_id = ? ORDER BY rowid", (invoice_id,))
+        return [method_from_row(r) for r in rows]
 
     async def update_invoice(
         self, invoice_id: str, *, status: Status, exception: str | None, paid_at: int | None,
@@ -46,11 +64,15 @@ class InvoiceQueries(Database):
         self, *, status: str | None = None, chain: str | None = None, order_id: str | None = None,
         limit: int = 100, before: str | None = None,
     ) -> list[InvoiceRow]:
-        where, params = [], []
-        for column, value in (("status", status), ("chain", chain), ("order_id", order_id)):
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("status", status), ("order_id", order_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if chain is not None:
+            where.append("EXISTS (SELECT 1 FROM methods m WHERE m.invoice_id = invoices.id AND m.chain = ?)")
+            params.append(chain)
         if before is not None:
             where.append("(created_at, id) < (SELECT created_at, id FROM invoices WHERE id = ?)")
             params.append(before)
@@ -62,31 +84,43 @@ class InvoiceQueries(Database):
 
     async def watch_keys(self, chain: str) -> list[bytes]:
         """Every address ever issued on the chain: late payments to old invoices must still be seen."""
-        rows = await self._all("SELECT watch_key FROM invoices WHERE chain = ?", (chain,))
+        rows = await self._all("SELECT watch_key FROM methods WHERE chain = ? AND watch_key IS NOT NULL", (chain,))
         return [bytes(r[0]) for r in rows]
 
-    async def invoice_by_key(self, chain: str, watch_key: bytes) -> InvoiceRow | None:
-        row = await self._one("SELECT * FROM invoices WHERE chain = ? AND watch_key = ?", (chain, watch_key))
-        return invoice_from_row(row) if row else None
+    async def method_by_key(self, chain: str, watch_key: bytes) -> MethodRow | None:
+        row = await self._one("SELECT * FROM methods WHERE chain = ? AND watch_key = ?", (chain, watch_key))
+        return method_from_row(row) if row else None
 
-    async def open_invoices(self, chain: str, asset: str, expired_since: int) -> list[InvoiceRow]:
-        """Invoices that may still receive money worth reconciling: unpaid, processing, or expired lately."""
+    async def open_invoices(self, chain: str, asset: str, expired_since: int) -> list[tuple[str, str, bytes]]:
+        """(invoice id, address, watch key) of the `asset` methods of invoices that may still receive money worth
+        reconciling: unpaid, processing, or expired lately."""
         rows = await self._all(
-            """SELECT * FROM invoices WHERE chain = :chain AND asset = :asset
-               AND (status IN ('unpaid', 'processing') OR (status = 'expired' AND expires_at >= :since))""",
+            """SELECT i.id, m.address, m.watch_key FROM methods m JOIN invoices i ON i.id = m.invoice_id
+               WHERE m.chain = :chain AND m.asset = :asset AND m.activated_at IS NOT NULL
+               AND (i.status IN ('unpaid', 'processing') OR (i.status = 'expired' AND i.expires_at >= :since))""",
             {"chain": chain, "asset": asset, "since": expired_since},
         )
-        return [invoice_from_row(r) for r in rows]
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
 
-    async def expiring(self, now: int) -> list[tuple[str, str]]:
-        """(invoice id, chain) of the unpaid invoices whose expiry has passed."""
+    async def expiring(self, now: int) -> list[tuple[str, list[str]]]:
+        """The unpaid invoices whose expiry has passed, each with the chains of its picked methods."""
         rows = await self._all(
-            "SELECT id, chain FROM invoices WHERE status = ? AND expires_at <= ?", (Status.UNPAID.value, now)
+            """SELECT i.id, m.chain FROM invoices i
+               LEFT JOIN methods m ON m.invoice_id = i.id AND m.activated_at IS NOT NULL
+               WHERE i.status = ? AND i.expires_at <= ?""",
+            (Status.UNPAID.value, now),
         )
-        return [(r[0], r[1]) for r in rows]
+        due: dict[str, list[str]] = {}
+        for invoice_id, chain in rows:
+            due.setdefault(invoice_id, [])
+            if chain is not None:
+                due[invoice_id].append(chain)
+        return list(due.items())
 
     async def invoice_counts(self) -> list[tuple[str, str, int]]:
-        return [
-            (r[0], r[1], r[2])
-            for r in await self._all("SELECT chain, status, COUNT(*) FROM invoices GROUP BY chain, status")
-        ]
+        """(chain, status, count): by the chains of their picked methods ("" for none picked yet)."""
+        rows = await self._all(
+            """SELECT COALESCE(m.chain, ''), i.status, COUNT(DISTINCT i.id) FROM invoices i
+               LEFT JOIN methods m ON m.invoice_id = i.id AND m.activated_at IS NOT NULL GROUP BY 1, 2"""
+        )
+        return [(r[0], r[1], r[2]) for r in rows]

@@ -13,7 +13,8 @@ from watcherd.store.rows import PaymentRow, payment_from_row
 class PaymentQueries(Database):
     async def payments_for(self, invoice_id: str) -> list[PaymentRow]:
         rows = await self._all(
-            """SELECT p.*, i.asset AS invoice_asset FROM payments p JOIN invoices i ON i.id = p.invoice_id
+            """SELECT p.*, m.rate AS method_rate, m.confirmations_required AS method_required FROM payments p
+               JOIN methods m ON m.invoice_id = p.invoice_id AND m.chain = p.chain AND m.asset = p.method_asset
                WHERE p.invoice_id = ? ORDER BY p.first_seen_at, p.txid, p.vout""",
             (invoice_id,),
         )
@@ -22,18 +23,20 @@ class PaymentQueries(Database):
     async def upsert_payment(
         self, chain: str, invoice_id: str, asset: str, txid: str, vout: int, amount: int, now: int,
         block_height: int | None = None, block_hash: str | None = None, output_key: bytes | None = None,
+        method_asset: str | None = None,
     ) -> None:
         """Record a payment (seen again, it counts again); a block puts it in that block, while a mempool
         sighting (block_height None) never takes a mined payment out of its block."""
         await self._write(
             """INSERT INTO payments (chain, txid, vout, invoice_id, asset, amount, first_seen_at, block_height,
-                   block_hash, replaced, output_key)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+                   block_hash, replaced, output_key, method_asset)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)
                ON CONFLICT (chain, txid, vout) DO UPDATE SET replaced = 0,
                    block_height = COALESCE(excluded.block_height, block_height),
                    block_hash = COALESCE(excluded.block_hash, block_hash),
                    output_key = COALESCE(excluded.output_key, output_key)""",
-            (chain, txid, vout, invoice_id, asset, str(amount), now, block_height, block_hash, output_key),
+            (chain, txid, vout, invoice_id, asset, str(amount), now, block_height, block_hash, output_key,
+             method_asset or asset),
         )
 
     async def payment_with_output_key(self, chain: str, output_key: bytes) -> tuple[str, int, int | None] | None:
@@ -98,12 +101,13 @@ class PaymentQueries(Database):
 
     # A payment is confirmed at `tip` when its block is at or below the invoice's threshold height: the tip
     # less its required confirmations (plus one), or on a chain with finality (required 0) the final height.
-    _THRESHOLD = "CASE i.confirmations_required WHEN 0 THEN :final ELSE :tip - i.confirmations_required + 1 END"
+    _THRESHOLD = "CASE m.confirmations_required WHEN 0 THEN :final ELSE :tip - m.confirmations_required + 1 END"
+    _METHOD = "JOIN methods m ON m.invoice_id = p.invoice_id AND m.chain = p.chain AND m.asset = p.method_asset"
 
     async def invoices_gaining_confirmation(self, chain: str, tip: int, final: int) -> list[str]:
         """Invoices with a mined payment that the new tip (or final height) confirms."""
         rows = await self._all(
-            f"""SELECT DISTINCT p.invoice_id FROM payments p JOIN invoices i ON i.id = p.invoice_id
+            f"""SELECT DISTINCT p.invoice_id FROM payments p {self._METHOD}
                 WHERE p.chain = :chain AND p.confirmed_at IS NULL AND p.replaced = 0
                   AND p.block_height IS NOT NULL AND p.block_height <= {self._THRESHOLD}""",
             {"chain": chain, "tip": tip, "final": final},
@@ -112,10 +116,10 @@ class PaymentQueries(Database):
 
     async def invoices_losing_confirmation(self, chain: str, tip: int, final: int) -> list[str]:
         """Invoices with a confirmed payment that a lower tip (after a reorg) no longer confirms."""
-        row = await self._one("SELECT MAX(confirmations_required) FROM invoices WHERE chain = ?", (chain,))
+        row = await self._one("SELECT MAX(confirmations_required) FROM methods WHERE chain = ?", (chain,))
         deepest = (row[0] if row is not None else None) or 0  # MAX() over no invoices is NULL
         rows = await self._all(
-            f"""SELECT DISTINCT p.invoice_id FROM payments p JOIN invoices i ON i.id = p.invoice_id
+            f"""SELECT DISTINCT p.invoice_id FROM payments p {self._METHOD}
                 WHERE p.chain = :chain AND p.block_height > :lowest AND p.confirmed_at IS NOT NULL
                   AND p.block_height > {self._THRESHOLD}""",
             {"chain": chain, "tip": tip, "final": final, "lowest": min(tip, final) - deepest - 1},
@@ -159,7 +163,8 @@ class PaymentQueries(Database):
         for start in range(0, len(invoice_ids), 500):  # SQLite's bound-parameter limit
             chunk = invoice_ids[start:start + 500]
             rows = await self._all(
-                f"""SELECT invoice_id, amount FROM payments WHERE chain = ? AND asset = ? AND replaced = 0
+                f"""SELECT invoice_id, amount FROM payments WHERE chain = ? AND asset = ? AND method_asset = asset
+                    AND replaced = 0
                     AND block_height IS NOT NULL AND block_height <= ?
                     AND invoice_id IN ({", ".join("?" * len(chunk))})""",
                 (chain, asset, height, *chunk),

@@ -7,21 +7,33 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from watcherd.core.invoices import Payment, Status, Terms
 
 
 @dataclass(frozen=True, slots=True)
-class InvoiceRow:
-    id: str
+class MethodRow:
+    """One way to pay an invoice: a coin or token on a chain, its locked rate, and once picked its address."""
+
+    invoice_id: str
     chain: str
     asset: str
-    address: str
-    watch_key: bytes
-    derivation_index: int
-    amount: int
+    rate: Fraction  # invoice currency minor units per atomic unit
+    amount: int  # the whole price in atomic units, rounded up
     confirmations_required: int
+    activated_at: int | None = None
+    address: str | None = None
+    watch_key: bytes | None = None
+    derivation_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceRow:
+    id: str
+    currency: str
+    amount: int  # in the currency's smallest unit
     tolerance_percent: Decimal
     status: Status
     exception: str | None
@@ -35,13 +47,15 @@ class InvoiceRow:
     digest: str = ""
     idempotency_key: str | None = None
     request_digest: str | None = None
+    redirect_url: str | None = None
 
     @property
     def terms(self) -> Terms:
+        """Confirmations count per payment on its own chain (Payment.confirmed), so the terms' count is unused."""
         return Terms(
             amount=self.amount,
             expires_at=self.expires_at,
-            confirmations_required=self.confirmations_required,
+            confirmations_required=1,
             underpaid_tolerance_percent=self.tolerance_percent,
             cancelled=self.cancelled_at is not None,
         )
@@ -50,10 +64,13 @@ class InvoiceRow:
 @dataclass(frozen=True, slots=True)
 class PaymentRow:
     invoice_id: str
-    payment: Payment
+    payment: Payment  # its `rate` is its method's; `confirmed` is left for the ledger, which knows the tips
     block_hash: str | None
     confirmed_at: int | None
     asset: str
+    chain: str = ""
+    method_asset: str = ""  # the asset of the method whose address it paid
+    confirmations_required: int = 1  # its method's (0: the chain's finality)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +87,8 @@ class Delivery:
 def invoice_from_row(row: sqlite3.Row) -> InvoiceRow:
     return InvoiceRow(
         id=row["id"],
-        chain=row["chain"],
-        asset=row["asset"],
-        address=row["address"],
-        watch_key=bytes(row["watch_key"]),
-        derivation_index=row["derivation_index"],
+        currency=row["currency"],
         amount=int(row["amount"]),
-        confirmations_required=row["confirmations_required"],
         tolerance_percent=Decimal(row["tolerance_percent"]),
         status=Status(row["status"]),
         exception=row["exception"],
@@ -90,6 +102,22 @@ def invoice_from_row(row: sqlite3.Row) -> InvoiceRow:
         digest=row["digest"],
         idempotency_key=row["idempotency_key"],
         request_digest=row["request_digest"],
+        redirect_url=row["redirect_url"],
+    )
+
+
+def method_from_row(row: sqlite3.Row) -> MethodRow:
+    return MethodRow(
+        invoice_id=row["invoice_id"],
+        chain=row["chain"],
+        asset=row["asset"],
+        rate=Fraction(row["rate"]),
+        amount=int(row["amount"]),
+        confirmations_required=row["confirmations_required"],
+        activated_at=row["activated_at"],
+        address=row["address"],
+        watch_key=None if row["watch_key"] is None else bytes(row["watch_key"]),
+        derivation_index=row["derivation_index"],
     )
 
 
@@ -103,9 +131,13 @@ def payment_from_row(row: sqlite3.Row) -> PaymentRow:
             first_seen_at=row["first_seen_at"],
             block_height=row["block_height"],
             replaced=bool(row["replaced"]),
-            wrong_asset=row["asset"] != row["invoice_asset"],
+            wrong_asset=row["asset"] != row["method_asset"],
+            rate=Fraction(row["method_rate"]),
         ),
         asset=row["asset"],
         block_hash=row["block_hash"],
         confirmed_at=row["confirmed_at"],
+        chain=row["chain"],
+        method_asset=row["method_asset"],
+        confirmations_required=row["method_required"],
     )

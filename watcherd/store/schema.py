@@ -107,8 +107,66 @@ SCHEMA = [
         chain TEXT NOT NULL,
         asset TEXT NOT NULL,
         decimals INTEGER NOT NULL,
+        native INTEGER NOT NULL DEFAULT 0,  -- the chain's own coin (method id "btc"), else a token ("eth:USDC")
         PRIMARY KEY (chain, asset)
     );
     CREATE INDEX events_invoice ON events (invoice_id, seq);
+    """,
+    # version 4: an invoice is priced in a currency (fiat, or a coin) and payable by one or more methods (a coin or
+    # token on a chain), each with its rate locked at creation and, once the customer picks it, its own address.
+    # The address columns move from invoices to methods; an invoice of version 3 becomes one priced in its coin
+    # with that one method, activated, at a rate of 1.
+    """
+    CREATE TABLE methods (
+        invoice_id TEXT NOT NULL REFERENCES invoices(id),
+        chain TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        rate TEXT NOT NULL,  -- invoice currency minor units per atomic unit of the asset, an exact fraction "n/d"
+        amount TEXT NOT NULL,  -- the whole price in atomic units, rounded up
+        confirmations_required INTEGER NOT NULL,
+        activated_at INTEGER,
+        address TEXT,
+        watch_key BLOB,
+        derivation_index INTEGER,
+        PRIMARY KEY (invoice_id, chain, asset),
+        UNIQUE (chain, derivation_index),
+        UNIQUE (chain, address)
+    );
+    CREATE INDEX methods_key ON methods (chain, watch_key);
+    INSERT INTO methods (invoice_id, chain, asset, rate, amount, confirmations_required, activated_at, address,
+                         watch_key, derivation_index)
+        SELECT id, chain, asset, '1', amount, confirmations_required, created_at, address, watch_key,
+               derivation_index FROM invoices;
+    -- which of its invoice's methods a payment came by (the method owning the address it paid)
+    ALTER TABLE payments ADD COLUMN method_asset TEXT;
+    UPDATE payments SET method_asset = (SELECT m.asset FROM methods m WHERE m.invoice_id = payments.invoice_id);
+    CREATE TABLE invoices_v4 (
+        id TEXT PRIMARY KEY,
+        currency TEXT NOT NULL,  -- a fiat code (USD) or an asset code (BTC): `amount` is in its smallest unit
+        amount TEXT NOT NULL,
+        tolerance_percent TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exception TEXT,
+        order_id TEXT,
+        idempotency_key TEXT UNIQUE,
+        request_digest TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        redirect_url TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        cancelled_at INTEGER,
+        paid_at INTEGER,
+        updated_at INTEGER NOT NULL,
+        digest TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO invoices_v4 (id, currency, amount, tolerance_percent, status, exception, order_id, idempotency_key,
+                             request_digest, metadata, created_at, expires_at, cancelled_at, paid_at, updated_at,
+                             digest)
+        SELECT id, asset, amount, tolerance_percent, status, exception, order_id, idempotency_key, request_digest,
+               metadata, created_at, expires_at, cancelled_at, paid_at, updated_at, digest FROM invoices;
+    DROP TABLE invoices;
+    ALTER TABLE invoices_v4 RENAME TO invoices;
+    CREATE INDEX invoices_open ON invoices (status, expires_at);
+    CREATE INDEX invoices_order ON invoices (order_id);
     """,
 ]
