@@ -10,13 +10,16 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import Status
 from watcherd.core.money import MAX_ATOMIC, to_atomic
-from watcherd.exceptions import STORE_ERRORS, InvoiceError
+from watcherd.exceptions import STORE_ERRORS, InvoiceError, RatesUnavailable
 from watcherd.http import checkout, openapi
 from watcherd.ledger import Processor
 
@@ -24,11 +27,20 @@ log = logging.getLogger(__name__)
 
 MAX_EXPIRES_IN = 30 * 24 * 3600
 MAX_METADATA_BYTES = 16 * 1024
-INVOICE_FIELDS = {"chain", "asset", "amount", "amount_atomic", "order_id", "expires_in", "metadata"}
+COMMON_FIELDS = {"order_id", "expires_in", "metadata", "redirect_url"}
+INVOICE_FIELDS = {"chain", "asset", "amount", "amount_atomic", *COMMON_FIELDS}
+PRICED_FIELDS = {"currency", "amount", "payment_methods", "rates", *COMMON_FIELDS}
 PROCESSOR: web.AppKey[Processor] = web.AppKey("processor", Processor)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 PUBLIC_PREFIX = "/i/"  # the payment pages (watcherd/http/checkout.py): an invoice id is the only key
 READINESS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("readiness")
+RATES: web.AppKey[Quotes | None] = web.AppKey("rates")
+
+
+class Quotes(Protocol):
+    """Exchange rates (watcherd.rates.RateBook): whole `currency` units per whole coin, or RatesUnavailable."""
+
+    def quote(self, currency: str, asset: str) -> Fraction: ...
 
 
 def error(status: int, code: str, message: str, field: str | None = None) -> web.HTTPException:
@@ -40,7 +52,8 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
     return cls(text=json.dumps({"error": body}), content_type="application/json")
 
 
-def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]]) -> web.Application:
+def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]],
+             rates: Quotes | None = None) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         # judged by the route that matched, not the raw path, so no path trick reaches the API without a token
@@ -71,12 +84,14 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
     app = web.Application(middlewares=[json_errors, auth], client_max_size=64 * 1024)
     app[PROCESSOR] = processor
     app[READINESS] = readiness
+    app[RATES] = rates
     checkout.setup(app, processor)
     app.add_routes([
         web.post("/v1/invoices", create_invoice),
         web.get("/v1/invoices", list_invoices),
         web.get("/v1/invoices/{id}", show_invoice),
         web.post("/v1/invoices/{id}/cancel", cancel_invoice),
+        web.post("/v1/invoices/{id}/payment-methods/{method}", activate_method),
         web.get("/v1/invoices/{id}/events", invoice_events),
         web.get("/v1/webhooks", list_webhooks),
         web.post("/v1/webhooks/{event_id}/redeliver", redeliver_webhook),
@@ -133,6 +148,10 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
     field = "amount" if "amount" in body else "amount_atomic"
     if amount <= 0:
         raise error(400, "invalid_field", "must be greater than zero", field)
+    return {"chain_name": chain_name, "asset": asset, "amount": amount, **_common_fields(body)}
+
+
+def _common_fields(body: dict[str, Any]) -> dict[str, Any]:
     order_id = body.get("order_id")
     if order_id is not None and (not isinstance(order_id, str) or len(order_id) > 200):
         raise error(400, "invalid_field", "must be a string of at most 200 characters", "order_id")
@@ -146,25 +165,109 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
         raise error(400, "invalid_field", "must be a JSON object", "metadata")
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise error(400, "invalid_field", f"must serialize to at most {MAX_METADATA_BYTES} bytes", "metadata")
-    return {"chain_name": chain_name, "asset": asset, "amount": amount, "order_id": order_id, "expires_in": expires_in,
-            "metadata": metadata}
+    redirect_url = body.get("redirect_url")
+    if redirect_url is not None and (not isinstance(redirect_url, str) or len(redirect_url) > 2000
+                                     or not redirect_url.startswith(("https://", "http://"))):
+        raise error(400, "invalid_field", "must be an http(s) URL of at most 2000 characters", "redirect_url")
+    return {"order_id": order_id, "expires_in": expires_in, "metadata": metadata, "redirect_url": redirect_url}
+
+
+def _parse_priced_request(body: dict[str, Any], processor: Processor, rates: Quotes | None) -> dict[str, Any]:
+    """The checkout form: a price in a currency, offered in several coins at rates locked now."""
+    unknown = sorted(set(body) - PRICED_FIELDS)
+    if unknown:
+        raise error(400, "unknown_field", f"unknown field(s) {', '.join(unknown)}; a priced invoice takes "
+                                          f"{', '.join(sorted(PRICED_FIELDS))}", unknown[0])
+    currency = body["currency"]
+    if not isinstance(currency, str) or not currency:
+        raise error(400, "invalid_field", "must be a currency code such as \"USD\" (or a coin's, \"BTC\")", "currency")
+    coin_decimals = {a: d for chain in processor.chains.values() for a, d in chain.assets.items()}
+    decimals = minor_units(currency)
+    if decimals is None:
+        decimals = coin_decimals.get(currency)
+    if decimals is None:
+        raise error(422, "unknown_currency", f"{currency!r} is neither an ISO 4217 currency watcherd knows nor a "
+                                             "configured coin", "currency")
+    if not isinstance(body.get("amount"), str):
+        raise error(400, "invalid_field", "required: a decimal string such as \"49.00\"", "amount")
+    try:
+        amount = to_atomic(body["amount"], decimals)
+    except ValueError as exc:
+        raise error(400, "invalid_field", str(exc), "amount") from None
+    if amount <= 0:
+        raise error(400, "invalid_field", "must be greater than zero", "amount")
+    methods = body.get("payment_methods", processor.method_ids())
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods) \
+            or len(set(methods)) != len(methods):
+        raise error(400, "invalid_field", "must be a non-empty list of distinct method ids such as \"btc\", "
+                                          "\"eth:USDC\"", "payment_methods")
+    given = body.get("rates", {})
+    if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
+        raise error(400, "invalid_field", "must map coins to decimal strings: {\"BTC\": \"50000.00\"}", "rates")
+    quotes: dict[str, Fraction] = {}
+    for method in methods:
+        try:
+            chain_name, asset = processor.method_parts(method)
+        except InvoiceError as exc:
+            raise error(422, "unknown_method", str(exc), "payment_methods") from None
+        per_coin = _rate(currency, asset, given, rates)
+        # minor units of the currency per atomic unit of the coin
+        quotes[method] = per_coin * 10**decimals / 10**coin_decimals[asset]
+    return {"currency": currency, "amount": amount, "quotes": quotes, **_common_fields(body)}
+
+
+def _rate(currency: str, asset: str, given: dict[str, str], rates: Quotes | None) -> Fraction:
+    """Whole currency units per whole coin: 1 for the coin itself, the request's, or the rate book's now."""
+    if asset == currency:
+        return Fraction(1)
+    if asset in given:
+        try:
+            rate = Fraction(Decimal(given[asset]))
+        except (ArithmeticError, ValueError):
+            rate = Fraction(0)
+        if rate <= 0:
+            raise error(400, "invalid_field", f"{asset}: must be a positive decimal string", "rates")
+        return rate
+    if rates is None:
+        raise error(503, "rates_unavailable", f"no exchange rate for {asset} in {currency}: configure [rates] or "
+                                              "pass \"rates\" in the request")
+    try:
+        return rates.quote(currency, asset)
+    except RatesUnavailable as exc:
+        raise error(503, "rates_unavailable", f"{exc}; nothing was created, retry later") from None
 
 
 async def create_invoice(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
-    params = _parse_invoice_request(await _json_body(request), processor)
+    body = await _json_body(request)
+    priced = "currency" in body
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
         raise error(400, "invalid_field", "must be 1 to 200 characters", "Idempotency-Key")
     # a replayed request gets the invoice it created the first time, with 200 instead of 201
     replayed = key is not None and await processor.store.invoice_by_idempotency_key(key) is not None
     try:
-        invoice = await processor.create_invoice(**params, idempotency_key=key)
+        if priced:
+            params = _parse_priced_request(body, processor, request.app[RATES])
+            invoice = await processor.create_priced_invoice(**params, idempotency_key=key)
+        else:
+            invoice = await processor.create_invoice(**_parse_invoice_request(body, processor), idempotency_key=key)
     except InvoiceError as exc:
         status = 409 if exc.field == "Idempotency-Key" else 400
         raise error(status, "conflict" if status == 409 else "invalid_field", str(exc), exc.field) from None
     return web.json_response(invoice, status=200 if replayed else 201,
                              headers={"Location": f"/v1/invoices/{invoice['id']}"})
+
+
+async def activate_method(request: web.Request) -> web.Response:
+    """The customer (through the billing system) picked a coin: it gets its address now."""
+    try:
+        invoice = await request.app[PROCESSOR].activate_method(request.match_info["id"], request.match_info["method"])
+    except KeyError:
+        raise error(404, "not_found", f"no invoice {request.match_info['id']!r}", "id") from None
+    except InvoiceError as exc:
+        raise error(422, "invalid_method", str(exc), "method") from None
+    return web.json_response(invoice)
 
 
 async def show_invoice(request: web.Request) -> web.Response:
