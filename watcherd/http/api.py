@@ -229,8 +229,8 @@ def _rate(currency: str, asset: str, given: dict[str, str], rates: Quotes | None
             raise error(400, "invalid_field", f"{asset}: must be a positive decimal string", "rates")
         return rate
     if rates is None:
-        raise error(503, "rates_unavailable", f"no exchange rate for {asset} in {currency}: configure [rates] or "
-                                              "pass \"rates\" in the request")
+        raise error(422, "no_rate_source", f"no exchange rate for {asset} in {currency}: configure [rates] or "
+                                           "pass \"rates\" in the request", "rates")
     try:
         return rates.quote(currency, asset)
     except RatesUnavailable as exc:

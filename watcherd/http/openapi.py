@@ -25,8 +25,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     why = {400: "invalid request", 401: "missing or wrong bearer token", 404: "not found", 405: "wrong method",
-           409: "conflict", 413: "body too large", 415: "not JSON", 422: "unknown chain or asset",
-           503: "the store cannot be written right now"}
+           409: "conflict", 413: "body too large", 415: "not JSON", 422: "unknown chain, asset, currency or method",
+           503: "the store cannot be written right now, or (priced invoices) no fresh exchange rate"}
     return {str(s): _json(_ref("Error"), why[s]) for s in statuses}
 
 
@@ -34,10 +34,13 @@ _COMMON = (400, 401, 405, 413, 503)
 
 _PAYMENT = {
     "type": "object",
-    "required": ["txid", "vout", "asset", "amount", "amount_atomic", "confirmations", "block_height", "block_hash",
-                 "first_seen_at", "confirmed_at", "status"],
+    "required": ["txid", "vout", "chain", "method", "asset", "amount", "amount_atomic", "value", "rate",
+                 "confirmations", "block_height", "block_hash", "first_seen_at", "confirmed_at", "status"],
     "properties": {
-        "txid": _STRING, "vout": {"type": "integer"}, "asset": _STRING, "amount": _DECIMAL, "amount_atomic": _ATOMIC,
+        "txid": _STRING, "vout": {"type": "integer"}, "chain": _STRING, "method": _STRING, "asset": _STRING,
+        "amount": _DECIMAL, "amount_atomic": _ATOMIC,
+        "value": {**_DECIMAL, "description": "what it counts for, in the invoice currency"},
+        "rate": {**_DECIMAL, "description": "the invoice currency per coin it was valued at"},
         "confirmations": {"type": "integer"}, "block_height": {"type": "integer", "nullable": True},
         "block_hash": _NULLABLE_STRING, "first_seen_at": _TIME, "confirmed_at": _TIME,
         "status": {"type": "string", "enum": ["pending", "confirmed", "replaced", "wrong_asset"]},
@@ -46,7 +49,8 @@ _PAYMENT = {
 
 _PAYMENT_METHOD = {
     "type": "object",
-    "required": ["method", "chain", "asset", "activated"],
+    "required": ["method", "chain", "asset", "activated", "rate", "amount", "amount_atomic",
+                 "confirmations_required"],
     "properties": {
         "method": {**_STRING, "description": "the chain's name for its own asset, <chain>:<TOKEN> for a token"},
         "chain": _STRING, "asset": _STRING, "activated": {"type": "boolean"},
@@ -61,9 +65,11 @@ _INVOICE = {
     "required": ["id", "chain", "asset", "address", "amount", "amount_atomic", "amount_received",
                  "amount_received_atomic", "amount_confirmed", "amount_confirmed_atomic", "status", "exception",
                  "payment_uri", "confirmations_required", "finality", "order_id", "metadata", "created_at",
-                 "expires_at", "paid_at", "cancelled_at", "currency", "checkout_url", "payment_methods", "payments"],
+                 "expires_at", "paid_at", "cancelled_at", "currency", "checkout_url", "payment_methods", "payments",
+                 "due", "due_atomic", "redirect_url"],
     "properties": {
-        "id": _STRING, "chain": _STRING, "asset": _STRING, "address": _STRING,
+        "id": _STRING, "chain": _NULLABLE_STRING, "asset": _NULLABLE_STRING, "address": _NULLABLE_STRING,
+        "due": _DECIMAL, "due_atomic": _ATOMIC, "redirect_url": _NULLABLE_STRING,
         "amount": _DECIMAL, "amount_atomic": _ATOMIC, "amount_received": _DECIMAL, "amount_received_atomic": _ATOMIC,
         "amount_confirmed": _DECIMAL, "amount_confirmed_atomic": _ATOMIC,
         "status": {"type": "string", "enum": [s.value for s in Status]},
@@ -88,9 +94,28 @@ _INVOICE_REQUEST: dict[str, Any] = {
         "asset": {"type": "string", "description": "default: the chain's native asset"},
         "amount": {**_DECIMAL, "description": "give amount or amount_atomic, not both"},
         "amount_atomic": _ATOMIC,
-        "order_id": {"type": "string", "maxLength": 200},
-        "expires_in": {"type": "integer", "minimum": 1, "maximum": 30 * 24 * 3600},
-        "metadata": {"type": "object"},
+        **(_COMMON_REQUEST := {
+            "order_id": {"type": "string", "maxLength": 200},
+            "expires_in": {"type": "integer", "minimum": 1, "maximum": 30 * 24 * 3600},
+            "metadata": {"type": "object"},
+            "redirect_url": {"type": "string", "maxLength": 2000, "description": "where the payment page's "
+                             "button leads once paid (http or https)"},
+        }),
+    },
+}
+
+_PRICED_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["currency", "amount"],
+    "additionalProperties": False,
+    "properties": {
+        "currency": {"type": "string", "minLength": 1, "description": "an ISO 4217 code (USD) or a coin's (BTC)"},
+        "amount": {**_DECIMAL, "description": "in the currency, at most its minor units' decimals"},
+        "payment_methods": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _STRING,
+                            "description": "method ids (\"btc\", \"eth:USDC\"); default: every configured one"},
+        "rates": {"type": "object", "additionalProperties": _DECIMAL,
+                  "description": "currency per coin, when the billing system brings its own rates"},
+        **_COMMON_REQUEST,
     },
 }
 
@@ -149,10 +174,14 @@ _PATHS: dict[str, Any] = {
             "summary": "Create an invoice with a fresh address",
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                             "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("InvoiceRequest")}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                _ref("InvoiceRequest"), _ref("PricedInvoiceRequest")]}}}},
             "responses": {"201": {**_json(_ref("Invoice"), "created"), "links": _INVOICE_LINKS},
                           "200": _json(_ref("Invoice"), "a retry with the same Idempotency-Key"),
                           **_errors(*_COMMON, 409, 415, 422)},
+            "description": "The coin form (chain, amount) takes an address at once; the priced form (currency, "
+                           "amount, payment_methods) locks each method's rate now (503 while rates are stale) and "
+                           "takes an address only when a method is picked.",
         },
         "get": {
             "summary": "List invoices, newest first",
@@ -175,6 +204,12 @@ _PATHS: dict[str, Any] = {
                  "parameters": [_path_id("id")],
                  "responses": {"200": _json(_ref("Invoice"), "cancelled (or invalid, if money arrives later)"),
                                **_errors(*_COMMON, 404, 409)}},
+    },
+    "/v1/invoices/{id}/payment-methods/{method}": {
+        "post": {"summary": "Pick a payment method: it gets its address (once)", "operationId": "activateMethod",
+                 "parameters": [_path_id("id"), _path_id("method")],
+                 "responses": {"200": _json(_ref("Invoice"), "the invoice, the method activated"),
+                               **_errors(*_COMMON, 404, 422)}},
     },
     "/v1/invoices/{id}/events": {
         "get": {"summary": "Every event of the invoice, as delivered", "operationId": "invoiceEvents",
@@ -223,7 +258,8 @@ def document(chains: list[str] | None = None) -> dict[str, Any]:
         "paths": _PATHS,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Invoice": _INVOICE, "InvoiceRequest": request, "Payment": _PAYMENT,
+            "schemas": {"Invoice": _INVOICE, "InvoiceRequest": request, "PricedInvoiceRequest": _PRICED_REQUEST,
+                        "Payment": _PAYMENT,
                         "PaymentMethod": _PAYMENT_METHOD, "Event": _EVENT, "Delivery": _DELIVERY, "Error": _ERROR,
                         "Readiness": _READINESS},
         },
