@@ -1,0 +1,119 @@
+"""The checkout on real regtest nodes: invoices priced in USD, offered in every configured coin, paid in the
+coins the customer picks (one, or half in one and the rest in another), underpaid and topped up, paid late."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+from decimal import Decimal
+
+import pytest
+from conftest import scaled
+from harness import chain_table, eth_table, monero_table, wait_delivered
+
+from testkit.monero_node import new_keys, primary_address
+
+RATES = {"BTC": "50000", "LTC": "80", "ETH": "2500", "USDC": "1", "DAI": "1", "XMR": "150"}
+
+
+@pytest.fixture
+def shop(bsv_node, ltc_node, eth_node, xmr_node, daemon_factory):
+    spend, view = new_keys()
+    chains = "\n".join([
+        chain_table("btc", bsv_node, confirmations=1),
+        chain_table("ltc", ltc_node, confirmations=1),
+        eth_table("eth", eth_node, confirmations=1),
+        monero_table("xmr", xmr_node, primary_address=primary_address(spend, view), view_key=view.hex(),
+                     confirmations=2),
+    ])
+    daemon = daemon_factory(chains)
+    deadline = time.monotonic() + scaled(30)
+    while daemon.metric("watcherd_node_up", chain="xmr") != 1:
+        assert time.monotonic() < deadline, daemon.log_tail()
+        time.sleep(0.1)
+    return daemon
+
+
+def priced(daemon, amount: str, **extra):
+    return daemon.api("POST", "/v1/invoices", {"currency": "USD", "amount": amount, "rates": RATES, **extra})
+
+
+def pick(daemon, invoice: dict, method: str) -> dict:
+    shown = daemon.api("POST", f"/v1/invoices/{invoice['id']}/payment-methods/{method}")
+    return next(m for m in shown["payment_methods"] if m["method"] == method)
+
+
+def method_of(daemon, invoice: dict, method: str) -> dict:
+    return next(m for m in daemon.invoice(invoice["id"])["payment_methods"] if m["method"] == method)
+
+
+def wait_in_pool(xmr_node, txid: str) -> None:
+    deadline = time.monotonic() + scaled(20)  # the wallet relays asynchronously
+    while txid not in xmr_node.pool():
+        assert time.monotonic() < deadline, "the payment never reached monerod's pool"
+        time.sleep(0.1)
+
+
+def test_a_usd_invoice_paid_in_the_coin_the_customer_picks(shop, bsv_node, receiver):
+    invoice = priced(shop, "49.00", order_id="ORD-1")
+    assert [m["method"] for m in invoice["payment_methods"]] == ["btc", "ltc", "eth", "eth:USDC", "eth:DAI", "xmr"]
+    assert not any(m["activated"] for m in invoice["payment_methods"])
+    assert {m["method"]: m["amount"] for m in invoice["payment_methods"]} == {
+        "btc": "0.00098", "ltc": "0.6125", "eth": "0.0196", "eth:USDC": "49", "eth:DAI": "49", "xmr": "0.326666666667"}
+    btc = pick(shop, invoice, "btc")
+    assert btc["payment_uri"] == f"bitcoin:{btc['address']}?amount=0.00098"
+    txid = bsv_node.pay(btc["address"], btc["amount"])
+    shop.wait_status(invoice["id"], "processing")
+    bsv_node.mine(1)
+    paid = shop.wait_status(invoice["id"], "paid", exception=None)
+    assert [(p["txid"], p["method"], p["value"], p["rate"]) for p in paid["payments"]] == \
+        [(txid, "btc", "49", "50000")]
+    deliveries = wait_delivered(receiver, invoice["id"], ["unpaid", "unpaid", "processing", "paid"])
+    assert deliveries[-1]["invoice"]["payments"][0]["value"] == "49"
+    # one address burnt for six coins offered
+    assert [m["activated"] for m in paid["payment_methods"]] == [True, False, False, False, False, False]
+
+
+def test_half_in_ltc_and_the_rest_in_xmr(shop, ltc_node, xmr_node):
+    invoice = priced(shop, "20.00", payment_methods=["ltc", "xmr"])
+    ltc, xmr = pick(shop, invoice, "ltc"), pick(shop, invoice, "xmr")
+    half = Decimal(ltc["amount"]) / 2  # 0.125 LTC = 10.00 USD
+    ltc_node.pay(ltc["address"], str(half))
+    deadline = time.monotonic() + scaled(20)
+    while (shown := shop.invoice(invoice["id"]))["amount_received"] != "10":
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.1)
+    assert shown["exception"] == "underpaid"
+    xmr = method_of(shop, invoice, "xmr")
+    assert xmr["due"] == "0.066666666667"  # 10.00 USD at 150, rounded up to the piconero
+    wait_in_pool(xmr_node, xmr_node.pay(xmr["address"], int(xmr["due_atomic"])))
+    shop.wait_status(invoice["id"], "processing")
+    ltc_node.mine(1)
+    xmr_node.mine(1)
+    time.sleep(1)
+    assert shop.invoice(invoice["id"])["status"] == "processing"  # XMR has 1 of 2 confirmations
+    xmr_node.mine(1)
+    paid = shop.wait_status(invoice["id"], "paid", exception=None, timeout=30)
+    assert sorted((p["method"], p["value"]) for p in paid["payments"]) == [("ltc", "10"), ("xmr", "10")]
+
+
+def test_underpaid_then_topped_up_and_paid_after_expiry(shop, bsv_node):
+    short = priced(shop, "10.00", payment_methods=["btc"])
+    btc = pick(shop, short, "btc")
+    bsv_node.pay(btc["address"], "0.0001")  # 5.00 USD
+    shop.wait_status(short["id"], "unpaid", exception="underpaid")
+    due = method_of(shop, short, "btc")
+    assert (due["due"], due["payment_uri"]) == ("0.0001", f"bitcoin:{btc['address']}?amount=0.0001")
+    bsv_node.pay(btc["address"], due["due"])
+    shop.wait_status(short["id"], "processing", exception=None)
+
+    late = priced(shop, "10.00", payment_methods=["btc"], expires_in=3)
+    late_btc = pick(shop, late, "btc")
+    shop.wait_status(late["id"], "expired", timeout=15)
+    bsv_node.pay(late_btc["address"], late_btc["amount"])
+    bsv_node.mine(1)
+    shop.wait_status(short["id"], "paid", exception=None)
+    shop.wait_status(late["id"], "paid", exception="paid_late")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        shop.api("POST", f"/v1/invoices/{late['id']}/payment-methods/ltc")
+    assert refused.value.code == 422 and b"not payable with 'ltc'" in refused.value.read()
