@@ -220,6 +220,10 @@ def test_operator_cli_creates_shows_lists_cancels_and_redelivers(eth_node, daemo
     assert " unpaid  0.1 ETH " in other and "pay: ethereum:" in other
     assert "cancelled" in cli("invoice", "cancel", other_id)
     assert created["id"] not in cli("invoice", "list", "--status", "unpaid")
+    # priced in USDC, the customer picks the token on the payment page, or here
+    priced = cli("invoice", "create", "--currency", "USDC", "--amount", "5", "--method", "eth:USDC")
+    assert " unpaid  5 USDC " in priced and f"/i/{priced.split()[0]}" in priced  # its payment page
+    assert "pay 5 USDC: ethereum:" in cli("invoice", "pick", priced.split()[0], "eth:USDC")
 
     wait_delivered(receiver, created["id"], ["unpaid", "processing", "paid"])
     listed = json.loads(cli("webhooks", "list", "--invoice", created["id"], "--json"))

@@ -104,10 +104,11 @@ def _print_invoice(invoice: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(invoice, indent=2))
         return
     exception = f" ({invoice['exception']})" if invoice["exception"] else ""
-    click.echo(f"{invoice['id']}  {invoice['status']}{exception}  {invoice['amount']} {invoice['asset']}  "
-               f"received {invoice['amount_received']}  {invoice['address']}")
+    click.echo(f"{invoice['id']}  {invoice['status']}{exception}  {invoice['amount']} {invoice['currency']}  "
+               f"received {invoice['amount_received']}  {invoice['address'] or invoice['checkout_url']}")
     for p in invoice["payments"]:
-        click.echo(f"    {p['txid']}:{p['vout']}  {p['amount']}  {p['status']}  {p['confirmations']} conf")
+        click.echo(f"    {p['txid']}:{p['vout']}  {p['amount']} {p['asset']} = {p['value']} {invoice['currency']}  "
+                   f"{p['status']}  {p['confirmations']} conf")
 
 
 @main.group()
@@ -118,16 +119,29 @@ def invoice() -> None:
 
 @invoice.command("create")
 @config_option
-@click.option("--chain", required=True)
-@click.option("--amount", required=True, help="Decimal amount, e.g. 0.015")
+@click.option("--chain", help="Priced in this chain's coin, payable only in it (or give --currency)")
+@click.option("--currency", help="Priced in this currency (USD, EUR ...), payable in the --method coins")
+@click.option("--method", "methods", multiple=True, help="With --currency: a payment method (btc, eth:USDC ...); "
+              "repeat it; default: every configured one")
+@click.option("--amount", required=True, help="Decimal amount, e.g. 0.015 (or 49.00 with --currency)")
 @click.option("--asset", help="A token configured on the chain (e.g. USDC); default: the chain's own coin")
 @click.option("--order-id")
 @click.option("--expires-in", type=int, help="Seconds (default: the chain's invoice_expiry_seconds)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def invoice_create(config_path: str, chain: str, amount: str, asset: str | None, order_id: str | None,
-                   expires_in: int | None, as_json: bool) -> None:
-    body: dict[str, Any] = {"chain": chain, "amount": amount}
+def invoice_create(config_path: str, chain: str | None, currency: str | None, methods: tuple[str, ...], amount: str,
+                   asset: str | None, order_id: str | None, expires_in: int | None, as_json: bool) -> None:
+    if (chain is None) == (currency is None):
+        raise click.UsageError("give --chain (priced in its coin) or --currency (priced in a currency), not both")
+    if currency is not None and asset:
+        raise click.UsageError("--asset goes with --chain; with --currency name methods (--method eth:USDC)")
+    body: dict[str, Any] = {"amount": amount}
+    if chain is not None:
+        body["chain"] = chain
+    else:
+        body["currency"] = currency
+        if methods:
+            body["payment_methods"] = list(methods)
     if asset:
         body["asset"] = asset
     if order_id:
@@ -137,7 +151,22 @@ def invoice_create(config_path: str, chain: str, amount: str, asset: str | None,
     created = _api(config_path, "POST", "/v1/invoices", body)
     _print_invoice(created, as_json)
     if not as_json:
-        click.echo(f"    pay: {created['payment_uri']}")
+        click.echo(f"    pay: {created['payment_uri'] or created['checkout_url']}")
+
+
+@invoice.command("pick")
+@config_option
+@click.argument("invoice_id")
+@click.argument("method")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def invoice_pick(config_path: str, invoice_id: str, method: str, as_json: bool) -> None:
+    """Pick a payment method of a priced invoice: it gets its address."""
+    shown = _api(config_path, "POST", f"/v1/invoices/{invoice_id}/payment-methods/{method}")
+    _print_invoice(shown, as_json)
+    if not as_json:
+        picked = next(m for m in shown["payment_methods"] if m["method"] == method)
+        click.echo(f"    pay {picked['due']} {picked['asset']}: {picked['payment_uri']}")
 
 
 @invoice.command("show")

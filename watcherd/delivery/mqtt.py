@@ -113,7 +113,8 @@ class MqttPublisher:
         invoice = event["invoice"]
         prefix = self.config.topic_prefix
         try:
-            await client.publish(f"{prefix}/events/{invoice['chain']}", delivery.payload, qos=1,
+            # a priced invoice before any method is picked has no chain yet: "none"
+            await client.publish(f"{prefix}/events/{invoice['chain'] or 'none'}", delivery.payload, qos=1,
                                  timeout=PUBLISH_TIMEOUT)
             current = await self.invoice_json(delivery.invoice_id) or invoice
             await client.publish(f"{prefix}/invoices/{delivery.invoice_id}", json.dumps(current), qos=1,
