@@ -147,9 +147,10 @@ async def test_a_node_of_another_chain_still_ends_the_daemon():
         await follow_forever(Follower(), session)  # type: ignore[arg-type]
 
 
-async def test_a_block_whose_commit_fails_moves_nothing(core, monkeypatch):
+async def test_a_block_whose_commit_fails_moves_nothing(core, monkeypatch, caplog):
     """The disk fills up mid-block: the transaction rolls back, and the in-memory tip moves back with it, so
-    confirmations are not counted against a block that was never committed."""
+    confirmations are not counted against a block that was never committed; nor is its payment logged."""
+    caplog.set_level(logging.INFO, logger="watcherd.processor")
     processor, chain, clock = core
     invoice = await processor.create_invoice("fake", 1000)
     paying = ChainTx("t1", (Received(chain.derive(0)[1], 0, 1000),))
@@ -164,9 +165,12 @@ async def test_a_block_whose_commit_fails_moves_nothing(core, monkeypatch):
     assert processor.tips["fake"] == 100
     assert await processor.store.cursor("fake") == Cursor(100, "h100")
     assert (await processor.invoice_json(invoice["id"]))["status"] == "unpaid"
+    assert not [r for r in caplog.records if "payment t1" in r.getMessage() or "-> paid" in r.getMessage()]
     monkeypatch.setattr(processor.store, "invoices_gaining_confirmation", original)
     await processor.block_connected("fake", ChainBlock(101, "h101", "h100", (paying,)))
     assert (await processor.invoice_json(invoice["id"]))["status"] == "paid"
+    logged = [r.getMessage() for r in caplog.records]
+    assert len([m for m in logged if "payment t1" in m]) == 1 and len([m for m in logged if "-> paid" in m]) == 1
 
 
 async def test_pruning_forgets_settled_history_and_buried_spends_only(core):

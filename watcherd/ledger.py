@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
+from functools import partial
 from typing import Any
 
 from watcherd import metrics, views
@@ -55,6 +56,7 @@ class Processor:
         self.natives: dict[str, str] = {}  # each chain's own coin
         self._new_keys: list[tuple[str, bytes]] = []  # addresses handed out in the open transaction
         self._unused: dict[str, int] = {}  # per chain: issued addresses in a row that never received funds
+        self._effects: list[Callable[[], object]] = []  # log lines and counters of the open transaction
         self.live = Live()  # payment pages watching an invoice
         self._touched: set[str] = set()  # invoices given an event since the last wake-up
 
@@ -82,7 +84,7 @@ class Processor:
     async def load_chain(self, name: str) -> None:
         """Load a chain's watched keys and live spends into its adapter's memory."""
         chain = self.chains[name]
-        async with self.store.transaction():
+        async with self._transaction():
             await self.store.ensure_chain(name)
             await self.store.record_assets(name, chain.assets, chain.asset)
         chain.watchlist.keys.update(await self.store.watch_keys(name))
@@ -173,7 +175,7 @@ class Processor:
         idempotency_key: str | None, request_digest: str,
     ) -> dict[str, Any]:
         now = int(self.clock())
-        async with self.store.transaction():
+        async with self._transaction():
             if idempotency_key is not None:
                 earlier = await self.store.invoice_by_idempotency_key(idempotency_key)
                 if earlier is not None:
@@ -223,7 +225,7 @@ class Processor:
     async def activate_method(self, invoice_id: str, method: str) -> dict[str, Any]:
         """The customer picked `method`: give it its address (once; again is a no-op). KeyError for an unknown
         invoice, InvoiceError("method") for a method the invoice does not offer or an invoice no longer open."""
-        async with self.store.transaction():
+        async with self._transaction():
             invoice = await self.store.invoice(invoice_id)
             if invoice is None:
                 raise KeyError(invoice_id)
@@ -246,7 +248,7 @@ class Processor:
         return await self._shown(invoice_id)
 
     async def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
-        async with self.store.transaction():
+        async with self._transaction():
             invoice = await self.store.invoice(invoice_id)
             if invoice is None:
                 raise KeyError(invoice_id)
@@ -369,13 +371,13 @@ class Processor:
             {"id": event_id, "type": type_, "created_at": views.iso(now), "invoice": body}, separators=(",", ":")
         )
         await self.store.add_event(event_id, invoice_id, label, type_, now, payload, self.transports, self.clock())
-        metrics.EVENTS.labels(label, type_).inc()
         self._touched.add(invoice_id)
-        log.info(
-            "invoice %s %s -> %s%s", invoice_id, invoice.status, assessment.status,
+        self._effects.append(partial(metrics.EVENTS.labels(label, type_).inc))
+        self._effects.append(partial(
+            log.info, "invoice %s %s -> %s%s", invoice_id, invoice.status, assessment.status,
             f" ({exception})" if exception else "",
             extra={"invoice_id": invoice_id, "chain": label, "event_id": event_id},
-        )
+        ))
 
     def caught_up(self, chain_name: str) -> bool:
         """The chain's node answers and we have processed up to its tip: what it has not shown us, it has not
@@ -391,7 +393,7 @@ class Processor:
         due = [i for i, chains in await self.store.expiring(int(self.clock()))
                if all(self.caught_up(chain) for chain in chains)]
         if due:
-            async with self.store.transaction():
+            async with self._transaction():
                 for invoice_id in due:
                     await self._reassess(invoice_id)
             self.wake_outbox()
@@ -405,14 +407,14 @@ class Processor:
         events = spends = 0
         if retention_seconds is not None:
             while True:
-                async with self.store.transaction():
+                async with self._transaction():
                     pruned = await self.store.prune_events(int(self.clock()) - retention_seconds)
                 events += pruned
                 if not pruned:
                     break
         for name, chain in list(self.chains.items()):
             while True:
-                async with self.store.transaction():
+                async with self._transaction():
                     gone = await self.store.prune_spends(name, self.tips.get(name, 0) - KEEP_BLOCKS)
                 for outpoint, txid in gone:
                     if chain.watchlist.spends.get(outpoint) == txid:
@@ -448,11 +450,11 @@ class Processor:
             )
             touched.add(method.invoice_id)
             await self.store.mark_address_used(chain.name, method.derivation_index)
-            log.info(
-                "payment %s:%d of %d to invoice %s%s", tx.txid, output.vout, output.amount, method.invoice_id,
-                f" in block {block.height}" if block else " (unconfirmed)",
+            self._effects.append(partial(
+                log.info, "payment %s:%d of %d to invoice %s%s", tx.txid, output.vout, output.amount,
+                method.invoice_id, f" in block {block.height}" if block else " (unconfirmed)",
                 extra={"chain": chain.name, "txid": tx.txid, "invoice_id": method.invoice_id},
-            )
+            ))
         if tx.received and tx.spent:
             await self.store.add_spends(chain.name, tx.txid, tx.spent)
         return touched
@@ -489,12 +491,23 @@ class Processor:
     async def tx_seen(self, chain_name: str, tx: ChainTx) -> None:
         """A transaction entered the mempool."""
         chain = self.chains[chain_name]
-        async with self.store.transaction():
+        async with self._transaction():
             touched = await self._apply_tx(chain, tx, None)
             for invoice_id in touched:
                 await self._reassess(invoice_id)
         self._refresh_spends(chain, tx)
         self.wake_outbox()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """A store transaction whose log lines and counters take effect only once it committed: a block retried
+        after a failed commit must not report its payments twice, nor once for nothing."""
+        async with self.store.transaction():
+            self._effects = []
+            yield
+            effects = self._effects
+        for effect in effects:
+            effect()
 
     @asynccontextmanager
     async def _tentative_tip(self, chain_name: str) -> AsyncIterator[None]:
@@ -510,7 +523,7 @@ class Processor:
     async def block_connected(self, chain_name: str, block: ChainBlock) -> None:
         """A block joined the main chain on top of the cursor: record it and advance the cursor with it."""
         chain = self.chains[chain_name]
-        async with self._tentative_tip(chain_name), self.store.transaction():
+        async with self._tentative_tip(chain_name), self._transaction():
             touched: set[str] = set()
             for tx in block.txs:
                 touched |= await self._apply_tx(chain, tx, block)
@@ -527,7 +540,7 @@ class Processor:
 
     async def block_disconnected(self, chain_name: str, height: int, block_hash: str, parent: Cursor) -> None:
         """The block at the cursor left the main chain: undo it and move the cursor to its parent."""
-        async with self._tentative_tip(chain_name), self.store.transaction():
+        async with self._tentative_tip(chain_name), self._transaction():
             touched = await self.store.unconfirm_block(chain_name, block_hash)
             await self.store.set_cursor(chain_name, parent)
             self.tips[chain_name] = parent.height
@@ -543,7 +556,7 @@ class Processor:
 
     async def set_cursor(self, chain_name: str, cursor: Cursor) -> None:
         """Where a chain starts on its very first run (nothing was issued before it)."""
-        async with self.store.transaction():
+        async with self._transaction():
             await self.store.set_cursor(chain_name, cursor)
         self.tips[chain_name] = cursor.height
 
@@ -554,7 +567,7 @@ class Processor:
         dropped = [t for t in await self.store.unconfirmed_txids(chain_name) if t not in mempool]
         if not dropped:
             return
-        async with self.store.transaction():
+        async with self._transaction():
             touched: set[str] = set()
             for txid in dropped:
                 log.warning("payment tx %s left the mempool unmined", txid, extra={"chain": chain_name, "txid": txid})
