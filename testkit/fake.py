@@ -40,3 +40,6 @@ class FakeChain:
 
     async def close(self) -> None:
         pass
+
+    def retry_now(self) -> None:
+        pass

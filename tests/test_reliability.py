@@ -108,6 +108,9 @@ class Follower:
     name = "broken"
     connected = True
 
+    def __init__(self) -> None:
+        self._retry = asyncio.Event()
+
 
 @pytest.mark.parametrize("failure", [KeyError("hash"), ValueError("bad hex"), NodeProtocolError("garbage")])
 async def test_a_broken_chain_backs_off_alone(monkeypatch, caplog, failure):
@@ -135,6 +138,29 @@ async def test_a_broken_chain_backs_off_alone(monkeypatch, caplog, failure):
     assert len(warnings) == 1
     kind = "node" if isinstance(failure, NodeProtocolError) else "unexpected"
     assert metrics.CHAIN_FAILURES.labels("broken", kind)._value.get() - before == sessions
+
+
+async def test_a_chain_failing_on_the_store_goes_on_as_soon_as_the_store_is_back():
+    """The backoff (up to 30 s) is cut short when the store probe sees it writable again."""
+    sessions = 0
+
+    async def session() -> None:
+        nonlocal sessions
+        sessions += 1
+        if sessions == 1:
+            raise __import__("sqlite3").OperationalError("database or disk is full")
+        await asyncio.Event().wait()
+
+    follower = Follower()
+    task = asyncio.create_task(follow_forever(follower, session))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert sessions == 1  # backing off (the first delay is longer than this)
+    follower._retry.set()  # what Follower.retry_now does
+    await asyncio.sleep(0.05)
+    assert sessions == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_a_node_of_another_chain_still_ends_the_daemon():

@@ -267,6 +267,8 @@ class Daemon:
             if writable != self.store_writable:
                 if writable:
                     log.info("store %s is writable again", self.config.store.path)
+                    for chain in self.chains.values():  # a chain backing off after a failed commit goes on now
+                        chain.retry_now()
                 else:
                     log.error("store %s cannot be written (disk full? read-only?): nothing advances until it can",
                               self.config.store.path)

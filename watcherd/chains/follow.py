@@ -9,6 +9,7 @@ learns goes to the `ChainSink` the ledger gave it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,11 @@ class Follower:
         self._pool_seen: set[str] = set()
         self._pool_stale = True  # read the pool (what we have not seen of it) at the next reconcile
         self._resync = asyncio.Event()  # set: reconcile over RPC as soon as possible
+        self._retry = asyncio.Event()  # set: a failed chain retries now rather than at the end of its backoff
+
+    def retry_now(self) -> None:
+        """What kept this chain failing is gone (the store takes writes again): do not wait out the backoff."""
+        self._retry.set()
 
     # --- what a chain kind supplies -----------------------------------------------------------------
 
@@ -242,4 +248,6 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
         else:
             log.debug("still failing for %.0f s: %s; retry in %.1f s", time.monotonic() - failing_since, problem,
                       delay, extra={"chain": follower.name})
-        await asyncio.sleep(delay)
+        follower._retry.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follower._retry.wait(), delay)

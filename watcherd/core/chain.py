@@ -75,3 +75,6 @@ class ChainAdapter(Protocol):
         """Follow the node forever: catch up from the cursor, then react to its feed; reconnect on loss."""
 
     async def close(self) -> None: ...
+
+    def retry_now(self) -> None:
+        """Cut a failed follower's backoff short (the store takes writes again)."""
