@@ -41,7 +41,7 @@ def show_event(event: dict[str, Any]) -> None:
     exception = f" ({invoice['exception']})" if invoice["exception"] else ""
     confirmations = ", ".join(f"{p['confirmations']} conf" for p in invoice["payments"]) or "no payment yet"
     say(f"  webhook {event['type']:<19} {invoice['id']}  {invoice['status'].upper()}{exception}  "
-        f"received {invoice['amount_received']}/{invoice['amount']} {invoice['asset']}  [{confirmations}]")
+        f"received {invoice['amount_received']}/{invoice['amount']} {invoice['currency']}  [{confirmations}]")
 
 
 class Api:
@@ -87,6 +87,38 @@ def pay_invoice(api: Api, devnet: Devnet, chain: str, amount: str, confirmations
     payment = paid["payments"][0]
     say(f"{chain}: billing ledger  date={paid['paid_at']}  type=Crypto Payments ({paid['asset']})  "
         f"reference={payment['txid']}  amount={payment['amount']}")
+
+
+def checkout(api: Api, devnet: Devnet, rates: dict[str, str]) -> None:
+    """A USD invoice, as a shop prices it: the customer pays part in BTC and the rest in LTC."""
+    invoice = api("POST", "/v1/invoices", {"currency": "USD", "amount": "49.00", "order_id": "DEMO-USD",
+                                           "payment_methods": ["btc", "ltc", "eth", "eth:USDC", "xmr"],
+                                           "rates": rates})
+    offered = ", ".join(f"{m['amount']} {m['asset']}" for m in invoice["payment_methods"])
+    say(f"usd: invoice {invoice['id']} for 49.00 USD, offered as {offered}")
+    say(f"usd: the customer's payment page  {invoice['checkout_url']}")
+    btc = next(m for m in api("POST", f"/v1/invoices/{invoice['id']}/payment-methods/btc")["payment_methods"]
+               if m["method"] == "btc")
+    half = f"{int(btc['amount_atomic']) // 2 / 10**8:.8f}"
+    say(f"usd: customer picks BTC, pays half: {half} BTC to {btc['address']}")
+    devnet.node("btc").pay(btc["address"], half)
+    time.sleep(1)
+    shown = api("POST", f"/v1/invoices/{invoice['id']}/payment-methods/ltc")
+    ltc = next(m for m in shown["payment_methods"] if m["method"] == "ltc")
+    say(f"usd: {shown['amount_received']} USD received; customer picks LTC for the rest: {ltc['payment_uri']}")
+    devnet.node("ltc").pay(ltc["address"], ltc["due"])
+    wait_status(api, invoice["id"], "processing")
+    for _ in range(2):
+        time.sleep(0.5)
+        say("usd: a block is mined on each chain")
+        devnet.node("btc").mine(1)
+        devnet.node("ltc").mine(1)
+    paid = wait_status(api, invoice["id"], "paid")
+    time.sleep(0.5)
+    for payment in paid["payments"]:
+        say(f"usd: billing ledger  date={paid['paid_at']}  type=Crypto Payments ({payment['asset']})  "
+            f"reference={payment['txid']}  amount={payment['value']} USD ({payment['amount']} {payment['asset']} "
+            f"at {payment['rate']})")
 
 
 def main() -> int:
@@ -136,6 +168,7 @@ def main() -> int:
             # key: allow more time than for the others
             pay_invoice(api, devnet, "xmr", "1.5", 2, pay=lambda address: xmr.pay(address, 15 * 10**11),
                         timeout=180)
+            checkout(api, devnet, {"BTC": "50000", "LTC": "80", "ETH": "2500", "USDC": "1", "XMR": "150"})
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
                 wanted = ("watcherd_processed_height", "watcherd_lag_blocks", "watcherd_invoices{",
                           "watcherd_notifications_delivered_total")

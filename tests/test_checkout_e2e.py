@@ -67,9 +67,9 @@ def test_a_usd_invoice_paid_in_the_coin_the_customer_picks(shop, bsv_node, recei
     bsv_node.mine(1)
     paid = shop.wait_status(invoice["id"], "paid", exception=None)
     assert [(p["txid"], p["method"], p["value"], p["rate"]) for p in paid["payments"]] == \
-        [(txid, "btc", "49", "50000")]
+        [(txid, "btc", "49.00", "50000")]
     deliveries = wait_delivered(receiver, invoice["id"], ["unpaid", "unpaid", "processing", "paid"])
-    assert deliveries[-1]["invoice"]["payments"][0]["value"] == "49"
+    assert deliveries[-1]["invoice"]["payments"][0]["value"] == "49.00"
     # one address burnt for six coins offered
     assert [m["activated"] for m in paid["payment_methods"]] == [True, False, False, False, False, False]
 
@@ -80,7 +80,7 @@ def test_half_in_ltc_and_the_rest_in_xmr(shop, ltc_node, xmr_node):
     half = Decimal(ltc["amount"]) / 2  # 0.125 LTC = 10.00 USD
     ltc_node.pay(ltc["address"], str(half))
     deadline = time.monotonic() + scaled(20)
-    while (shown := shop.invoice(invoice["id"]))["amount_received"] != "10":
+    while (shown := shop.invoice(invoice["id"]))["amount_received"] != "10.00":
         assert time.monotonic() < deadline, shown
         time.sleep(0.1)
     assert shown["exception"] == "underpaid"
@@ -94,7 +94,7 @@ def test_half_in_ltc_and_the_rest_in_xmr(shop, ltc_node, xmr_node):
     assert shop.invoice(invoice["id"])["status"] == "processing"  # XMR has 1 of 2 confirmations
     xmr_node.mine(1)
     paid = shop.wait_status(invoice["id"], "paid", exception=None, timeout=30)
-    assert sorted((p["method"], p["value"]) for p in paid["payments"]) == [("ltc", "10"), ("xmr", "10")]
+    assert sorted((p["method"], p["value"]) for p in paid["payments"]) == [("ltc", "10.00"), ("xmr", "10.00")]
 
 
 def test_underpaid_then_topped_up_and_paid_after_expiry(shop, bsv_node):

@@ -67,7 +67,7 @@ async def test_a_usd_invoice_is_offered_in_every_coin_and_burns_no_address_until
     status, invoice = await create(client, order_id="A-7")
     assert status == 201
     assert (invoice["currency"], invoice["amount"], invoice["amount_atomic"], invoice["due"]) == \
-        ("USD", "49", "4900", "49")
+        ("USD", "49.00", "4900", "49.00")
     assert invoice["checkout_url"] == f"https://pay.example/i/{invoice['id']}"
     btc, xmr = invoice["payment_methods"]
     assert (btc["method"], btc["asset"], btc["rate"], btc["amount"], btc["activated"]) == \
@@ -100,8 +100,8 @@ async def test_half_in_one_coin_and_the_rest_in_another_is_paid_once_both_are_co
     await processor.block_connected("btc", block(101, [tx("b1", btc_key, 49_000)]))  # 24.50 USD
     shown = await processor.invoice_json(invoice["id"])
     assert (shown["status"], shown["exception"], shown["amount_received"], shown["due"]) == \
-        ("unpaid", "underpaid", "24.5", "24.5")
-    assert shown["payments"][0]["value"] == "24.5" and shown["payments"][0]["rate"] == "50000"
+        ("unpaid", "underpaid", "24.50", "24.50")
+    assert shown["payments"][0]["value"] == "24.50" and shown["payments"][0]["rate"] == "50000"
     xmr = shown["payment_methods"][1]
     assert xmr["due_atomic"] == "163333333334"  # 24.50 USD at 150 USD/XMR, rounded up to the piconero
     await processor.block_connected("xmr", block(101, [tx("x1", xmr_key, int(xmr["due_atomic"]))]))
@@ -111,9 +111,9 @@ async def test_half_in_one_coin_and_the_rest_in_another_is_paid_once_both_are_co
     for height in range(102, 111):
         await processor.block_connected("xmr", block(height, []))
     paid = await processor.invoice_json(invoice["id"])
-    assert (paid["status"], paid["exception"], paid["due"]) == ("paid", None, "0")  # rounding is not overpaying
+    assert (paid["status"], paid["exception"], paid["due"]) == ("paid", None, "0.00")  # rounding is not overpaying
     assert [(p["method"], p["value"], p["status"]) for p in paid["payments"]] == \
-        [("btc", "24.5", "confirmed"), ("xmr", "24.5", "confirmed")]
+        [("btc", "24.50", "confirmed"), ("xmr", "24.50", "confirmed")]
 
 
 async def test_a_create_without_a_fresh_rate_is_refused_and_creates_nothing(shop):

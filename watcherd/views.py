@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
+from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import FINALITY, Payment, assess
 from watcherd.core.money import to_decimal_string
 from watcherd.store import InvoiceRow, MethodRow, PaymentRow
@@ -61,8 +63,10 @@ def invoice_json(
     first = activated[0] if activated else None
     by_method = {(m.row.chain, m.row.asset): m for m in methods}
 
+    fiat = minor_units(invoice.currency) is not None
+
     def money(atomic: int) -> str:
-        return to_decimal_string(atomic, currency_decimals)
+        return to_decimal_string(atomic, currency_decimals, fixed=fiat)
 
     return {
         "id": invoice.id,
@@ -92,7 +96,7 @@ def invoice_json(
         "paid_at": iso(invoice.paid_at),
         "cancelled_at": iso(invoice.cancelled_at),
         "payment_methods": [_method_json(m, due, currency_decimals) for m in methods],
-        "payments": [_payment_json(p, by_method.get((p.row.chain, p.row.method_asset)), currency_decimals)
+        "payments": [_payment_json(p, by_method.get((p.row.chain, p.row.method_asset)), money, currency_decimals)
                      for p in payments],
     }
 
@@ -111,7 +115,8 @@ def _method_json(m: ShownMethod, due: Fraction, currency_decimals: int) -> dict[
     return shown
 
 
-def _payment_json(p: ShownPayment, method: ShownMethod | None, currency_decimals: int) -> dict[str, Any]:
+def _payment_json(p: ShownPayment, method: ShownMethod | None, money: Callable[[int], str],
+                  currency_decimals: int) -> dict[str, Any]:
     tip = method.tip if method else 0
     return {
         "txid": p.valued.txid,
@@ -122,7 +127,7 @@ def _payment_json(p: ShownPayment, method: ShownMethod | None, currency_decimals
         "amount": to_decimal_string(p.valued.amount, p.decimals),
         "amount_atomic": str(p.valued.amount),
         # what it counts for, in the invoice currency, at the rate locked for its method
-        "value": to_decimal_string(math.floor(p.valued.value), currency_decimals),
+        "value": money(math.floor(p.valued.value)),
         "rate": rate_text(p.valued.rate, currency_decimals, method.decimals if method else p.decimals),
         "confirmations": p.valued.confirmations(tip),
         "block_height": p.valued.block_height,

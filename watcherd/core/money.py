@@ -29,10 +29,13 @@ def to_atomic(text: str, decimals: int) -> int:
     return int(atomic)
 
 
-def to_decimal_string(atomic: int, decimals: int) -> str:
-    """Format atomic units as a plain decimal string with no exponent and no trailing zeros."""
+def to_decimal_string(atomic: int, decimals: int, *, fixed: bool = False) -> str:
+    """Format atomic units as a plain decimal string with no exponent and no trailing zeros (`fixed`: with all
+    `decimals` places, as prices in a fiat currency are written: 49.00)."""
     sign = "-" if atomic < 0 else ""
     whole, frac = divmod(abs(atomic), 10**decimals)
+    if fixed and decimals:
+        return f"{sign}{whole}.{str(frac).rjust(decimals, '0')}"
     if not decimals or not frac:
         return f"{sign}{whole}"
     return f"{sign}{whole}.{str(frac).rjust(decimals, '0').rstrip('0')}"
