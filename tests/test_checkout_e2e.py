@@ -3,13 +3,16 @@ coins the customer picks (one, or half in one and the rest in another), underpai
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import urllib.error
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import scaled
-from harness import chain_table, eth_table, monero_table, wait_delivered
+from conftest import scaled, wait_for
+from harness import Daemon, chain_table, eth_table, monero_table, wait_delivered
 
 from testkit.monero_node import new_keys, primary_address
 
@@ -117,3 +120,81 @@ def test_underpaid_then_topped_up_and_paid_after_expiry(shop, bsv_node):
     with pytest.raises(urllib.error.HTTPError) as refused:
         shop.api("POST", f"/v1/invoices/{late['id']}/payment-methods/ltc")
     assert refused.value.code == 422 and b"not payable with 'ltc'" in refused.value.read()
+
+
+class Bitstamp:
+    """Bitstamp's ticker endpoint on loopback, answering fresh prices, prices dated long ago, or errors."""
+
+    def __init__(self) -> None:
+        self.mode = "fresh"
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        exchange = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 -- the http.server API
+                if exchange.mode == "down" or self.path != "/api/v2/ticker/btcusd/":
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                stamp = int(time.time()) - (0 if exchange.mode == "fresh" else 86400)
+                body = json.dumps({"last": "50000", "timestamp": str(stamp)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def test_no_fresh_rate_refuses_the_invoice_and_creates_nothing(tmp_path, bsv_node):
+    exchange = Bitstamp()
+    rates = f"""
+[rates]
+sources = ["bitstamp"]
+currencies = ["USD"]
+refresh_seconds = 10
+max_age_seconds = 11
+[rates.urls]
+bitstamp = "{exchange.url}"
+"""
+    daemon = Daemon(tmp_path / "d", chain_table("btc", bsv_node, confirmations=1), extra=rates).start()
+    try:
+        invoice = wait_for(lambda: _created(daemon), 10, "a priced invoice once the first rates landed")
+        assert invoice["payment_methods"][0]["rate"] == "50000"
+        exchange.mode = "stale"  # the exchange is stuck on yesterday's ticker: at the next round there is no rate
+        refused = wait_for(lambda: _refused(daemon), 25, "refusal once the rate is stale")
+        assert refused["error"]["code"] == "rates_unavailable" and "BTC in USD" in refused["error"]["message"]
+        listed = daemon.api("GET", "/v1/invoices?limit=1000")["invoices"]
+        assert daemon.metric("watcherd_rate_age_seconds", pair="BTC_USD") > 11
+        assert daemon.api("GET", "/readyz")["rates_stale"] == ["BTC_USD"]
+        exchange.mode = "down"
+        assert _refused(daemon) and _refused(daemon)
+        assert daemon.api("GET", "/v1/invoices?limit=1000")["invoices"] == listed  # refused: nothing created
+    finally:
+        assert daemon.stop() == 0
+        exchange.server.shutdown()
+        exchange.server.server_close()
+
+
+def _created(daemon) -> dict | None:
+    try:
+        return daemon.api("POST", "/v1/invoices", {"currency": "USD", "amount": "10.00"})
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return None
+
+
+def _refused(daemon) -> dict | None:
+    try:
+        daemon.api("POST", "/v1/invoices", {"currency": "USD", "amount": "10.00"})
+        return None
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503
+        return json.loads(exc.read())

@@ -30,6 +30,7 @@ from watcherd.exceptions import STORE_ERRORS, ConfigError
 from watcherd.http import metrics as metrics_http
 from watcherd.http.api import make_app
 from watcherd.ledger import Processor
+from watcherd.rates import RateBook
 from watcherd.store import Store
 
 log = logging.getLogger("watcherd.daemon")
@@ -50,6 +51,7 @@ class Daemon:
         self._group: asyncio.TaskGroup | None = None
         self.webhooks: WebhookSender | None = None
         self.mqtt: MqttPublisher | None = None
+        self.rates: RateBook | None = None  # [rates]: priced invoices take their rates from it
         self.store_writable = True  # the last probe's answer: /readyz must not take the write lock itself
         self._reload_requested = asyncio.Event()
 
@@ -65,8 +67,12 @@ class Daemon:
                 "lag": lag, "ready": connected and lag is not None and lag <= READY_LAG_BLOCKS,
             }
         writable = self.store_writable
-        return {"ready": writable and all(c["ready"] for c in chains.values()), "store_writable": writable,
-                "chains": chains}
+        shown: dict[str, Any] = {"ready": writable and all(c["ready"] for c in chains.values()),
+                                 "store_writable": writable, "chains": chains}
+        if self.rates is not None:
+            # shown, not judged: without fresh rates only priced invoices wait (503), everything else works
+            shown["rates_stale"] = self.rates.status()["stale"]
+        return shown
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -79,7 +85,9 @@ class Daemon:
         transports = [t for t, on in (("webhook", self.config.webhook), ("mqtt", self.config.mqtt)) if on]
         self.processor = Processor(store, self.chains, transports, public_url=self.config.api.public_url)
         await self.processor.start()
-        runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness),
+        if self.config.rates is not None:
+            self.rates = RateBook(self.config.rates, {a for chain in self.chains.values() for a in chain.assets})
+        runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, self.rates),
                                access_log=None, handle_signals=False)
         metrics_runner = web.AppRunner(metrics_http.make_app(store, tuple(transports)), access_log=None,
                                        handle_signals=False)
@@ -108,6 +116,8 @@ class Daemon:
                               group.create_task(self._probe_store(), name="store-probe"),
                               group.create_task(self._measure_loop_lag(), name="loop-lag"),
                               group.create_task(self._prune_loop(), name="prune")]
+                if self.rates is not None:
+                    background.append(group.create_task(self.rates.run(), name="rates"))
                 deliveries = [group.create_task(s.run(self.stop), name=s.transport) for s in senders]
                 sdnotify.notify("READY=1", f"STATUS={await self._status()}")
                 await self.stop.wait()

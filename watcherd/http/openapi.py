@@ -149,7 +149,10 @@ _READINESS = {
     "type": "object",
     "required": ["ready", "store_writable", "chains"],
     "properties": {"ready": {"type": "boolean"}, "store_writable": {"type": "boolean"},
-                   "chains": {"type": "object"}},
+                   "chains": {"type": "object"},
+                   "rates_stale": {"type": "array", "items": _STRING,
+                                   "description": "with [rates]: the pairs with no fresh rate (priced invoices in "
+                                                  "them answer 503)"}},
 }
 
 
