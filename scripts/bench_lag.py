@@ -274,6 +274,7 @@ async def _run(w: Workload, url: str, watched: set[bytes], store_dir: Path, quic
     from watcherd.chains.monero.config import MoneroChainConfig, MoneroNetwork
     from watcherd.chains.monero.crypto import SubaddressDeriver, encode_address, scalar_base
     from watcherd.core.types import Cursor
+    from watcherd.daemon import settle_heap, tune_interpreter
     from watcherd.ledger import Processor
     from watcherd.store import Store
 
@@ -307,6 +308,8 @@ async def _run(w: Workload, url: str, watched: set[bytes], store_dir: Path, quic
         started = time.perf_counter()
         gc.collect()
         full_gc = time.perf_counter() - started
+        settle_heap()  # as the daemon does after start-up
+        tune_interpreter()  # and at its start
         # Likewise its default executor already has its worker threads: starting one blocks the loop until the new
         # thread first gets the GIL (Thread.start waits for it), which the scanning threads make slow.
         await asyncio.gather(*(asyncio.to_thread(time.sleep, 0.01) for _ in range(min(32, (os.cpu_count() or 1) + 4))))
