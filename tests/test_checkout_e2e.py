@@ -4,6 +4,7 @@ coins the customer picks (one, or half in one and the rest in another), underpai
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import urllib.error
@@ -198,3 +199,20 @@ def _refused(daemon) -> dict | None:
     except urllib.error.HTTPError as exc:
         assert exc.code == 503
         return json.loads(exc.read())
+
+
+def test_a_reload_applies_new_fixed_rates(tmp_path, bsv_node):
+    """An operator who sets a price by hand ([rates.fixed]) changes it with SIGHUP, no restart."""
+    rates = '\n[rates]\nsources = []\ncurrencies = ["USD"]\n[rates.fixed]\nBTC_USD = "50000"\n'
+    daemon = Daemon(tmp_path / "d", chain_table("btc", bsv_node, confirmations=1), extra=rates).start()
+    try:
+        first = daemon.api("POST", "/v1/invoices", {"currency": "USD", "amount": "10.00"})
+        assert first["payment_methods"][0]["rate"] == "50000"
+        daemon.config_path.write_text(daemon.config_path.read_text().replace('"50000"', '"40000"'))
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "exchange rates reconfigured" in daemon.log_tail(200), 10, "the reload in the log")
+        second = daemon.api("POST", "/v1/invoices", {"currency": "USD", "amount": "10.00"})
+        assert (second["payment_methods"][0]["rate"], second["payment_methods"][0]["amount"]) == ("40000", "0.00025")
+        assert daemon.invoice(first["id"])["payment_methods"][0]["rate"] == "50000"  # locked at creation
+    finally:
+        assert daemon.stop() == 0

@@ -52,7 +52,7 @@ async def shop(tmp_path):
     async def readiness():
         return {"ready": True}
 
-    async with TestClient(TestServer(make_app(processor, TOKEN, readiness, rates=book))) as client:
+    async with TestClient(TestServer(make_app(processor, TOKEN, readiness, rates=lambda: book))) as client:
         yield processor, chains, clock, book, client
     await store.close()
 
@@ -159,3 +159,78 @@ async def test_the_jpy_has_no_minor_unit_and_an_expired_invoice_gets_no_new_addr
     assert await processor.expire_due() == 1
     with pytest.raises(InvoiceError, match="expired"):
         await processor.activate_method(invoice["id"], "btc")
+
+
+async def test_a_token_with_the_same_symbol_on_two_chains_is_priced_with_each_chains_decimals(tmp_path):
+    """USDC has 6 decimals on Ethereum and 18 on BSC: each method's amount uses its own chain's."""
+    store = await Store.open(tmp_path / "w.sqlite3")
+    chains = {"bsc": coin_chain("bsc", "BNB", 18, 1), "eth": coin_chain("eth", "ETH", 18, 1)}
+    chains["bsc"].assets["USDC"], chains["eth"].assets["USDC"] = 18, 6
+    processor = Processor(store, chains, [])
+    await processor.start()
+
+    async def readiness():
+        return {"ready": True}
+
+    try:
+        async with TestClient(TestServer(make_app(processor, TOKEN, readiness))) as client:
+            status, invoice = await create(client, amount="100.00", payment_methods=["bsc:USDC", "eth:USDC"],
+                                           rates={"USDC": "1"})
+            assert status == 201
+            assert [(m["method"], m["amount"], m["amount_atomic"]) for m in invoice["payment_methods"]] == \
+                [("bsc:USDC", "100", str(100 * 10**18)), ("eth:USDC", "100", str(100 * 10**6))]
+            status, refused = await create(client, currency="USDC", amount="5", payment_methods=["eth:USDC"])
+            assert status == 422 and refused["error"]["code"] == "ambiguous_currency"
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("rate", ["1e10000000", "1e30", "1e-30", "NaN", "-5", "0", "Infinity", "1" * 60])
+async def test_a_rate_of_absurd_size_is_refused_at_once(shop, rate):
+    _, _, _, _, client = shop
+    status, body = await create(client, payment_methods=["btc"], rates={"BTC": rate})
+    assert (status, body["error"]["field"]) == (400, "rates")
+
+
+async def test_idempotency_for_priced_invoices(shop):
+    processor, _, _, book, client = shop
+    key = {"Idempotency-Key": "order-77-attempt"}
+    body = {"currency": "USD", "amount": "49.00", "payment_methods": ["btc"]}
+    first = await client.post("/v1/invoices", json=body, headers={**AUTH, **key})
+    assert first.status == 201
+    book.rates = None  # the retry comes while rates are stale: it still gets its invoice, not a 503
+    again = await client.post("/v1/invoices", json=body, headers={**AUTH, **key})
+    assert again.status == 200 and (await again.json())["id"] == (await first.json())["id"]
+    other = await client.post("/v1/invoices", json={**body, "rates": {"BTC": "5"}}, headers={**AUTH, **key})
+    assert other.status == 409  # other rates are another request
+
+
+async def test_a_payment_on_a_chain_that_left_the_config_keeps_its_confirmation(shop):
+    """A reassessment triggered by another chain must not take back what it cannot judge now."""
+    processor, chains, _, _, client = shop
+    _, invoice = await create(client)
+    for method in ("btc", "xmr"):
+        await client.post(f"/v1/invoices/{invoice['id']}/payment-methods/{method}", headers=AUTH)
+    btc_key, xmr_key = chains["btc"].derive(0)[1], chains["xmr"].derive(0)[1]
+    await processor.block_connected("btc", block(101, [tx("b1", btc_key, 49_000)]))
+    await processor.block_connected("btc", block(102, []))
+    await processor.block_connected("xmr", block(101, [tx("x1", xmr_key, 163_333_333_334)]))
+    for height in range(102, 111):
+        await processor.block_connected("xmr", block(height, []))
+    assert (await processor.invoice_json(invoice["id"]))["status"] == "paid"
+    chains.pop("xmr")  # a restart without the chain in the config: its payment stays as last judged
+    processor.tips.pop("xmr")
+    await processor.block_connected("btc", block(103, [tx("b2", btc_key, 1_000, spent=(b"o2",))]))
+    await processor.block_connected("btc", block(104, []))
+    shown = await processor.invoice_json(invoice["id"])
+    assert (shown["status"], [p["status"] for p in shown["payments"]]) == ("paid", ["confirmed"] * 3)
+    events = [e["type"] for e in await processor.store.events_for(invoice["id"])]
+    assert events.count("invoice.paid") == 1 and "invoice.processing" in events
+
+
+async def test_no_address_for_an_invoice_past_its_expiry(shop):
+    processor, _, clock, _, client = shop
+    _, invoice = await create(client, payment_methods=["btc"], expires_in=60)
+    clock.now += 61  # expired, though the expiry loop has not run yet
+    response = await client.post(f"/v1/invoices/{invoice['id']}/payment-methods/btc", headers=AUTH)
+    assert response.status == 422 and "expired" in (await response.json())["error"]["message"]

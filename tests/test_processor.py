@@ -187,6 +187,7 @@ async def test_token_invoice_and_wrong_asset_is_recorded_not_counted(core):
     shown = await processor.invoice_json(token["id"])
     assert (shown["status"], shown["exception"], shown["amount_received"]) == ("unpaid", "wrong_asset", "0")
     assert shown["payments"][0]["status"] == "wrong_asset" and shown["payments"][0]["amount"] == "1"
+    assert (shown["payments"][0]["value"], shown["payments"][0]["rate"]) == ("0", None)  # worth nothing to it
     await processor.tx_seen("fake", ChainTx("tok", (Received(key, 3, 5_000_000, "TOKEN"),), (b"t",)))
     await processor.block_connected("fake", block(101, [ChainTx("tok", (Received(key, 3, 5_000_000, "TOKEN"),))]))
     await processor.block_connected("fake", block(102, []))
@@ -354,3 +355,37 @@ async def test_a_page_watching_an_invoice_is_woken_by_its_committed_changes_and_
         assert woken.is_set()
     assert processor.live.watching == 0
     assert other["id"] != watched["id"]
+
+
+async def test_a_version_3_store_is_migrated_and_its_invoices_read_and_judge_as_before(tmp_path):
+    """An invoice of the one-coin era becomes one priced in its coin with its one method picked; it renders the
+    same amounts, starts with the chain, and a reassessment with nothing new emits no event."""
+    path = tmp_path / "v3.sqlite3"
+    with sqlite3.connect(path) as db:
+        for number, script in enumerate(SCHEMA[:3], start=1):
+            db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+        db.execute("""INSERT INTO invoices (id, chain, asset, address, watch_key, derivation_index, amount,
+                          confirmations_required, tolerance_percent, status, created_at, expires_at, updated_at,
+                          digest, idempotency_key, request_digest)
+                      VALUES ('inv_1', 'fake', 'FAKE', 'addr0', x'00', 0, '1500000', 1, '0', 'processing', 1, 2, 1,
+                              '["processing", null, [["t1", 0, "pending"]]]', 'k1', 'd1')""")
+        db.execute("""INSERT INTO payments (chain, txid, vout, invoice_id, asset, amount, first_seen_at)
+                      VALUES ('fake', 't1', 0, 'inv_1', 'FAKE', '1500000', 1)""")
+        db.execute("INSERT INTO assets (chain, asset, decimals) VALUES ('fake', 'FAKE', 8)")
+        db.execute("INSERT INTO events (id, invoice_id, chain, type, created_at, payload) "
+                   "VALUES ('evt_1', 'inv_1', 'fake', 'invoice.processing', 1, '{}')")
+    store = await Store.open(path)
+    try:
+        processor = Processor(store, {"fake": FakeChain(confirmations=1)}, ["webhook"], clock=Clock())
+        await processor.start()
+        shown = await processor.invoice_json("inv_1")
+        assert (shown["currency"], shown["amount"], shown["amount_received"], shown["address"], shown["chain"]) == \
+            ("FAKE", "0.015", "0.015", "addr0", "fake")
+        assert [(m["method"], m["activated"], m["rate"]) for m in shown["payment_methods"]] == [("fake", True, "1")]
+        async with store.transaction():
+            await processor._reassess("inv_1")
+        assert [e["id"] for e in await store.events_for("inv_1")] == ["evt_1"]  # nothing new to say
+        assert (await store.invoice_by_idempotency_key("k1")).id == "inv_1"
+        assert await store.watch_keys("fake") == [b"\x00"]
+    finally:
+        await store.close()

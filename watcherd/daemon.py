@@ -54,6 +54,7 @@ class Daemon:
         self.webhooks: WebhookSender | None = None
         self.mqtt: MqttPublisher | None = None
         self.rates: RateBook | None = None  # [rates]: priced invoices take their rates from it
+        self._rates_task: asyncio.Task[None] | None = None
         self.store_writable = True  # the last probe's answer: /readyz must not take the write lock itself
         self._reload_requested = asyncio.Event()
 
@@ -89,9 +90,8 @@ class Daemon:
         self.processor = Processor(store, self.chains, transports, public_url=self.config.api.public_url)
         await self.processor.start()
         settle_heap()
-        if self.config.rates is not None:
-            self.rates = RateBook(self.config.rates, {a for chain in self.chains.values() for a in chain.assets})
-        runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, self.rates),
+        self._new_rates()
+        runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates),
                                access_log=None, handle_signals=False)
         metrics_runner = web.AppRunner(metrics_http.make_app(store, tuple(transports)), access_log=None,
                                        handle_signals=False)
@@ -120,14 +120,13 @@ class Daemon:
                               group.create_task(self._probe_store(), name="store-probe"),
                               group.create_task(self._measure_loop_lag(), name="loop-lag"),
                               group.create_task(self._prune_loop(), name="prune")]
-                if self.rates is not None:
-                    background.append(group.create_task(self.rates.run(), name="rates"))
+                self._run_rates()
                 deliveries = [group.create_task(s.run(self.stop), name=s.transport) for s in senders]
                 sdnotify.notify("READY=1", f"STATUS={await self._status()}")
                 await self.stop.wait()
                 sdnotify.notify("STOPPING=1", "STATUS=stopping: draining notifications")
                 log.info("stopping: no new work; draining notifications for up to %.0f s", DRAIN_SECONDS)
-                for task in [*self._followers.values(), *background]:
+                for task in [*self._followers.values(), *background, *filter(None, [self._rates_task])]:
                     task.cancel()
                 for task in deliveries:
                     await task
@@ -197,10 +196,29 @@ class Daemon:
         self.config = dataclasses.replace(new, store=old.store, api=old.api, metrics=old.metrics,
                                           webhook=new.webhook if old.webhook else None,
                                           mqtt=new.mqtt if old.mqtt else None)
+        if new.rates != old.rates or self._rated_assets() != (self.rates.assets if self.rates else set()):
+            self._new_rates()  # another spread, fixed pair or source, or coins a reconfigured chain brought
+            self._run_rates()
+            log.info("exchange rates %s", "reconfigured" if new.rates is not None else "off")
         settle_heap()
         log.info("configuration reloaded from %s", new.path)
         sdnotify.notify("READY=1", f"STATUS={await self._status()}")
         return True
+
+    def _rated_assets(self) -> set[str]:
+        return {asset for chain in self.chains.values() for asset in chain.assets}
+
+    def _new_rates(self) -> None:
+        """The rate book for [rates] and the configured chains' coins (None without [rates]); its refresh loop
+        starts with _run_rates. Until its first round lands, priced invoices answer 503."""
+        if self._rates_task is not None:
+            self._rates_task.cancel()
+            self._rates_task = None
+        self.rates = RateBook(self.config.rates, self._rated_assets()) if self.config.rates is not None else None
+
+    def _run_rates(self) -> None:
+        if self.rates is not None and self._group is not None:
+            self._rates_task = self._group.create_task(self.rates.run(), name="rates")
 
     async def _load_chain(self, name: str) -> None:
         """Load a (re)configured chain's state for its new follower, waiting for the store if it cannot be

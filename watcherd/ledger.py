@@ -23,8 +23,8 @@ from typing import Any
 
 from watcherd import metrics, views
 from watcherd.core.chain import ChainAdapter, OpenInvoice
-from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import FINALITY, Status, assess, event_type
+from watcherd.core.money import MAX_ATOMIC
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import InvoiceError
 from watcherd.live import Live
@@ -114,22 +114,26 @@ class Processor:
             raise InvoiceError("asset", f"{chain_name} has no asset {asset!r}; configured: {sorted(chain.assets)}")
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
-        digest = json.dumps([chain_name, asset, amount, order_id, expires_in, metadata, redirect_url], sort_keys=True)
+        request = [chain_name, asset, amount, order_id, expires_in, metadata]
+        # a redirect_url only when given: a key used before it existed still matches its retry
+        digest = json.dumps(request + ([redirect_url] if redirect_url is not None else []), sort_keys=True)
         method = MethodRow("", chain_name, asset, Fraction(1), amount, chain.confirmations)
         return await self._create(
-            asset, amount, [method], activate=True, order_id=order_id, metadata=metadata, redirect_url=redirect_url,
+            asset, chain.assets[asset], amount, [method], activate=True, order_id=order_id, metadata=metadata,
+            redirect_url=redirect_url,
             expires_in=expires_in if expires_in is not None else chain.invoice_expiry_seconds,
             tolerance=chain.underpaid_tolerance_percent, idempotency_key=idempotency_key, request_digest=digest,
         )
 
     async def create_priced_invoice(
-        self, currency: str, amount: int, quotes: dict[str, Fraction], *, order_id: str | None = None,
-        expires_in: int | None = None, metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
-        redirect_url: str | None = None,
+        self, currency: str, decimals: int, amount: int, quotes: dict[str, Fraction], *, request_digest: str,
+        order_id: str | None = None, expires_in: int | None = None, metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None, redirect_url: str | None = None,
     ) -> dict[str, Any]:
-        """An invoice priced in `currency` (`amount` in its smallest unit), offered in each method of `quotes`
-        (method id -> the currency's minor units per atomic unit of the method's coin, locked now). No address
-        is taken until the customer picks a method (activate_method)."""
+        """An invoice priced in `currency` (`amount` in its smallest unit, of `decimals` places), offered in each
+        method of `quotes` (method id -> the currency's minor units per atomic unit of the method's coin, locked
+        now). No address is taken until the customer picks a method (activate_method). `request_digest` says
+        what was asked (not the rates it got), for a retry with the same `idempotency_key`."""
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
         if not quotes:
@@ -138,16 +142,17 @@ class Processor:
         for method_id, rate in quotes.items():
             chain_name, asset = self.method_parts(method_id)
             chain = self.chains[chain_name]
-            methods.append(MethodRow("", chain_name, asset, rate, math.ceil(amount / rate), chain.confirmations))
+            due = math.ceil(amount / rate)
+            if due > MAX_ATOMIC:
+                raise InvoiceError("payment_methods", f"{method_id}: {due} atomic units is more than it can carry")
+            methods.append(MethodRow("", chain_name, asset, rate, due, chain.confirmations))
         chains = [self.chains[m.chain] for m in methods]
-        digest = json.dumps([currency, amount, sorted(quotes), order_id, expires_in, metadata, redirect_url],
-                            sort_keys=True)
         return await self._create(
-            currency, amount, methods, activate=False, order_id=order_id, metadata=metadata,
+            currency, decimals, amount, methods, activate=False, order_id=order_id, metadata=metadata,
             redirect_url=redirect_url,
             expires_in=expires_in if expires_in is not None else min(c.invoice_expiry_seconds for c in chains),
             tolerance=min(c.underpaid_tolerance_percent for c in chains), idempotency_key=idempotency_key,
-            request_digest=digest,
+            request_digest=request_digest,
         )
 
     def method_parts(self, method_id: str) -> tuple[str, str]:
@@ -170,9 +175,9 @@ class Processor:
         return chain if asset == native else f"{chain}:{asset}"
 
     async def _create(
-        self, currency: str, amount: int, methods: list[MethodRow], *, activate: bool, order_id: str | None,
-        metadata: dict[str, Any] | None, redirect_url: str | None, expires_in: int, tolerance: Decimal,
-        idempotency_key: str | None, request_digest: str,
+        self, currency: str, decimals: int, amount: int, methods: list[MethodRow], *, activate: bool,
+        order_id: str | None, metadata: dict[str, Any] | None, redirect_url: str | None, expires_in: int,
+        tolerance: Decimal, idempotency_key: str | None, request_digest: str,
     ) -> dict[str, Any]:
         now = int(self.clock())
         async with self._transaction():
@@ -183,7 +188,8 @@ class Processor:
                         raise InvoiceError("Idempotency-Key", "was already used for a different request")
                     return await self._shown(earlier.id)
             invoice = InvoiceRow(
-                id=new_id("inv"), currency=currency, amount=amount, tolerance_percent=tolerance, status=Status.UNPAID,
+                id=new_id("inv"), currency=currency, decimals=decimals, amount=amount,
+                tolerance_percent=tolerance, status=Status.UNPAID,
                 exception=None, order_id=order_id, metadata=metadata or {}, created_at=now, expires_at=now + expires_in,
                 cancelled_at=None, paid_at=None, updated_at=now, idempotency_key=idempotency_key,
                 request_digest=request_digest, redirect_url=redirect_url,
@@ -208,8 +214,9 @@ class Processor:
         """After the commit: the new address is watched from now on; warn when the gap limit is near."""
         new, self._new_keys = self._new_keys, []
         for name, key in new:
-            self.chains[name].watchlist.keys.add(key)
-            metrics.WATCHED_ADDRESSES.labels(name).set(len(self.chains[name].watchlist.keys))
+            if name in self.chains:  # (a reload may have removed it meanwhile)
+                self.chains[name].watchlist.keys.add(key)
+                metrics.WATCHED_ADDRESSES.labels(name).set(len(self.chains[name].watchlist.keys))
         self.wake_outbox()
         if chain_name is None:
             return
@@ -237,6 +244,8 @@ class Processor:
             if chosen.activated_at is None:
                 if invoice.status not in (Status.UNPAID, Status.PROCESSING) or invoice.cancelled_at is not None:
                     raise InvoiceError("method", f"invoice {invoice_id} is {invoice.status}: no new address")
+                if invoice.expires_at <= self.clock():  # expired, though its chains may not have said so yet
+                    raise InvoiceError("method", f"invoice {invoice_id} is expired: no new address")
                 if chosen.chain not in self.chains:
                     raise InvoiceError("method", f"{method} is no longer configured")
                 await self._activate(chosen, int(self.clock()))
@@ -282,8 +291,13 @@ class Processor:
         below the chain's final height)."""
         if row.payment.block_height is None or not row.payment.counts:
             return False
+        if row.chain not in self.chains or (row.confirmations_required == FINALITY
+                                            and row.chain not in self.final_heights):
+            # nobody follows that chain (it left the config), or its final height is not known yet (a restart):
+            # it cannot be judged now, so it stays as last judged; a reorg there resets it when followed again
+            return row.confirmed_at is not None
         if row.confirmations_required == FINALITY:
-            return row.payment.block_height <= self.final_heights.get(row.chain, -1)
+            return row.payment.block_height <= self.final_heights[row.chain]
         return row.payment.confirmations(self.tips.get(row.chain, 0)) >= row.confirmations_required
 
     def _decimals(self, chain_name: str, asset: str) -> int:
@@ -318,9 +332,9 @@ class Processor:
         return body
 
     def _currency_decimals(self, invoice: InvoiceRow, methods: list[views.ShownMethod]) -> int:
-        fiat = minor_units(invoice.currency)
-        if fiat is not None:
-            return fiat
+        if invoice.decimals is not None:
+            return invoice.decimals
+        # an invoice from before version 4: priced in the coin of its one method
         return next((m.decimals for m in methods if m.row.asset == invoice.currency), 0)
 
     async def _reassess(self, invoice_id: str, force_type: str | None = None) -> None:
@@ -346,10 +360,9 @@ class Processor:
         assessment = assess(invoice.terms, valued, 0, now)
         exception = assessment.exception.value if assessment.exception else None
         methods = await self.store.methods_for(invoice_id)
-        digest = json.dumps(
-            [assessment.status, exception, sorted((p.txid, p.vout, p.status(0, 0)) for p in valued),
-             sorted(m.asset + "@" + m.chain for m in methods if m.activated_at is not None)]
-        )
+        # what an event shows that can change (a picked method has its own event): the same as before version 4,
+        # so an upgrade emits nothing for invoices that did not change
+        digest = json.dumps([assessment.status, exception, sorted((p.txid, p.vout, p.status(0, 0)) for p in valued)])
         if digest == invoice.digest and force_type is None:
             return
         paid_at = invoice.paid_at
@@ -503,7 +516,7 @@ class Processor:
         """A store transaction whose log lines and counters take effect only once it committed: a block retried
         after a failed commit must not report its payments twice, nor once for nothing."""
         async with self.store.transaction():
-            self._effects = []
+            self._effects, self._new_keys = [], []
             yield
             effects = self._effects
         for effect in effects:

@@ -127,8 +127,10 @@ def _payment_json(p: ShownPayment, method: ShownMethod | None, money: Callable[[
         "amount": to_decimal_string(p.valued.amount, p.decimals),
         "amount_atomic": str(p.valued.amount),
         # what it counts for, in the invoice currency, at the rate locked for its method
-        "value": money(math.floor(p.valued.value)),
-        "rate": rate_text(p.valued.rate, currency_decimals, method.decimals if method else p.decimals),
+        # another asset than its method's (ETH to a USDC address) is worth nothing to the invoice: not counted
+        "value": money(0 if p.valued.wrong_asset else math.floor(p.valued.value)),
+        "rate": None if p.valued.wrong_asset else rate_text(p.valued.rate, currency_decimals,
+                                                            method.decimals if method else p.decimals),
         "confirmations": p.valued.confirmations(tip),
         "block_height": p.valued.block_height,
         "block_hash": p.row.block_hash,

@@ -34,7 +34,7 @@ PROCESSOR: web.AppKey[Processor] = web.AppKey("processor", Processor)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 PUBLIC_PREFIX = "/i/"  # the payment pages (watcherd/http/checkout.py): an invoice id is the only key
 READINESS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("readiness")
-RATES: web.AppKey[Quotes | None] = web.AppKey("rates")
+RATES: web.AppKey[Callable[[], Quotes | None]] = web.AppKey("rates")  # the current one: a reload replaces it
 
 
 class Quotes(Protocol):
@@ -53,7 +53,7 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
 
 
 def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]],
-             rates: Quotes | None = None) -> web.Application:
+             rates: Callable[[], Quotes | None] = lambda: None) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         # judged by the route that matched, not the raw path, so no path trick reaches the API without a token
@@ -172,8 +172,8 @@ def _common_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {"order_id": order_id, "expires_in": expires_in, "metadata": metadata, "redirect_url": redirect_url}
 
 
-def _parse_priced_request(body: dict[str, Any], processor: Processor, rates: Quotes | None) -> dict[str, Any]:
-    """The checkout form: a price in a currency, offered in several coins at rates locked now."""
+def _parse_priced_request(body: dict[str, Any], processor: Processor) -> dict[str, Any]:
+    """The checkout form: a price in a currency, offered in several coins (validated; not yet priced)."""
     unknown = sorted(set(body) - PRICED_FIELDS)
     if unknown:
         raise error(400, "unknown_field", f"unknown field(s) {', '.join(unknown)}; a priced invoice takes "
@@ -181,10 +181,13 @@ def _parse_priced_request(body: dict[str, Any], processor: Processor, rates: Quo
     currency = body["currency"]
     if not isinstance(currency, str) or not currency:
         raise error(400, "invalid_field", "must be a currency code such as \"USD\" (or a coin's, \"BTC\")", "currency")
-    coin_decimals = {a: d for chain in processor.chains.values() for a, d in chain.assets.items()}
     decimals = minor_units(currency)
-    if decimals is None:
-        decimals = coin_decimals.get(currency)
+    if decimals is None:  # a coin: its decimals, if every chain that has it agrees
+        places = {chain.assets[currency] for chain in processor.chains.values() if currency in chain.assets}
+        if len(places) > 1:
+            raise error(422, "ambiguous_currency", f"{currency!r} has different decimals on different chains "
+                                                   f"({sorted(places)}): price in a fiat currency", "currency")
+        decimals = places.pop() if places else None
     if decimals is None:
         raise error(422, "unknown_currency", f"{currency!r} is neither an ISO 4217 currency watcherd knows nor a "
                                              "configured coin", "currency")
@@ -201,33 +204,46 @@ def _parse_priced_request(body: dict[str, Any], processor: Processor, rates: Quo
             or len(set(methods)) != len(methods):
         raise error(400, "invalid_field", "must be a non-empty list of distinct method ids such as \"btc\", "
                                           "\"eth:USDC\"", "payment_methods")
+    for method in methods:
+        try:
+            processor.method_parts(method)
+        except InvoiceError as exc:
+            raise error(422, "unknown_method", str(exc), "payment_methods") from None
     given = body.get("rates", {})
     if not isinstance(given, dict) or not all(isinstance(v, str) for v in given.values()):
         raise error(400, "invalid_field", "must map coins to decimal strings: {\"BTC\": \"50000.00\"}", "rates")
+    return {"currency": currency, "decimals": decimals, "amount": amount, "methods": methods,
+            "given": {asset: _given_rate(asset, text) for asset, text in given.items()}, **_common_fields(body)}
+
+
+def _given_rate(asset: str, text: str) -> Fraction:
+    """A rate the request brings: a positive decimal of sane size (a huge exponent would stall the event loop)."""
+    try:
+        value = Decimal(text.strip())
+    except ArithmeticError:
+        value = Decimal(0)
+    if not value.is_finite() or value <= 0 or not -18 <= value.adjusted() <= 18 or len(value.as_tuple().digits) > 40:
+        raise error(400, "invalid_field", f"{asset}: must be a positive decimal string between 1e-18 and 1e18, "
+                                          "e.g. \"50000.00\"", "rates")
+    return Fraction(value)
+
+
+def _quotes(params: dict[str, Any], processor: Processor, rates: Quotes | None) -> dict[str, Fraction]:
+    """Each method's rate, now: the currency's minor units per atomic unit of the method's coin."""
     quotes: dict[str, Fraction] = {}
-    for method in methods:
-        try:
-            chain_name, asset = processor.method_parts(method)
-        except InvoiceError as exc:
-            raise error(422, "unknown_method", str(exc), "payment_methods") from None
-        per_coin = _rate(currency, asset, given, rates)
-        # minor units of the currency per atomic unit of the coin
-        quotes[method] = per_coin * 10**decimals / 10**coin_decimals[asset]
-    return {"currency": currency, "amount": amount, "quotes": quotes, **_common_fields(body)}
+    for method in params["methods"]:
+        chain_name, asset = processor.method_parts(method)
+        per_coin = _rate(params["currency"], asset, params["given"], rates)
+        quotes[method] = per_coin * 10 ** params["decimals"] / 10 ** processor.chains[chain_name].assets[asset]
+    return quotes
 
 
-def _rate(currency: str, asset: str, given: dict[str, str], rates: Quotes | None) -> Fraction:
+def _rate(currency: str, asset: str, given: dict[str, Fraction], rates: Quotes | None) -> Fraction:
     """Whole currency units per whole coin: 1 for the coin itself, the request's, or the rate book's now."""
     if asset == currency:
         return Fraction(1)
     if asset in given:
-        try:
-            rate = Fraction(Decimal(given[asset]))
-        except (ArithmeticError, ValueError):
-            rate = Fraction(0)
-        if rate <= 0:
-            raise error(400, "invalid_field", f"{asset}: must be a positive decimal string", "rates")
-        return rate
+        return given[asset]
     if rates is None:
         raise error(422, "no_rate_source", f"no exchange rate for {asset} in {currency}: configure [rates] or "
                                            "pass \"rates\" in the request", "rates")
@@ -240,22 +256,33 @@ def _rate(currency: str, asset: str, given: dict[str, str], rates: Quotes | None
 async def create_invoice(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     body = await _json_body(request)
-    priced = "currency" in body
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
         raise error(400, "invalid_field", "must be 1 to 200 characters", "Idempotency-Key")
     # a replayed request gets the invoice it created the first time, with 200 instead of 201
-    replayed = key is not None and await processor.store.invoice_by_idempotency_key(key) is not None
+    earlier = await processor.store.invoice_by_idempotency_key(key) if key is not None else None
     try:
-        if priced:
-            params = _parse_priced_request(body, processor, request.app[RATES])
-            invoice = await processor.create_priced_invoice(**params, idempotency_key=key)
+        if "currency" in body:
+            params = _parse_priced_request(body, processor)
+            # what was asked, not the rates it got: a retry while rates are stale still gets its invoice
+            digest = json.dumps(["priced", {k: str(v) if isinstance(v, Fraction) else v for k, v in params.items()
+                                            if k != "given"}, sorted((a, str(r)) for a, r in params["given"].items())],
+                                sort_keys=True)
+            if earlier is not None and earlier.request_digest == digest:
+                invoice = await processor.invoice_json(earlier.id) or {}
+            else:
+                if earlier is not None:
+                    raise InvoiceError("Idempotency-Key", "was already used for a different request")
+                quotes = _quotes(params, processor, request.app[RATES]())
+                del params["methods"], params["given"]
+                invoice = await processor.create_priced_invoice(**params, quotes=quotes, request_digest=digest,
+                                                                idempotency_key=key)
         else:
             invoice = await processor.create_invoice(**_parse_invoice_request(body, processor), idempotency_key=key)
     except InvoiceError as exc:
         status = 409 if exc.field == "Idempotency-Key" else 400
         raise error(status, "conflict" if status == 409 else "invalid_field", str(exc), exc.field) from None
-    return web.json_response(invoice, status=200 if replayed else 201,
+    return web.json_response(invoice, status=200 if earlier is not None else 201,
                              headers={"Location": f"/v1/invoices/{invoice['id']}"})
 
 

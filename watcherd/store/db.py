@@ -80,9 +80,11 @@ class Database:
         # checked once it is done, not while the old table is dropped
         await self._db.execute("PRAGMA foreign_keys=OFF")
         for number, script in enumerate(SCHEMA[version:], start=version + 1):
-            await self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+            await self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number};")
             if await self._db.execute_fetchall("PRAGMA foreign_key_check"):
-                raise StoreError(f"migration to schema version {number} left dangling references")
+                await self._db.execute("ROLLBACK")
+                raise StoreError(f"migration to schema version {number} would leave dangling references")
+            await self._db.execute("COMMIT")
         await self._db.execute("PRAGMA foreign_keys=ON")
 
     @asynccontextmanager

@@ -48,6 +48,7 @@ class InvoiceRow:
     idempotency_key: str | None = None
     request_digest: str | None = None
     redirect_url: str | None = None
+    decimals: int | None = None  # the currency's; None on invoices from before version 4 (the coin's, then)
 
     @property
     def terms(self) -> Terms:
@@ -103,6 +104,7 @@ def invoice_from_row(row: sqlite3.Row) -> InvoiceRow:
         idempotency_key=row["idempotency_key"],
         request_digest=row["request_digest"],
         redirect_url=row["redirect_url"],
+        decimals=row["decimals"],
     )
 
 

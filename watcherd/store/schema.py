@@ -107,7 +107,6 @@ SCHEMA = [
         chain TEXT NOT NULL,
         asset TEXT NOT NULL,
         decimals INTEGER NOT NULL,
-        native INTEGER NOT NULL DEFAULT 0,  -- the chain's own coin (method id "btc"), else a token ("eth:USDC")
         PRIMARY KEY (chain, asset)
     );
     CREATE INDEX events_invoice ON events (invoice_id, seq);
@@ -117,6 +116,8 @@ SCHEMA = [
     # The address columns move from invoices to methods; an invoice of version 3 becomes one priced in its coin
     # with that one method, activated, at a rate of 1.
     """
+    -- the chain's own coin (method id "btc"), else a token ("eth:USDC")
+    ALTER TABLE assets ADD COLUMN native INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE methods (
         invoice_id TEXT NOT NULL REFERENCES invoices(id),
         chain TEXT NOT NULL,
@@ -143,6 +144,7 @@ SCHEMA = [
     CREATE TABLE invoices_v4 (
         id TEXT PRIMARY KEY,
         currency TEXT NOT NULL,  -- a fiat code (USD) or an asset code (BTC): `amount` is in its smallest unit
+        decimals INTEGER,  -- the currency's (NULL before version 4: the coin's, from its method)
         amount TEXT NOT NULL,
         tolerance_percent TEXT NOT NULL,
         status TEXT NOT NULL,
