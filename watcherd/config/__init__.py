@@ -23,12 +23,14 @@ from watcherd.config.private import refuse_private_material
 from watcherd.config.reader import Context, Table
 from watcherd.config.tables import (
     ApiConfig,
+    GreenfieldConfig,
     LogConfig,
     MetricsConfig,
     MqttConfig,
     StoreConfig,
     WebhookConfig,
     parse_api,
+    parse_greenfield,
     parse_log,
     parse_metrics,
     parse_mqtt,
@@ -43,6 +45,7 @@ __all__ = [
     "ApiConfig",
     "ChainConfig",
     "Config",
+    "GreenfieldConfig",
     "LogConfig",
     "MetricsConfig",
     "MqttConfig",
@@ -103,6 +106,7 @@ class Config:
     metrics: MetricsConfig | None = None  # Prometheus listener; absent table: no listener
     mqtt: MqttConfig | None = None  # absent table: no MQTT publishing
     rates: RatesConfig | None = None  # absent table: no rates fetched; a fiat invoice must bring its own rates
+    greenfield: GreenfieldConfig | None = None  # absent table: no BTCPay Greenfield / BitPay-compatible API
 
 
 def load(path: str | Path) -> Config:
@@ -128,12 +132,15 @@ def load(path: str | Path) -> Config:
     metrics = parse_metrics(root.table("metrics")) if root.present("metrics") else None
     mqtt = parse_mqtt(root.table("mqtt")) if root.present("mqtt") else None
     rates = parse_rates(root.table("rates")) if root.present("rates") else None
+    greenfield = parse_greenfield(root.table("greenfield")) if root.present("greenfield") else None
     chains = _chains(root.table("chains"))
     root.finish()
+    if greenfield is not None and greenfield.api_key and greenfield.api_key == api.token:
+        ctx.problem("greenfield.api_key", "must differ from [api] token: a plugin's key must not open the native API")
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains, metrics=metrics, mqtt=mqtt,
-                  rates=rates)
+                  rates=rates, greenfield=greenfield)
 
 
 _CHAIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")

@@ -1,5 +1,6 @@
-"""The core tables: [store], [api], [metrics], [mqtt], [webhook], [log] and [rates], each a frozen dataclass
-([rates]' own, RatesConfig, lives in watcherd/rates/config.py so that the rates package imports no config code)."""
+"""The core tables: [store], [api], [metrics], [mqtt], [webhook], [log], [greenfield] and [rates], each a frozen
+dataclass ([rates]' own, RatesConfig, lives in watcherd/rates/config.py so that the rates package imports no config
+code)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,22 @@ class WebhookConfig:
     secret: str = field(repr=False)
     timeout_seconds: float
     max_retry_hours: float
+
+
+# Greenfield's speedPolicy names and the confirmations each asks for (never fewer than the chain's own).
+SPEED_POLICIES = {"HighSpeed": 0, "MediumSpeed": 1, "LowMediumSpeed": 2, "LowSpeed": 6}
+_STORE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class GreenfieldConfig:
+    """[greenfield]: the BTCPay Greenfield and BitPay-compatible APIs for existing billing plugins."""
+
+    store_id: str  # the one store a plugin is configured with
+    store_name: str
+    api_key: str = field(repr=False)
+    default_currency: str = "USD"
+    speed_policy: str = "MediumSpeed"  # a key of SPEED_POLICIES
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,24 @@ def parse_webhook(t: Table) -> WebhookConfig:
     )
     t.finish()
     return webhook
+
+
+def parse_greenfield(t: Table) -> GreenfieldConfig:
+    store_id = t.text("store_id")
+    if store_id and not _STORE_ID.fullmatch(store_id):
+        t.problem("store_id", "must be 1 to 64 letters, digits, '-' or '_' (it appears in URL paths)")
+    store_name = t.text("store_name", default="watcherd")
+    api_key = t.secret("api_key", min_length=16) or ""
+    if any(c.isspace() or not c.isprintable() for c in api_key):
+        t.problem(t.secret_key("api_key"), "must not contain whitespace or control characters")
+    currency = t.text("default_currency", default="USD")
+    if currency not in MINOR_UNITS:
+        t.problem("default_currency", f"{currency!r} is not an ISO 4217 currency code watcherd knows")
+    speed = t.choice("speed_policy", tuple(SPEED_POLICIES), default="MediumSpeed")
+    greenfield = GreenfieldConfig(store_id=store_id, store_name=store_name, api_key=api_key,
+                                  default_currency=currency, speed_policy=speed)
+    t.finish()
+    return greenfield
 
 
 def parse_log(t: Table) -> LogConfig:
