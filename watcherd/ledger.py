@@ -13,9 +13,9 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from fractions import Fraction
 from functools import partial
@@ -23,6 +23,7 @@ from typing import Any
 
 from watcherd import metrics, views
 from watcherd.core.chain import ChainAdapter, OpenInvoice
+from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import FINALITY, Status, assess, event_type
 from watcherd.core.money import MAX_ATOMIC
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
@@ -37,6 +38,25 @@ GAP_LIMIT = 20  # wallets stop scanning after 20 unused addresses in a row (BIP4
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event just queued, as an event listener sees it (inside the event's transaction)."""
+
+    seq: int
+    id: str
+    type: str
+    invoice_id: str
+    created_at: int
+    invoice: dict[str, Any]  # the invoice JSON the event carries
+    previous: dict[str, Any] | None  # the invoice JSON of the invoice's previous event (None: its first)
+    row: InvoiceRow  # the invoice as stored now (manual status, what a compatible API was asked)
+
+
+# Called for every event, inside its transaction: what it writes (a registered webhook's delivery) commits with
+# the event or not at all.
+EventListener = Callable[[Store, EventRecord], Awaitable[None]]
 
 
 class Processor:
@@ -59,6 +79,7 @@ class Processor:
         self._effects: list[Callable[[], object]] = []  # log lines and counters of the open transaction
         self.live = Live()  # payment pages watching an invoice
         self._touched: set[str] = set()  # invoices given an event since the last wake-up
+        self.event_listeners: list[EventListener] = []  # the compatible APIs' webhooks and notification URLs
 
     def sink(self, chain_name: str) -> LedgerSink:
         """What the chain's adapter reports to: this ledger, bound to that chain."""
@@ -126,14 +147,18 @@ class Processor:
         )
 
     async def create_priced_invoice(
-        self, currency: str, decimals: int, amount: int, quotes: dict[str, Fraction], *, request_digest: str,
-        order_id: str | None = None, expires_in: int | None = None, metadata: dict[str, Any] | None = None,
-        idempotency_key: str | None = None, redirect_url: str | None = None,
+        self, currency: str, amount: int, quotes: dict[str, Fraction], *, decimals: int | None = None,
+        request_digest: str | None = None, order_id: str | None = None, expires_in: int | None = None,
+        metadata: dict[str, Any] | None = None, idempotency_key: str | None = None, redirect_url: str | None = None,
+        confirmations: int | None = None, compat: dict[str, Any] | None = None, tolerance: Decimal | None = None,
     ) -> dict[str, Any]:
-        """An invoice priced in `currency` (`amount` in its smallest unit, of `decimals` places), offered in each
-        method of `quotes` (method id -> the currency's minor units per atomic unit of the method's coin, locked
-        now). No address is taken until the customer picks a method (activate_method). `request_digest` says
-        what was asked (not the rates it got), for a retry with the same `idempotency_key`."""
+        """An invoice priced in `currency` (`amount` in its smallest unit, of `decimals` places: by default the
+        currency's minor units or the coin's), offered in each method of `quotes` (method id -> the currency's
+        minor units per atomic unit of the method's coin, locked now). No address is taken until the customer
+        picks a method (activate_method). `request_digest` says what was asked (not the rates it got), for a
+        retry with the same `idempotency_key`. `confirmations` asks for more than a chain's configured count
+        (never fewer; a chain with finality keeps it); `compat` keeps what a compatible API was asked that the
+        invoice has no field for."""
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
         if not quotes:
@@ -142,18 +167,35 @@ class Processor:
         for method_id, rate in quotes.items():
             chain_name, asset = self.method_parts(method_id)
             chain = self.chains[chain_name]
+            required = chain.confirmations
+            if confirmations is not None and required != FINALITY:
+                required = max(required, confirmations)
             due = math.ceil(amount / rate)
             if due > MAX_ATOMIC:
                 raise InvoiceError("payment_methods", f"{method_id}: {due} atomic units is more than it can carry")
-            methods.append(MethodRow("", chain_name, asset, rate, due, chain.confirmations))
+            methods.append(MethodRow("", chain_name, asset, rate, due, required))
         chains = [self.chains[m.chain] for m in methods]
+        if request_digest is None:
+            asked: list[Any] = [currency, amount, sorted(quotes), order_id, expires_in, metadata, redirect_url]
+            if (confirmations, compat, tolerance) != (None, None, None):  # a compatible API's create
+                asked += [confirmations, compat, str(tolerance)]
+            request_digest = json.dumps(asked, sort_keys=True)
+        if decimals is None:
+            decimals = self.currency_decimals(currency)
         return await self._create(
             currency, decimals, amount, methods, activate=False, order_id=order_id, metadata=metadata,
             redirect_url=redirect_url,
             expires_in=expires_in if expires_in is not None else min(c.invoice_expiry_seconds for c in chains),
-            tolerance=min(c.underpaid_tolerance_percent for c in chains), idempotency_key=idempotency_key,
-            request_digest=request_digest,
+            tolerance=tolerance if tolerance is not None else min(c.underpaid_tolerance_percent for c in chains),
+            idempotency_key=idempotency_key, request_digest=request_digest, compat=compat,
         )
+
+    def currency_decimals(self, currency: str) -> int:
+        """A fiat currency's minor units, or a configured coin's decimals (0 for neither)."""
+        fiat = minor_units(currency)
+        if fiat is not None:
+            return fiat
+        return next((c.assets[currency] for c in self.chains.values() if currency in c.assets), 0)
 
     def method_parts(self, method_id: str) -> tuple[str, str]:
         """(chain, asset) of a configured method id ("btc", "eth:USDC"); InvoiceError otherwise."""
@@ -177,7 +219,7 @@ class Processor:
     async def _create(
         self, currency: str, decimals: int, amount: int, methods: list[MethodRow], *, activate: bool,
         order_id: str | None, metadata: dict[str, Any] | None, redirect_url: str | None, expires_in: int,
-        tolerance: Decimal, idempotency_key: str | None, request_digest: str,
+        tolerance: Decimal, idempotency_key: str | None, request_digest: str, compat: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         now = int(self.clock())
         async with self._transaction():
@@ -192,7 +234,7 @@ class Processor:
                 tolerance_percent=tolerance, status=Status.UNPAID,
                 exception=None, order_id=order_id, metadata=metadata or {}, created_at=now, expires_at=now + expires_in,
                 cancelled_at=None, paid_at=None, updated_at=now, idempotency_key=idempotency_key,
-                request_digest=request_digest, redirect_url=redirect_url,
+                request_digest=request_digest, redirect_url=redirect_url, compat=compat or {},
             )
             await self.store.insert_invoice(invoice, methods)
             if activate:
@@ -268,6 +310,21 @@ class Processor:
                     invoice_id, status=invoice.status, exception=invoice.exception, paid_at=invoice.paid_at,
                     cancelled_at=int(self.clock()), digest=invoice.digest, now=int(self.clock()),
                 )
+                await self._reassess(invoice_id)
+        self.wake_outbox()
+        return await self._shown(invoice_id)
+
+    async def mark_status(self, invoice_id: str, status: Status) -> dict[str, Any]:
+        """Mark the invoice paid or invalid by hand, whatever its payments say (they are still recorded).
+        KeyError for an unknown invoice."""
+        if status not in (Status.PAID, Status.INVALID):
+            raise InvoiceError("status", "an invoice can be marked paid or invalid only")
+        async with self._transaction():
+            invoice = await self.store.invoice(invoice_id)
+            if invoice is None:
+                raise KeyError(invoice_id)
+            if invoice.manual_status is not status:
+                await self.store.set_manual_status(invoice_id, status)
                 await self._reassess(invoice_id)
         self.wake_outbox()
         return await self._shown(invoice_id)
@@ -383,7 +440,14 @@ class Processor:
         payload = json.dumps(
             {"id": event_id, "type": type_, "created_at": views.iso(now), "invoice": body}, separators=(",", ":")
         )
-        await self.store.add_event(event_id, invoice_id, label, type_, now, payload, self.transports, self.clock())
+        seq = await self.store.add_event(event_id, invoice_id, label, type_, now, payload, self.transports,
+                                         self.clock())
+        if self.event_listeners:
+            previous = await self.store.previous_event_payload(invoice_id, seq)
+            record = EventRecord(seq, event_id, type_, invoice_id, now, body,
+                                 json.loads(previous)["invoice"] if previous else None, updated)
+            for listener in self.event_listeners:
+                await listener(self.store, record)
         self._touched.add(invoice_id)
         self._effects.append(partial(metrics.EVENTS.labels(label, type_).inc))
         self._effects.append(partial(

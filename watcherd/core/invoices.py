@@ -97,6 +97,9 @@ class Terms:
     confirmations_required: int
     underpaid_tolerance_percent: Decimal = Decimal(0)
     cancelled: bool = False
+    # Marked by hand (the Greenfield API's "mark status": paid or invalid): the status whatever the payments say;
+    # they are still recorded and still give the exception.
+    manual: Status | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,9 @@ def assess(terms: Terms, payments: Sequence[Payment], tip_height: int, now: floa
     received = sum((p.value for p in live), Fraction(0))
     confirmed = sum((p.value for p in live if p.is_confirmed(tip_height, terms.confirmations_required)), Fraction(0))
 
-    if terms.cancelled:
+    if terms.manual is not None:
+        status = terms.manual
+    elif terms.cancelled:
         status = Status.INVALID if received else Status.CANCELLED
     elif _covers(confirmed, terms):
         status = Status.PAID
@@ -149,7 +154,7 @@ def assess(terms: Terms, payments: Sequence[Payment], tip_height: int, now: floa
 
     exception: InvoiceException | None = None
     paying = status in (Status.PAID, Status.PROCESSING)
-    if status is Status.INVALID or (paying and _covered_after_expiry(live, terms)):
+    if (status is Status.INVALID and terms.manual is None) or (paying and _covered_after_expiry(live, terms)):
         exception = InvoiceException.PAID_LATE
     elif any(p.replaced for p in payments) and not paying:
         exception = InvoiceException.DOUBLE_SPENT

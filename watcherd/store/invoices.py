@@ -15,13 +15,14 @@ class InvoiceQueries(Database):
         await self._write(
             """INSERT INTO invoices (id, currency, decimals, amount, tolerance_percent, status, exception, order_id,
                    metadata, redirect_url, created_at, expires_at, cancelled_at, paid_at, updated_at, idempotency_key,
-                   request_digest)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   request_digest, compat)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 inv.id, inv.currency, inv.decimals, str(inv.amount), str(inv.tolerance_percent), inv.status.value,
                 inv.exception,
                 inv.order_id, json.dumps(inv.metadata), inv.redirect_url, inv.created_at, inv.expires_at,
                 inv.cancelled_at, inv.paid_at, inv.updated_at, inv.idempotency_key, inv.request_digest,
+                json.dumps(inv.compat),
             ),
         )
         for m in methods:
@@ -52,6 +53,10 @@ class InvoiceQueries(Database):
                    updated_at = ? WHERE id = ?""",
             (status.value, exception, paid_at, cancelled_at, digest, now, invoice_id),
         )
+
+    async def set_manual_status(self, invoice_id: str, status: Status | None) -> None:
+        await self._write("UPDATE invoices SET manual_status = ? WHERE id = ?",
+                          (status.value if status else None, invoice_id))
 
     async def invoice_by_idempotency_key(self, key: str) -> InvoiceRow | None:
         row = await self._one("SELECT * FROM invoices WHERE idempotency_key = ?", (key,))

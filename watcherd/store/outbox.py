@@ -132,7 +132,22 @@ class OutboxQueries(Database):
         for seq in seqs:
             await self._write("DELETE FROM deliveries WHERE event_seq = ?", (seq,))
             await self._write("DELETE FROM events WHERE seq = ?", (seq,))
+        # registered webhooks' deliveries (their own bodies) go by the same rule
+        await self._write(
+            """DELETE FROM hook_deliveries WHERE seq IN (SELECT h.seq FROM hook_deliveries h
+                   JOIN invoices i ON i.id = h.invoice_id
+                   WHERE h.created_at < ? AND i.status IN ('paid', 'expired', 'cancelled', 'invalid')
+                     AND (h.delivered_at IS NOT NULL OR h.failed_at IS NOT NULL) LIMIT ?)""",
+            (before, limit),
+        )
         return len(seqs)
+
+    async def previous_event_payload(self, invoice_id: str, seq: int) -> str | None:
+        """The payload of the invoice's event before `seq` (None for its first, or once pruned)."""
+        row = await self._one(
+            "SELECT payload FROM events WHERE invoice_id = ? AND seq < ? ORDER BY seq DESC LIMIT 1", (invoice_id, seq)
+        )
+        return row[0] if row else None
 
     async def events_for(self, invoice_id: str) -> list[dict[str, Any]]:
         rows = await self._all(

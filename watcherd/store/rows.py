@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -49,6 +49,8 @@ class InvoiceRow:
     request_digest: str | None = None
     redirect_url: str | None = None
     decimals: int | None = None  # the currency's; None on invoices from before version 4 (the coin's, then)
+    manual_status: Status | None = None  # marked paid or invalid by hand
+    compat: dict[str, Any] = field(default_factory=dict)  # what a compatible API was asked (notification URL...)
 
     @property
     def terms(self) -> Terms:
@@ -59,6 +61,7 @@ class InvoiceRow:
             confirmations_required=1,
             underpaid_tolerance_percent=self.tolerance_percent,
             cancelled=self.cancelled_at is not None,
+            manual=self.manual_status,
         )
 
 
@@ -72,6 +75,21 @@ class PaymentRow:
     chain: str = ""
     method_asset: str = ""  # the asset of the method whose address it paid
     confirmations_required: int = 1  # its method's (0: the chain's finality)
+
+
+@dataclass(frozen=True, slots=True)
+class HookDelivery:
+    """A registered webhook's (or an invoice's notification URL's) delivery: its exact body, its own retries."""
+
+    seq: int
+    id: str
+    hook_id: str | None
+    url: str
+    invoice_id: str
+    type: str
+    body: str
+    created_at: int
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +123,8 @@ def invoice_from_row(row: sqlite3.Row) -> InvoiceRow:
         request_digest=row["request_digest"],
         redirect_url=row["redirect_url"],
         decimals=row["decimals"],
+        manual_status=Status(row["manual_status"]) if row["manual_status"] else None,
+        compat=json.loads(row["compat"]),
     )
 
 

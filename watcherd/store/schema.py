@@ -171,4 +171,43 @@ SCHEMA = [
     CREATE INDEX invoices_open ON invoices (status, expires_at);
     CREATE INDEX invoices_order ON invoices (order_id);
     """,
+    # version 5: the compatible APIs (BTCPay Greenfield, BitPay). An invoice may be marked paid or invalid by hand
+    # (overriding what its payments say), keeps what a compatible API was asked that the native invoice has no field
+    # for (BitPay's notificationURL and posData, Greenfield's checkout options), and webhooks registered through the
+    # API each get their own deliveries: the exact body sent, with its own retry state.
+    """
+    ALTER TABLE invoices ADD COLUMN manual_status TEXT;  -- 'paid' | 'invalid' | NULL
+    ALTER TABLE invoices ADD COLUMN compat TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE hooks (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        automatic_redelivery INTEGER NOT NULL DEFAULT 1,
+        events TEXT,  -- JSON list of the event types it wants; NULL: every one
+        created_at INTEGER NOT NULL,
+        deleted_at INTEGER  -- deleted hooks keep their delivery records until they are pruned
+    );
+    CREATE TABLE hook_deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        hook_id TEXT,  -- NULL: a one-off notification URL of the invoice (BitPay's IPN)
+        url TEXT NOT NULL,
+        invoice_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body TEXT NOT NULL,  -- exactly what is POSTed (and signed)
+        created_at INTEGER NOT NULL,
+        original_id TEXT,  -- a redelivery: the delivery it repeats
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        delivered_at INTEGER,
+        failed_at INTEGER,
+        last_error TEXT,
+        http_code INTEGER,
+        last_attempt_at INTEGER
+    );
+    CREATE INDEX hook_deliveries_pending ON hook_deliveries (delivered_at, failed_at, next_attempt_at);
+    CREATE INDEX hook_deliveries_hook ON hook_deliveries (hook_id, seq);
+    CREATE INDEX hook_deliveries_invoice ON hook_deliveries (url, invoice_id, seq);
+    """,
 ]

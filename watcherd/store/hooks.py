@@ -1,0 +1,120 @@
+"""Webhooks registered through an API (BTCPay Greenfield's), and the deliveries to them and to invoices' own
+notification URLs (BitPay's IPN): each delivery row holds the exact body it POSTs and its own retry state.
+
+Deliveries are written by the event listeners in the same transaction as the event they report, for the hooks
+registered at that moment: a hook registered later never receives older events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from watcherd.store.db import Database
+from watcherd.store.rows import HookDelivery
+
+_DELIVERY = "seq, id, hook_id, url, invoice_id, type, body, created_at, attempts"
+
+
+class HookQueries(Database):
+    async def add_hook(self, hook_id: str, url: str, secret: str, *, enabled: bool, automatic_redelivery: bool,
+                       events: list[str] | None, now: int) -> None:
+        await self._write(
+            """INSERT INTO hooks (id, url, secret, enabled, automatic_redelivery, events, created_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (hook_id, url, secret, int(enabled), int(automatic_redelivery),
+             None if events is None else json.dumps(events), now),
+        )
+
+    async def update_hook(self, hook_id: str, url: str, secret: str, *, enabled: bool, automatic_redelivery: bool,
+                          events: list[str] | None) -> None:
+        await self._write(
+            """UPDATE hooks SET url = ?, secret = ?, enabled = ?, automatic_redelivery = ?, events = ?
+               WHERE id = ? AND deleted_at IS NULL""",
+            (url, secret, int(enabled), int(automatic_redelivery), None if events is None else json.dumps(events),
+             hook_id),
+        )
+
+    async def delete_hook(self, hook_id: str, now: int) -> None:
+        await self._write("UPDATE hooks SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", (now, hook_id))
+        # what was still to send to it is dropped with it
+        await self._write(
+            """UPDATE hook_deliveries SET failed_at = ?, last_error = 'webhook deleted'
+               WHERE hook_id = ? AND delivered_at IS NULL AND failed_at IS NULL""",
+            (now, hook_id),
+        )
+
+    async def hook(self, hook_id: str) -> dict[str, Any] | None:
+        row = await self._one("SELECT * FROM hooks WHERE id = ? AND deleted_at IS NULL", (hook_id,))
+        return _hook(row) if row else None
+
+    async def hooks(self, *, enabled_only: bool = False) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM hooks WHERE deleted_at IS NULL"
+        if enabled_only:
+            sql += " AND enabled = 1"
+        return [_hook(r) for r in await self._all(sql + " ORDER BY created_at, id")]
+
+    async def add_hook_delivery(self, delivery_id: str, hook_id: str | None, url: str, invoice_id: str, type_: str,
+                                body: str, now: int, original_id: str | None = None) -> None:
+        await self._write(
+            """INSERT INTO hook_deliveries (id, hook_id, url, invoice_id, type, body, created_at, original_id,
+                   next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (delivery_id, hook_id, url, invoice_id, type_, body, now, original_id, now),
+        )
+
+    async def due_hook_deliveries(self, now: float, limit: int = 100) -> list[HookDelivery]:
+        """Undelivered, due, and each the oldest undelivered one of its invoice for its hook (or URL)."""
+        rows = await self._all(
+            f"""SELECT {_DELIVERY} FROM hook_deliveries d
+                WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= ?
+                  AND NOT EXISTS (SELECT 1 FROM hook_deliveries o WHERE o.seq < d.seq
+                      AND o.invoice_id = d.invoice_id AND COALESCE(o.hook_id, o.url) = COALESCE(d.hook_id, d.url)
+                      AND o.delivered_at IS NULL AND o.failed_at IS NULL)
+                ORDER BY d.seq LIMIT ?""",
+            (now, limit),
+        )
+        return [HookDelivery(*r) for r in rows]
+
+    async def next_hook_delivery_time(self) -> float | None:
+        row = await self._one(
+            "SELECT MIN(next_attempt_at) FROM hook_deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
+        )
+        return row[0] if row else None
+
+    async def mark_hook_delivered(self, seq: int, http_code: int, now: int) -> None:
+        await self._write(
+            """UPDATE hook_deliveries SET delivered_at = ?, last_attempt_at = ?, attempts = attempts + 1,
+                   last_error = NULL, http_code = ? WHERE seq = ?""",
+            (now, now, http_code, seq),
+        )
+
+    async def mark_hook_attempt_failed(self, seq: int, error: str, http_code: int | None, next_attempt_at: float,
+                                       give_up_at: int | None, now: int) -> None:
+        await self._write(
+            """UPDATE hook_deliveries SET attempts = attempts + 1, last_error = ?, http_code = ?, next_attempt_at = ?,
+                   failed_at = ?, last_attempt_at = ? WHERE seq = ?""",
+            (error[:500], http_code, next_attempt_at, give_up_at, now, seq),
+        )
+
+    async def hook_deliveries(self, hook_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT * FROM hook_deliveries WHERE hook_id = ? ORDER BY seq DESC LIMIT ?", (hook_id, limit)
+        )
+        return [dict(r) for r in rows]
+
+    async def hook_delivery(self, hook_id: str, delivery_id: str) -> dict[str, Any] | None:
+        row = await self._one("SELECT * FROM hook_deliveries WHERE hook_id = ? AND id = ?", (hook_id, delivery_id))
+        return dict(row) if row else None
+
+    async def pending_hook_deliveries(self) -> int:
+        row = await self._one(
+            "SELECT COUNT(*) FROM hook_deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
+        )
+        return int(row[0]) if row else 0
+
+
+def _hook(row: Any) -> dict[str, Any]:
+    hook = dict(row)
+    hook["enabled"] = bool(hook["enabled"])
+    hook["automatic_redelivery"] = bool(hook["automatic_redelivery"])
+    hook["events"] = None if hook["events"] is None else json.loads(hook["events"])
+    return hook
