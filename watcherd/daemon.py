@@ -24,11 +24,14 @@ from aiohttp import web
 
 from watcherd import __version__, logs, metrics, sdnotify
 from watcherd.chains.registry import make_adapter
+from watcherd.compat.greenfield import GreenfieldHooks
 from watcherd.config import Config, load
 from watcherd.core.chain import ChainAdapter
+from watcherd.delivery.hooks import HookSender
 from watcherd.delivery.mqtt import MqttPublisher
 from watcherd.delivery.webhook import WebhookSender
 from watcherd.exceptions import STORE_ERRORS, ConfigError
+from watcherd.http import greenfield
 from watcherd.http import metrics as metrics_http
 from watcherd.http.api import make_app
 from watcherd.ledger import Processor
@@ -53,6 +56,7 @@ class Daemon:
         self._group: asyncio.TaskGroup | None = None
         self.webhooks: WebhookSender | None = None
         self.mqtt: MqttPublisher | None = None
+        self.hooks: HookSender | None = None  # webhooks registered through the Greenfield API, BitPay IPNs
         self.rates: RateBook | None = None  # [rates]: priced invoices take their rates from it
         self._rates_task: asyncio.Task[None] | None = None
         self.store_writable = True  # the last probe's answer: /readyz must not take the write lock itself
@@ -91,7 +95,15 @@ class Daemon:
         await self.processor.start()
         settle_heap()
         self._new_rates()
-        runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates),
+        compat = []
+        if self.config.greenfield is not None:
+            compat.append(("/api/v1", greenfield.make_app(self.processor, self.config.greenfield, self.readiness,
+                                                          lambda: self.rates)))
+            self.processor.event_listeners.append(GreenfieldHooks(self.config.greenfield.store_id))
+            self.hooks = HookSender(store, self.processor.outbox_listener(),
+                                    max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72)
+        runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
+                                        compat),
                                access_log=None, handle_signals=False)
         metrics_runner = web.AppRunner(metrics_http.make_app(store, tuple(transports)), access_log=None,
                                        handle_signals=False)
@@ -102,7 +114,8 @@ class Daemon:
         if self.config.mqtt is not None:
             self.mqtt = MqttPublisher(store, self.config.mqtt, self.processor.outbox_listener(),
                                       self.processor.invoice_json)
-        senders = [s for s in (self.webhooks, self.mqtt) if s is not None]
+        senders: list[WebhookSender | MqttPublisher | HookSender] = [
+            s for s in (self.webhooks, self.mqtt, self.hooks) if s is not None]
         try:
             await web.TCPSite(runner, self.config.api.host, self.config.api.port).start()
             if self.config.metrics is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Protocol
@@ -53,12 +53,25 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
 
 
 def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]],
-             rates: Callable[[], Quotes | None] = lambda: None) -> web.Application:
+             rates: Callable[[], Quotes | None] = lambda: None,
+             compat: Sequence[tuple[str, web.Application]] = ()) -> web.Application:
+    """The native API; `compat` mounts the compatible APIs (prefix, sub-application), each with its own
+    authentication and error shapes."""
+    prefixes = tuple(prefix for prefix, _ in compat)
+
+    def compatible(path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in prefixes)
+
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         # judged by the route that matched, not the raw path, so no path trick reaches the API without a token
         resource = request.match_info.route.resource
-        if request.path in PUBLIC_PATHS or (resource is not None and resource.canonical.startswith(PUBLIC_PREFIX)):
+        if resource is None:  # nothing matched: a 404 or 405, in the shape of the API the path is under
+            public = request.path in PUBLIC_PATHS or compatible(request.path)
+        else:
+            public = (request.path in PUBLIC_PATHS or resource.canonical.startswith(PUBLIC_PREFIX)
+                      or compatible(resource.canonical))
+        if public:
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
@@ -75,7 +88,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
             log.error("store unavailable during %s %s: %s", request.method, request.path, exc)
             raise error(503, "store_unavailable", "the store cannot be written right now; retry later") from None
         except web.HTTPException as exc:
-            if exc.content_type == "application/json" or exc.status < 400:
+            if exc.content_type == "application/json" or exc.status < 400 or compatible(request.path):
                 raise
             # aiohttp's own errors (unknown route, body too large...) get the same JSON shape as ours
             body = {"error": {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason}}
@@ -99,6 +112,8 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
         web.get("/readyz", readyz),
         web.get("/openapi.json", openapi_document),
     ])
+    for prefix, sub in compat:
+        app.add_subapp(prefix, sub)
     return app
 
 

@@ -1,0 +1,523 @@
+"""BTCPay's Greenfield API, the part existing billing plugins use (WooCommerce, WHMCS, the PHP client), served
+under /api/v1 when [greenfield] is configured: one store, one API key (`Authorization: token <key>`).
+
+Greenfield's conventions, kept exactly: every success is HTTP 200 (creates too: BTCPay's PHP client throws on
+201), 422 errors are `[{"path", "message"}]`, other errors `{"code", "message"}`; JSON in camelCase with decimal
+strings and unix seconds (watcherd/compat/greenfield.py). Unknown request fields are ignored, as Greenfield does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from watcherd import __version__
+from watcherd.compat import greenfield as gf
+from watcherd.config import GreenfieldConfig
+from watcherd.config.tables import SPEED_POLICIES
+from watcherd.core.invoices import Status
+from watcherd.exceptions import STORE_ERRORS, InvoiceError
+from watcherd.http import api
+from watcherd.ledger import Processor
+
+CONFIG: web.AppKey[GreenfieldConfig] = web.AppKey("greenfield", GreenfieldConfig)
+PROCESSOR = api.PROCESSOR
+MAX_TAKE = 1000
+PERMISSIONS = ("btcpay.store.canviewinvoices", "btcpay.store.cancreateinvoice", "btcpay.store.canviewstoresettings",
+               "btcpay.store.canmodifyinvoices", "btcpay.store.webhooks.canmodifywebhooks")
+EVENT_TYPES = ("InvoiceCreated", "InvoiceReceivedPayment", "InvoiceProcessing", "InvoiceExpired", "InvoiceSettled",
+               "InvoiceInvalid", "InvoicePaymentSettled")
+
+
+def problem(status: int, code: str, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+           409: web.HTTPConflict, 503: web.HTTPServiceUnavailable}[status]
+    return cls(text=json.dumps({"code": code, "message": message}), content_type="application/json")
+
+
+def invalid(path: str, message: str) -> web.HTTPException:
+    return web.HTTPUnprocessableEntity(text=json.dumps([{"path": path, "message": message}]),
+                                       content_type="application/json")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(processor: Processor, config: GreenfieldConfig,
+             readiness: Callable[[], Awaitable[dict[str, Any]]],
+             rates: Callable[[], api.Quotes | None] = lambda: None) -> web.Application:
+    """The sub-application mounted at /api/v1."""
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "token" or not hmac.compare_digest(given.strip().encode(), config.api_key.encode()):
+            raise problem(401, "unauthenticated", "Authentication is required for accessing this endpoint")
+        store_id = request.match_info.get("storeId")
+        if store_id is not None and store_id != config.store_id:
+            raise problem(403, "missing-permission", f"no store {store_id!r} for this API key")
+        return await handler(request)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except STORE_ERRORS:
+            raise problem(503, "store-unavailable", "the store cannot be written right now; retry later") from None
+        except web.HTTPException as exc:
+            if exc.content_type == "application/json" or exc.status < 400:
+                raise
+            body = {"code": exc.reason.lower().replace(" ", "-"), "message": exc.reason}
+            return web.json_response(body, status=exc.status)
+
+    app = web.Application(middlewares=[errors, auth], client_max_size=64 * 1024)
+    app[PROCESSOR] = processor
+    app[CONFIG] = config
+    app[api.READINESS] = readiness
+    app[api.RATES] = rates
+    store = "/stores/{storeId}"
+    invoice_paths = [f"{store}/invoices/{{invoiceId}}", "/invoices/{invoiceId}"]
+    hook_paths = [f"{store}/webhooks/{{webhookId}}", "/webhooks/{webhookId}"]
+    routes = [
+        web.get("/api-keys/current", current_key),
+        web.get("/server/info", server_info),
+        web.get("/stores", list_stores),
+        web.get(store, show_store),
+        web.get(f"{store}/payment-methods", store_payment_methods),
+        web.get(f"{store}/payment-methods/onchain", store_payment_methods),
+        web.post(f"{store}/invoices", create_invoice),
+        web.post(f"{store}/invoices/", create_invoice),
+        web.get(f"{store}/invoices", list_invoices),
+        web.get(f"{store}/invoices/", list_invoices),
+        web.get(f"{store}/webhooks", list_hooks),
+        web.post(f"{store}/webhooks", create_hook),
+    ]
+    for path in invoice_paths:
+        routes += [
+            web.get(path, show_invoice),
+            web.get(f"{path}/payment-methods", invoice_payment_methods),
+            web.post(f"{path}/payment-methods/{{paymentMethodId}}/activate", activate_method),
+            web.post(f"{path}/status", mark_status),
+        ]
+    for path in hook_paths:
+        routes += [
+            web.get(path, show_hook),
+            web.put(path, update_hook),
+            web.delete(path, delete_hook),
+            web.get(f"{path}/deliveries", list_deliveries),
+            web.get(f"{path}/deliveries/{{deliveryId}}", show_delivery),
+            web.get(f"{path}/deliveries/{{deliveryId}}/request", delivery_request),
+            web.post(f"{path}/deliveries/{{deliveryId}}/redeliver", redeliver),
+        ]
+    app.add_routes(routes)
+    return app
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise invalid("", "the request body is not valid JSON") from None
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise invalid("", "the request body must be a JSON object")
+    return body
+
+
+# --- key, server, store -----------------------------------------------------------------------------
+
+async def current_key(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    return web.json_response({"apiKey": config.api_key, "label": "watcherd",
+                              "permissions": [f"{p}:{config.store_id}" for p in PERMISSIONS]})
+
+
+def _method_ids(processor: Processor) -> list[str]:
+    return list(dict.fromkeys(gf.method_id(processor.method_parts(m)[1]) for m in processor.method_ids()))
+
+
+async def server_info(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    report = await request.app[api.READINESS]()
+    chains = report.get("chains", {})
+    return web.json_response({
+        "version": f"2.0.0-watcherd-{__version__}",
+        "onion": None,
+        "supportedPaymentMethods": _method_ids(processor),
+        "fullySynched": bool(report.get("ready")),
+        "syncStatus": [{"paymentMethodId": gf.method_id(processor.chains[name].asset), "chainHeight": c.get("node_tip"),
+                        "syncHeight": c.get("processed_height"), "available": bool(c.get("ready"))}
+                       for name, c in chains.items() if name in processor.chains],
+    })
+
+
+def _store(config: GreenfieldConfig) -> dict[str, Any]:
+    return {"id": config.store_id, "name": config.store_name, "website": None,
+            "defaultCurrency": config.default_currency, "invoiceExpiration": 900,
+            "monitoringExpiration": gf.MONITORING_SECONDS, "displayExpirationTimer": 300,
+            "speedPolicy": config.speed_policy, "paymentTolerance": 0.0, "archived": False,
+            "anyoneCanCreateInvoice": False, "lazyPaymentMethods": True, "redirectAutomatically": False}
+
+
+async def list_stores(request: web.Request) -> web.Response:
+    return web.json_response([_store(request.app[CONFIG])])
+
+
+async def show_store(request: web.Request) -> web.Response:
+    return web.json_response(_store(request.app[CONFIG]))
+
+
+async def store_payment_methods(request: web.Request) -> web.Response:
+    return web.json_response([{"paymentMethodId": m, "enabled": True}
+                              for m in _method_ids(request.app[PROCESSOR])])
+
+
+# --- invoices ----------------------------------------------------------------------------------------
+
+async def _invoice(request: web.Request) -> tuple[dict[str, Any], Any]:
+    processor = request.app[PROCESSOR]
+    invoice_id = request.match_info["invoiceId"]
+    row = await processor.store.invoice(invoice_id)
+    native = await processor.invoice_json(invoice_id) if row is not None else None
+    if row is None or native is None:
+        raise problem(404, "invoice-not-found", f"no invoice {invoice_id!r}")
+    return native, row
+
+
+def _native_methods(processor: Processor, wanted: Any) -> list[str]:
+    """Native method ids for Greenfield's `checkout.paymentMethods` (null: every configured one)."""
+    offered = processor.method_ids()
+    if wanted is None:
+        return offered
+    if not isinstance(wanted, list) or not all(isinstance(m, str) for m in wanted):
+        raise invalid("checkout.paymentMethods", "must be a list of payment method ids such as \"BTC-CHAIN\"")
+    by_asset: dict[str, str] = {}
+    for method in offered:
+        by_asset.setdefault(processor.method_parts(method)[1], method)
+    chosen: list[str] = []
+    for text in wanted:
+        found = by_asset.get(gf.parse_method_id(text))
+        if found is None:
+            raise invalid("checkout.paymentMethods", f"{text!r} is not enabled in this store; enabled: "
+                                                     f"{', '.join(_method_ids(processor))}")
+        if found not in chosen:
+            chosen.append(found)
+    return chosen
+
+
+def _amount_text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise invalid("amount", "must be a decimal string such as \"5.00\"")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise invalid("amount", "must be a decimal string such as \"5.00\"") from None
+    if not amount.is_finite() or amount <= 0:
+        raise invalid("amount", "must be greater than zero")
+    return format(amount, "f")
+
+
+def _native_error(exc: web.HTTPException, paths: dict[str, str]) -> web.HTTPException:
+    """A native API error (reused parsing) in Greenfield's shape."""
+    try:
+        detail = json.loads(exc.text or "{}")["error"]
+    except (ValueError, KeyError, TypeError):
+        detail = {"code": "error", "message": exc.reason}
+    if exc.status == 503:
+        return problem(503, "rates-unavailable", detail["message"])
+    field = detail.get("field") or ""
+    return invalid(paths.get(field, field), detail["message"])
+
+
+async def create_invoice(request: web.Request) -> web.Response:
+    processor, config = request.app[PROCESSOR], request.app[CONFIG]
+    body = await _body(request)
+    if body.get("amount") is None:
+        raise invalid("amount", "watcherd needs an amount: top-up invoices (no amount) are not supported")
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise invalid("metadata", "must be a JSON object")
+    checkout = body.get("checkout") or {}
+    if not isinstance(checkout, dict):
+        raise invalid("checkout", "must be a JSON object")
+    currency = body.get("currency") or config.default_currency
+    if not isinstance(currency, str):
+        raise invalid("currency", "must be a currency code such as \"USD\"")
+    order_id = metadata.get("orderId")
+    speed = checkout.get("speedPolicy") or config.speed_policy
+    if speed not in SPEED_POLICIES:
+        raise invalid("checkout.speedPolicy", f"one of {', '.join(SPEED_POLICIES)}")
+    minutes = checkout.get("expirationMinutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                or not 1 <= minutes <= api.MAX_EXPIRES_IN // 60):
+        raise invalid("checkout.expirationMinutes", f"a number of minutes from 1 to {api.MAX_EXPIRES_IN // 60}")
+    tolerance = checkout.get("paymentTolerance")
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or not 0 <= tolerance <= 100):
+        raise invalid("checkout.paymentTolerance", "a percentage from 0 to 100")
+    native: dict[str, Any] = {
+        "currency": currency.upper(), "amount": _amount_text(body["amount"]),
+        "payment_methods": _native_methods(processor, checkout.get("paymentMethods")),
+        "metadata": metadata,
+    }
+    if order_id is not None:
+        native["order_id"] = str(order_id)
+    if minutes is not None:
+        native["expires_in"] = int(minutes * 60)
+    if checkout.get("redirectURL"):
+        native["redirect_url"] = checkout["redirectURL"]
+    paths = {"currency": "currency", "amount": "amount", "payment_methods": "checkout.paymentMethods",
+             "order_id": "metadata.orderId", "expires_in": "checkout.expirationMinutes", "metadata": "metadata",
+             "redirect_url": "checkout.redirectURL", "rates": "currency"}
+    try:
+        params = api._parse_priced_request(native, processor)
+        quotes = api._quotes(params, processor, request.app[api.RATES]())
+    except web.HTTPException as exc:
+        raise _native_error(exc, paths) from None
+    del params["methods"], params["given"]
+    kept = {k: checkout.get(k) for k in ("redirectAutomatically", "defaultLanguage") if checkout.get(k) is not None}
+    try:
+        created = await processor.create_priced_invoice(
+            **params, quotes=quotes, confirmations=SPEED_POLICIES[speed],
+            tolerance=None if tolerance is None else Decimal(str(tolerance)),
+            compat={"api": "greenfield", "checkout": {"speedPolicy": speed, **kept}},
+        )
+    except InvoiceError as exc:
+        raise invalid(paths.get(exc.field, exc.field), str(exc)) from None
+    row = await processor.store.invoice(created["id"])
+    assert row is not None
+    return web.json_response(gf.invoice(created, row, config.store_id))
+
+
+def _query_list(request: web.Request, name: str) -> list[str]:
+    values: list[str] = []
+    for value in request.query.getall(name, []):
+        values += [v for v in value.split(",") if v]
+    return values
+
+
+def _query_int(request: web.Request, name: str) -> int | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(Decimal(text))
+    except (InvalidOperation, ValueError):
+        raise invalid(name, "must be a number") from None
+
+
+async def list_invoices(request: web.Request) -> web.Response:
+    processor, config = request.app[PROCESSOR], request.app[CONFIG]
+    statuses = set(_query_list(request, "status"))
+    unknown = statuses - set(gf.STATUS.values())
+    if unknown:
+        raise invalid("status", f"unknown status {sorted(unknown)[0]!r}; one of New, Processing, Settled, Expired, "
+                                "Invalid")
+    order_ids = _query_list(request, "orderId")
+    text = (request.query.get("textSearch") or "").lower()
+    start, end = _query_int(request, "startDate"), _query_int(request, "endDate")
+    skip = max(0, _query_int(request, "skip") or 0)
+    take = _query_int(request, "take")
+    take = MAX_TAKE if take is None else max(0, min(take, MAX_TAKE))
+    with_methods = request.query.get("includePaymentMethods", "").lower() == "true"
+    rows = await processor.store.invoices(limit=100_000)
+    shown: list[dict[str, Any]] = []
+    for row in rows:
+        if order_ids and row.order_id not in order_ids:
+            continue
+        if statuses and gf.STATUS[row.status.value] not in statuses:
+            continue
+        if start is not None and row.created_at < start or end is not None and row.created_at > end:
+            continue
+        if text and text not in json.dumps([row.id, row.order_id, row.metadata]).lower():
+            continue
+        if skip:
+            skip -= 1
+            continue
+        if len(shown) >= take:
+            break
+        native = await processor.invoice_json(row.id)
+        assert native is not None
+        item = gf.invoice(native, row, config.store_id)
+        if with_methods:
+            item["paymentMethods"] = gf.payment_methods(native)
+        shown.append(item)
+    return web.json_response(shown)
+
+
+async def show_invoice(request: web.Request) -> web.Response:
+    native, row = await _invoice(request)
+    return web.json_response(gf.invoice(native, row, request.app[CONFIG].store_id))
+
+
+async def invoice_payment_methods(request: web.Request) -> web.Response:
+    native, _ = await _invoice(request)
+    return web.json_response(gf.payment_methods(native))
+
+
+async def activate_method(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    native, _ = await _invoice(request)
+    asset = gf.parse_method_id(request.match_info["paymentMethodId"])
+    method = next((m["method"] for m in native["payment_methods"] if m["asset"] == asset), None)
+    if method is None:
+        raise problem(404, "paymentmethod-not-found", f"the invoice is not payable with "
+                                                      f"{request.match_info['paymentMethodId']!r}")
+    try:
+        await processor.activate_method(native["id"], method)
+    except InvoiceError as exc:
+        raise invalid("paymentMethodId", str(exc)) from None
+    return web.json_response({})
+
+
+async def mark_status(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    native, _ = await _invoice(request)
+    body = await _body(request)
+    status = {"Settled": Status.PAID, "Invalid": Status.INVALID}.get(body.get("status") or "")
+    if status is None:
+        raise invalid("status", "must be Settled or Invalid")
+    await processor.mark_status(native["id"], status)
+    shown, row = await _invoice(request)
+    return web.json_response(gf.invoice(shown, row, request.app[CONFIG].store_id))
+
+
+# --- webhooks ----------------------------------------------------------------------------------------
+
+def _hook_json(hook: dict[str, Any]) -> dict[str, Any]:
+    return {"id": hook["id"], "enabled": hook["enabled"], "automaticRedelivery": hook["automatic_redelivery"],
+            "url": hook["url"], "authorizedEvents": {"everything": hook["events"] is None,
+                                                     "specificEvents": hook["events"] or []}}
+
+
+def _hook_fields(body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    url = body.get("url", current["url"] if current else None)
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2000:
+        raise invalid("url", "must be an http(s) URL")
+    flags = {}
+    for name, key in (("enabled", "enabled"), ("automaticRedelivery", "automatic_redelivery")):
+        value = body.get(name)
+        if value is None:
+            value = current[key] if current else True
+        if not isinstance(value, bool):
+            raise invalid(name, "must be true or false")
+        flags[key] = value
+    events: list[str] | None = current["events"] if current else None
+    authorized = body.get("authorizedEvents")
+    if authorized is not None:
+        if not isinstance(authorized, dict):
+            raise invalid("authorizedEvents", "must be an object")
+        specific = authorized.get("specificEvents") or []
+        if not isinstance(specific, list) or not all(isinstance(e, str) for e in specific):
+            raise invalid("authorizedEvents.specificEvents", "must be a list of event types")
+        events = None if authorized.get("everything", True) is not False else specific
+    secret = body.get("secret")
+    if secret is not None and not isinstance(secret, str):
+        raise invalid("secret", "must be a string")
+    return {"url": url, "events": events, "secret": secret or None, **flags}
+
+
+async def list_hooks(request: web.Request) -> web.Response:
+    return web.json_response([_hook_json(h) for h in await request.app[PROCESSOR].store.hooks()])
+
+
+async def create_hook(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    fields = _hook_fields(await _body(request), None)
+    secret = fields["secret"] or secrets.token_urlsafe(24)  # generated when none is sent, returned once here
+    hook_id = secrets.token_hex(11)
+    async with processor.store.transaction():
+        await processor.store.add_hook(hook_id, fields["url"], secret, enabled=fields["enabled"],
+                                       automatic_redelivery=fields["automatic_redelivery"], events=fields["events"],
+                                       now=int(processor.clock()))
+        hook = await processor.store.hook(hook_id)
+    assert hook is not None
+    return web.json_response({**_hook_json(hook), "secret": secret})
+
+
+async def _hook(request: web.Request) -> dict[str, Any]:
+    hook = await request.app[PROCESSOR].store.hook(request.match_info["webhookId"])
+    if hook is None:
+        raise problem(404, "webhook-not-found", f"no webhook {request.match_info['webhookId']!r}")
+    return hook
+
+
+async def show_hook(request: web.Request) -> web.Response:
+    return web.json_response(_hook_json(await _hook(request)))
+
+
+async def update_hook(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    current = await _hook(request)
+    fields = _hook_fields(await _body(request), current)
+    async with processor.store.transaction():
+        await processor.store.update_hook(current["id"], fields["url"], fields["secret"] or current["secret"],
+                                          enabled=fields["enabled"],
+                                          automatic_redelivery=fields["automatic_redelivery"], events=fields["events"])
+        hook = await processor.store.hook(current["id"])
+    assert hook is not None
+    return web.json_response(_hook_json(hook))
+
+
+async def delete_hook(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    hook = await _hook(request)
+    async with processor.store.transaction():
+        await processor.store.delete_hook(hook["id"], int(processor.clock()))
+    return web.json_response({})
+
+
+def _delivery_json(d: dict[str, Any]) -> dict[str, Any]:
+    if d["delivered_at"] is not None:
+        status = "HttpSuccess"
+    elif d["http_code"] is not None:
+        status = "HttpError"
+    else:
+        status = "Failed"  # not answered (yet): a network error, or not attempted so far
+    return {"id": d["id"], "timestamp": d["created_at"], "deliveryTime": d["last_attempt_at"] or d["created_at"],
+            "httpCode": d["http_code"], "errorMessage": d["last_error"] or "", "status": status}
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    hook = await _hook(request)
+    rows = await request.app[PROCESSOR].store.hook_deliveries(hook["id"])
+    return web.json_response([_delivery_json(d) for d in rows])
+
+
+async def _delivery(request: web.Request) -> dict[str, Any]:
+    hook = await _hook(request)
+    delivery = await request.app[PROCESSOR].store.hook_delivery(hook["id"], request.match_info["deliveryId"])
+    if delivery is None:
+        raise problem(404, "webhookdelivery-not-found", f"no delivery {request.match_info['deliveryId']!r}")
+    return delivery
+
+
+async def show_delivery(request: web.Request) -> web.Response:
+    return web.json_response(_delivery_json(await _delivery(request)))
+
+
+async def delivery_request(request: web.Request) -> web.Response:
+    delivery = await _delivery(request)
+    return web.Response(text=delivery["body"], content_type="application/json")
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    """A new delivery of the same event: its own id, `isRedelivery` true, `originalDeliveryId` the first one's."""
+    processor = request.app[PROCESSOR]
+    original = await _delivery(request)
+    first = original["original_id"] or original["id"]
+    delivery_id = gf.new_delivery_id()
+    async with processor.store.transaction():
+        await processor.store.add_hook_delivery(
+            delivery_id, original["hook_id"], original["url"], original["invoice_id"], original["type"],
+            gf.redelivery_body(original["body"], delivery_id, first), int(processor.clock()), original_id=first,
+        )
+    processor.wake_outbox()
+    return web.json_response(delivery_id)
