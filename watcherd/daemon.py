@@ -24,6 +24,7 @@ from aiohttp import web
 
 from watcherd import __version__, logs, metrics, sdnotify
 from watcherd.chains.registry import make_adapter
+from watcherd.compat.bitpay import BitPayNotifications, notify_completed
 from watcherd.compat.greenfield import GreenfieldHooks
 from watcherd.config import Config, load
 from watcherd.core.chain import ChainAdapter
@@ -31,7 +32,7 @@ from watcherd.delivery.hooks import HookSender
 from watcherd.delivery.mqtt import MqttPublisher
 from watcherd.delivery.webhook import WebhookSender
 from watcherd.exceptions import STORE_ERRORS, ConfigError
-from watcherd.http import greenfield
+from watcherd.http import bitpay, greenfield
 from watcherd.http import metrics as metrics_http
 from watcherd.http.api import make_app
 from watcherd.ledger import Processor
@@ -99,7 +100,9 @@ class Daemon:
         if self.config.greenfield is not None:
             compat.append(("/api/v1", greenfield.make_app(self.processor, self.config.greenfield, self.readiness,
                                                           lambda: self.rates)))
+            compat.append(("/invoices", bitpay.make_app(self.processor, self.config.greenfield, lambda: self.rates)))
             self.processor.event_listeners.append(GreenfieldHooks(self.config.greenfield.store_id))
+            self.processor.event_listeners.append(BitPayNotifications(self.processor.clock))
             self.hooks = HookSender(store, self.processor.outbox_listener(),
                                     max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72)
         runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
@@ -134,6 +137,8 @@ class Daemon:
                               group.create_task(self._measure_loop_lag(), name="loop-lag"),
                               group.create_task(self._prune_loop(), name="prune")]
                 self._run_rates()
+                if self.config.greenfield is not None:
+                    background.append(group.create_task(self._complete_loop(), name="bitpay-complete"))
                 deliveries = [group.create_task(s.run(self.stop), name=s.transport) for s in senders]
                 sdnotify.notify("READY=1", f"STATUS={await self._status()}")
                 await self.stop.wait()
@@ -291,6 +296,15 @@ class Daemon:
             except STORE_ERRORS as exc:
                 log.debug("expiry waits for the store: %s", exc)
             await asyncio.sleep(1.0)
+
+    async def _complete_loop(self) -> None:
+        """BitPay's `complete` (payments 6 deep) is no watcherd event: look for it every 2 s."""
+        while True:
+            try:
+                await notify_completed(self.processor)
+            except STORE_ERRORS as exc:
+                log.debug("BitPay completion waits for the store: %s", exc)
+            await asyncio.sleep(2.0)
 
     async def _prune_loop(self) -> None:
         """A minute after start, then hourly: forget what can no longer matter (see Processor.prune)."""

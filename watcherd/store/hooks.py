@@ -101,9 +101,26 @@ class HookQueries(Database):
         )
         return [dict(r) for r in rows]
 
+    async def hook_deliveries_for_url(self, url: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Deliveries to an invoice's own notification URL (no registered hook), newest first."""
+        rows = await self._all(
+            "SELECT * FROM hook_deliveries WHERE hook_id IS NULL AND url = ? ORDER BY seq DESC LIMIT ?", (url, limit)
+        )
+        return [dict(r) for r in rows]
+
     async def hook_delivery(self, hook_id: str, delivery_id: str) -> dict[str, Any] | None:
         row = await self._one("SELECT * FROM hook_deliveries WHERE hook_id = ? AND id = ?", (hook_id, delivery_id))
         return dict(row) if row else None
+
+    async def invoices_awaiting_delivery(self, status: str, api: str, type_: str) -> list[str]:
+        """Invoices in `status` made through the compatible `api` that have no delivery of `type_` yet."""
+        rows = await self._all(
+            """SELECT i.id FROM invoices i WHERE i.status = ? AND json_extract(i.compat, '$.api') = ?
+                 AND json_extract(i.compat, '$.notificationURL') IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM hook_deliveries h WHERE h.invoice_id = i.id AND h.type = ?)""",
+            (status, api, type_),
+        )
+        return [r[0] for r in rows]
 
     async def pending_hook_deliveries(self) -> int:
         row = await self._one(

@@ -1,0 +1,144 @@
+"""The BitPay-style invoice API (BTCPay's official WHMCS plugin v3, BitPay-era plugins), served at /invoices when
+[greenfield] is configured: `Authorization: Basic base64(<api key>)`, answers wrapped in {"data": ...}, errors as
+{"error": "..."}. The JSON is watcherd/compat/bitpay.py's; `posData` comes back exactly as sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from watcherd.compat import bitpay
+from watcherd.config import GreenfieldConfig
+from watcherd.core.currencies import minor_units
+from watcherd.exceptions import STORE_ERRORS, InvoiceError
+from watcherd.http import api
+from watcherd.ledger import Processor
+
+CONFIG: web.AppKey[GreenfieldConfig] = web.AppKey("bitpay", GreenfieldConfig)
+PROCESSOR = api.PROCESSOR
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def failure(status: int, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
+           503: web.HTTPServiceUnavailable}[status]
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _authorized(header: str, key: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(given.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    # base64(<key>) as the plugins send it; base64(<key>:) as an HTTP client's basic auth with an empty password
+    candidate = decoded[:-1] if decoded.endswith(":") else decoded
+    return hmac.compare_digest(candidate.encode(), key.encode())
+
+
+def make_app(processor: Processor, config: GreenfieldConfig,
+             rates: Callable[[], api.Quotes | None] = lambda: None) -> web.Application:
+    """The sub-application mounted at /invoices."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not _authorized(request.headers.get("Authorization", ""), config.api_key):
+            raise failure(401, "Unauthorized: missing or wrong API key")
+        try:
+            return await handler(request)
+        except STORE_ERRORS:
+            raise failure(503, "the store cannot be written right now; retry later") from None
+        except web.HTTPException as exc:
+            if exc.content_type == "application/json" or exc.status < 400:
+                raise
+            return web.json_response({"error": exc.reason}, status=exc.status)
+
+    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    app[PROCESSOR] = processor
+    app[CONFIG] = config
+    app[api.RATES] = rates
+    app.add_routes([web.post("", create_invoice), web.post("/", create_invoice), web.get("/{id}", show_invoice)])
+    return app
+
+
+async def create_invoice(request: web.Request) -> web.Response:
+    processor, config = request.app[PROCESSOR], request.app[CONFIG]
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise failure(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise failure(400, "the request body must be a JSON object")
+    price = body.get("price")
+    try:
+        amount = Decimal(str(price)) if price is not None and not isinstance(price, bool) else None
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite() or amount <= 0:
+        raise failure(400, "price: must be a number greater than zero")
+    currency = body.get("currency") or config.default_currency
+    speed = body.get("transactionSpeed") or {"HighSpeed": "high", "LowSpeed": "low"}.get(config.speed_policy, "medium")
+    if speed not in bitpay.SPEEDS:
+        raise failure(400, "transactionSpeed: one of high, medium, low")
+    notification_url = body.get("notificationURL") or None
+    if notification_url is not None and (not isinstance(notification_url, str)
+                                         or not notification_url.startswith(("http://", "https://"))):
+        raise failure(400, "notificationURL: must be an http(s) URL")
+    metadata = {k: body[k] for k in ("orderId", "itemDesc", "itemCode", "buyerName", "buyerEmail", "physical")
+                if body.get(k) is not None}
+    buyer = body.get("buyer")
+    if isinstance(buyer, dict):
+        metadata.setdefault("buyerName", buyer.get("name"))
+        metadata.setdefault("buyerEmail", buyer.get("email"))
+    native: dict[str, Any] = {"currency": str(currency).upper(), "amount": _money(amount, str(currency).upper()),
+                              "metadata": metadata}
+    if body.get("orderId") is not None:
+        native["order_id"] = str(body["orderId"])
+    if isinstance(body.get("redirectURL"), str) and body["redirectURL"]:
+        native["redirect_url"] = body["redirectURL"]
+    try:
+        params = api._parse_priced_request(native, processor)
+        quotes = api._quotes(params, processor, request.app[api.RATES]())
+    except web.HTTPException as exc:
+        try:
+            message = json.loads(exc.text or "{}")["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise failure(503 if exc.status == 503 else 400, message) from None
+    compat = {"api": "bitpay", "posData": body.get("posData"), "notificationURL": notification_url,
+              "transactionSpeed": speed, "fullNotifications": bool(body.get("fullNotifications"))}
+    try:
+        del params["methods"], params["given"]
+        created = await processor.create_priced_invoice(**params, quotes=quotes, confirmations=bitpay.SPEEDS[speed],
+                                                        compat=compat)
+    except InvoiceError as exc:
+        raise failure(400, f"{exc.field}: {exc}") from None
+    return web.json_response({"facade": "pos/invoice", "data": bitpay.invoice(created, compat, processor.clock())})
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    """The price as the native API reads it: a plain decimal string (a JSON number 49.9 is 49.9, not 49.8999...),
+    a fiat price rounded to the currency's minor units as BitPay does."""
+    places = minor_units(currency)
+    if places is not None:
+        amount = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return format(amount.normalize(), "f")
+
+
+async def show_invoice(request: web.Request) -> web.Response:
+    processor = request.app[PROCESSOR]
+    row = await processor.store.invoice(request.match_info["id"])
+    native = await processor.invoice_json(row.id) if row is not None else None
+    if row is None or native is None:
+        raise failure(404, "Object not found")
+    return web.json_response({"facade": "pos/invoice", "data": bitpay.invoice(native, row.compat, processor.clock())})
