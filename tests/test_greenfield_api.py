@@ -258,3 +258,15 @@ async def test_hook_sender_signs_and_retries(tmp_path):
     row = await store.hook_delivery("h1", "d1")
     assert row["delivered_at"] is not None and row["attempts"] == 2 and row["http_code"] == 200
     await store.close()
+
+
+async def test_modal_script_served_publicly():
+    """Plugins in modal mode load /modal/btcpay.js without a key and call window.btcpay's functions."""
+    app = make_app(None, TOKEN, None, None, [("/modal", greenfield.make_modal_app())])  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/modal/btcpay.js")
+        assert response.status == 200 and response.content_type == "application/javascript"
+        script = await response.text()
+    for name in ("setApiUrlPrefix", "showInvoice", "onModalReceiveMessage", "hideFrame", "'close'", "'loaded'"):
+        assert name.strip("'") in script, name
+    assert "/i/" in script and "view=modal" in script and "http" not in script.replace("https?", "")

@@ -101,6 +101,7 @@ class Daemon:
             compat.append(("/api/v1", greenfield.make_app(self.processor, self.config.greenfield, self.readiness,
                                                           lambda: self.rates)))
             compat.append(("/invoices", bitpay.make_app(self.processor, self.config.greenfield, lambda: self.rates)))
+            compat.append(("/modal", greenfield.make_modal_app()))
             self.processor.event_listeners.append(GreenfieldHooks(self.config.greenfield.store_id))
             self.processor.event_listeners.append(BitPayNotifications(self.processor.clock))
             self.hooks = HookSender(store, self.processor.outbox_listener(),
@@ -179,7 +180,7 @@ class Daemon:
             sdnotify.notify("READY=1")
             return False
         old = self.config
-        for part in ("store", "api", "metrics"):
+        for part in ("store", "api", "metrics", "greenfield"):
             if getattr(new, part) != getattr(old, part):
                 log.warning("[%s] changed: that takes effect at the next restart", part)
         if (new.webhook is None) != (old.webhook is None) or (new.mqtt is None) != (old.mqtt is None):
@@ -212,6 +213,7 @@ class Daemon:
             log.info("chain %s %s", name, "reconfigured" if name in new.chains else "removed",
                      extra={"chain": name})
         self.config = dataclasses.replace(new, store=old.store, api=old.api, metrics=old.metrics,
+                                          greenfield=old.greenfield,
                                           webhook=new.webhook if old.webhook else None,
                                           mqtt=new.mqtt if old.mqtt else None)
         if new.rates != old.rates or self._rated_assets() != (self.rates.assets if self.rates else set()):

@@ -13,6 +13,7 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -521,3 +522,19 @@ async def redeliver(request: web.Request) -> web.Response:
         )
     processor.wake_outbox()
     return web.json_response(delivery_id)
+
+
+MODAL_SCRIPT = (Path(__file__).parent / "static" / "btcpay.js").read_text()
+
+
+def make_modal_app() -> web.Application:
+    """/modal/btcpay.js, BTCPay's modal checkout script for plugins that open the payment page in an overlay: public,
+    like BTCPay's."""
+
+    async def modal_script(request: web.Request) -> web.Response:
+        return web.Response(text=MODAL_SCRIPT, content_type="application/javascript",
+                            headers={"Cache-Control": "public, max-age=3600", "Access-Control-Allow-Origin": "*"})
+
+    app = web.Application()
+    app.add_routes([web.get("/btcpay.js", modal_script)])
+    return app
