@@ -75,6 +75,7 @@ def test_wheel_ships_every_watcherd_module_and_no_testkit(built):
     expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "watcherd").rglob("*.py")
                 if "__pycache__" not in p.parts}
     assert "watcherd/chains/bitcoin/adapter.py" in shipped
+    assert "watcherd/http/static/btcpay.js" in shipped  # package data: the modal checkout script
     assert expected <= shipped, sorted(expected - shipped)
     assert not [name for name in shipped if name.split("/")[0] in ("testkit", "tests")]
 
