@@ -270,3 +270,16 @@ async def test_modal_script_served_publicly():
     for name in ("setApiUrlPrefix", "showInvoice", "onModalReceiveMessage", "hideFrame", "'close'", "'loaded'"):
         assert name.strip("'") in script, name
     assert "/i/" in script and "view=modal" in script and "http" not in script.replace("https?", "")
+
+
+@pytest.mark.parametrize(("policy", "required"), [
+    ("HighSpeed", 1), ("MediumSpeed", 1), ("LowMediumSpeed", 2), ("LowSpeed", 6), (None, 1)])
+async def test_speed_policy_sets_confirmations_never_below_the_chain(env, policy, required):
+    """speedPolicy asks for its confirmations, but never fewer than the chain's configured count (1 here):
+    HighSpeed's 0 becomes 1; no policy takes the store's (MediumSpeed)."""
+    client, processor, _ = env
+    created = await ok(await client.post(f"{BASE}/invoices", headers=GF,
+                                         json={"amount": "5", "checkout": {"speedPolicy": policy}}))
+    methods = await processor.store.methods_for(created["id"])
+    assert [m.confirmations_required for m in methods] == [required, required]  # the coin and the token
+    assert created["checkout"]["speedPolicy"] == (policy or "MediumSpeed")
