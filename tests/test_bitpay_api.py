@@ -34,8 +34,8 @@ async def env(tmp_path):
     async def readiness():
         return {"ready": True}
 
-    sub = bitpay.make_app(processor, config, Rates())
-    async with TestClient(TestServer(make_app(processor, TOKEN, readiness, Rates(), [("/invoices", sub)]))) as client:
+    sub = bitpay.make_app(processor, config, Rates)
+    async with TestClient(TestServer(make_app(processor, TOKEN, readiness, Rates, [("/invoices", sub)]))) as client:
         yield client, processor, chain
     await store.close()
 

@@ -47,8 +47,8 @@ async def env(tmp_path):
     async def readiness():
         return {"ready": True, "chains": {"btc": {"ready": True, "node_tip": 1, "processed_height": 1}}}
 
-    sub = greenfield.make_app(processor, config, readiness, Rates())
-    async with TestClient(TestServer(make_app(processor, TOKEN, readiness, Rates(), [("/api/v1", sub)]))) as client:
+    sub = greenfield.make_app(processor, config, readiness, Rates)
+    async with TestClient(TestServer(make_app(processor, TOKEN, readiness, Rates, [("/api/v1", sub)]))) as client:
         yield client, processor, chain
     await store.close()
 
@@ -262,7 +262,12 @@ async def test_hook_sender_signs_and_retries(tmp_path):
 
 async def test_modal_script_served_publicly():
     """Plugins in modal mode load /modal/btcpay.js without a key and call window.btcpay's functions."""
-    app = make_app(None, TOKEN, None, None, [("/modal", greenfield.make_modal_app())])  # type: ignore[arg-type]
+    from types import SimpleNamespace
+
+    from watcherd.live import Live
+
+    nobody = SimpleNamespace(live=Live())  # no invoice is touched: the payment page only ends its streams at shutdown
+    app = make_app(nobody, TOKEN, None, lambda: None, [("/modal", greenfield.make_modal_app())])  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/modal/btcpay.js")
         assert response.status == 200 and response.content_type == "application/javascript"
