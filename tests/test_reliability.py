@@ -110,6 +110,7 @@ class Follower:
 
     def __init__(self) -> None:
         self._retry = asyncio.Event()
+        self.progressed = False
 
 
 @pytest.mark.parametrize("failure", [KeyError("hash"), ValueError("bad hex"), NodeProtocolError("garbage")])
@@ -253,3 +254,26 @@ async def test_an_invoice_of_a_chain_removed_from_the_config_keeps_its_decimals(
     await later.start()
     shown = await later.invoice_json(invoice["id"])
     assert (shown["amount"], shown["amount_received"]) == ("0.00001", "0")
+
+
+async def test_a_session_that_committed_blocks_before_failing_backs_off_from_scratch(monkeypatch):
+    """A websocket cut every few blocks must not grow the delay to 30 s: the node still delivers."""
+    handed: list[int] = []
+
+    def backoff():
+        handed.append(0)
+        return iter([0.01] * 100)
+
+    monkeypatch.setattr(follow, "backoff", backoff)
+    follower = Follower()
+
+    async def session() -> None:
+        follower.progressed = True  # as connect_next does after a committed block
+        raise NodeUnavailable("websocket closed")
+
+    task = asyncio.create_task(follow_forever(follower, session))  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(handed) > 3  # a fresh backoff after each session that progressed

@@ -47,3 +47,5 @@ def setup(level: str = "info", fmt: str = "plain") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # two lines per SQL statement at debug: they would drown watcherd's own debug lines
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

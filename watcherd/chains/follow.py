@@ -46,6 +46,7 @@ class Follower:
         self._pool_stale = True  # read the pool (what we have not seen of it) at the next reconcile
         self._resync = asyncio.Event()  # set: reconcile over RPC as soon as possible
         self._retry = asyncio.Event()  # set: a failed chain retries now rather than at the end of its backoff
+        self.progressed = False  # this session committed a block or caught up: its failure backs off from scratch
 
     def retry_now(self) -> None:
         """What kept this chain failing is gone (the store takes writes again): do not wait out the backoff."""
@@ -124,6 +125,7 @@ class Follower:
                 metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
         metrics.PROCESSED_HEIGHT.labels(self.name).set(cursor.height)
         metrics.LAG.labels(self.name).set(max(0, tip - cursor.height))
+        self.progressed = True
 
     async def connect_next(self, sink: ChainSink, cursor: Cursor) -> Cursor | None:
         started = time.monotonic()
@@ -131,6 +133,7 @@ class Follower:
         if block is None:
             return None
         await sink.block_connected(block)
+        self.progressed = True
         metrics.BLOCKS.labels(self.name).inc()
         if block.txs:
             metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - started)
@@ -213,7 +216,8 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
 
     Transient node errors were already retried call by call (chains/rpc.py), so what reaches here means the
     node is down or answers what no rule foresaw; the store may be failing too. Either way only this chain
-    stops and backs off (up to 30 s; from the start again once a session ran healthy): the other chains, the
+    stops and backs off (up to 30 s; from the start again once a session ran healthy, or committed a block
+    before it failed, as a websocket cut now and then does): the other chains, the
     API and delivery go on. The outage is logged once, when it starts. A `ChainRefused` (the node serves
     another chain than configured) ends the daemon: that is the operator's config to fix."""
     delays = backoff()
@@ -221,6 +225,7 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
     details: BaseException | None  # logged with its traceback: what failed unexpectedly
     while True:
         started = time.monotonic()
+        follower.progressed = False
         try:
             await session()
         except (ChainRefused, asyncio.CancelledError):
@@ -240,6 +245,8 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
         metrics.CHAIN_FAILURES.labels(follower.name, kind).inc()
         if time.monotonic() - started >= HEALTHY_SESSION_SECONDS:
             delays, failing_since = backoff(), None
+        elif follower.progressed:  # a flaky node that still delivers: retry soon, but the outage goes on
+            delays = backoff()
         delay = next(delays)
         if failing_since is None:
             failing_since = time.monotonic()
