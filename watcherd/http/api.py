@@ -187,7 +187,7 @@ def _common_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {"order_id": order_id, "expires_in": expires_in, "metadata": metadata, "redirect_url": redirect_url}
 
 
-def _parse_priced_request(body: dict[str, Any], processor: Processor) -> dict[str, Any]:
+def parse_priced_request(body: dict[str, Any], processor: Processor) -> dict[str, Any]:
     """The checkout form: a price in a currency, offered in several coins (validated; not yet priced)."""
     unknown = sorted(set(body) - PRICED_FIELDS)
     if unknown:
@@ -243,7 +243,7 @@ def _given_rate(asset: str, text: str) -> Fraction:
     return Fraction(value)
 
 
-def _quotes(params: dict[str, Any], processor: Processor, rates: Quotes | None) -> dict[str, Fraction]:
+def quote_methods(params: dict[str, Any], processor: Processor, rates: Quotes | None) -> dict[str, Fraction]:
     """Each method's rate, now: the currency's minor units per atomic unit of the method's coin."""
     quotes: dict[str, Fraction] = {}
     for method in params["methods"]:
@@ -278,7 +278,7 @@ async def create_invoice(request: web.Request) -> web.Response:
     earlier = await processor.store.invoice_by_idempotency_key(key) if key is not None else None
     try:
         if "currency" in body:
-            params = _parse_priced_request(body, processor)
+            params = parse_priced_request(body, processor)
             # what was asked, not the rates it got: a retry while rates are stale still gets its invoice
             digest = json.dumps(["priced", {k: str(v) if isinstance(v, Fraction) else v for k, v in params.items()
                                             if k != "given"}, sorted((a, str(r)) for a, r in params["given"].items())],
@@ -288,7 +288,7 @@ async def create_invoice(request: web.Request) -> web.Response:
             else:
                 if earlier is not None:
                     raise InvoiceError("Idempotency-Key", "was already used for a different request")
-                quotes = _quotes(params, processor, request.app[RATES]())
+                quotes = quote_methods(params, processor, request.app[RATES]())
                 del params["methods"], params["given"]
                 invoice = await processor.create_priced_invoice(**params, quotes=quotes, request_digest=digest,
                                                                 idempotency_key=key)

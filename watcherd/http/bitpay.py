@@ -107,8 +107,8 @@ async def create_invoice(request: web.Request) -> web.Response:
     if isinstance(body.get("redirectURL"), str) and body["redirectURL"]:
         native["redirect_url"] = body["redirectURL"]
     try:
-        params = api._parse_priced_request(native, processor)
-        quotes = api._quotes(params, processor, request.app[api.RATES]())
+        params = api.parse_priced_request(native, processor)
+        quotes = api.quote_methods(params, processor, request.app[api.RATES]())
     except web.HTTPException as exc:
         try:
             message = json.loads(exc.text or "{}")["error"]["message"]

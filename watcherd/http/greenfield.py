@@ -278,8 +278,8 @@ async def create_invoice(request: web.Request) -> web.Response:
              "order_id": "metadata.orderId", "expires_in": "checkout.expirationMinutes", "metadata": "metadata",
              "redirect_url": "checkout.redirectURL", "rates": "currency"}
     try:
-        params = api._parse_priced_request(native, processor)
-        quotes = api._quotes(params, processor, request.app[api.RATES]())
+        params = api.parse_priced_request(native, processor)
+        quotes = api.quote_methods(params, processor, request.app[api.RATES]())
     except web.HTTPException as exc:
         raise _native_error(exc, paths) from None
     del params["methods"], params["given"]
