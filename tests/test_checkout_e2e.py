@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import urllib.error
+import urllib.request
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -99,6 +100,13 @@ def test_half_in_ltc_and_the_rest_in_xmr(shop, ltc_node, xmr_node):
     xmr_node.mine(1)
     paid = shop.wait_status(invoice["id"], "paid", exception=None, timeout=30)
     assert sorted((p["method"], p["value"]) for p in paid["payments"]) == [("ltc", "10.00"), ("xmr", "10.00")]
+    # the customer's page books each payment in the invoice currency, with the coin beside it
+    with urllib.request.urlopen(paid["checkout_url"], timeout=10) as response:
+        page = response.read().decode()
+    assert "10.00 USD" in page and "0.125 LTC" in page and "Crypto Payments (XMR)" in page
+    with urllib.request.urlopen(paid["checkout_url"] + "/status", timeout=10) as response:
+        public = json.loads(response.read())
+    assert sorted(p["value"] for p in public["payments"]) == ["10.00", "10.00"] and "metadata" not in public
 
 
 def test_underpaid_then_topped_up_and_paid_after_expiry(shop, bsv_node):

@@ -16,7 +16,7 @@ INVOICE_KEYS = ("id", "status", "exception", "currency", "amount", "due", "order
 OPTIONAL_INVOICE_KEYS = frozenset({"due"})  # only when the invoice has it
 METHOD_KEYS = ("method", "chain", "asset", "activated", "address", "amount", "due", "payment_uri",
                "confirmations_required", "rate")
-PAYMENT_KEYS = ("txid", "method", "asset", "amount", "confirmations", "status", "first_seen_at")
+PAYMENT_KEYS = ("txid", "method", "asset", "amount", "value", "confirmations", "status", "first_seen_at")
 # where the live stream ends. Not `expired`: a payment sent just before the expiry and seen just after it still
 # completes the invoice (paid_late), and the customer who sent it must see that without reloading.
 FINAL_STATUSES = frozenset({"paid", "cancelled", "invalid"})
