@@ -13,6 +13,7 @@ import io
 import json
 import re
 import sqlite3
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -167,6 +168,91 @@ def test_several_coins_list_their_amounts_and_offer_pay_with_buttons() -> None:
     assert 'href="?method=ltc"' not in shown and "Pay with BTC" in shown
 
 
+def half_paid_usd_invoice(chosen: str, status: str = "unpaid", exception: str | None = "underpaid",
+                          payments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """49.00 USD offered in BTC (1 confirmation) and LTC (2), the daemon's shape: 0.00049 BTC (24.50 USD) paid
+    to the BTC address; `chosen` ("btc" or "ltc") activated as well, its URI asking for its due."""
+    btc = {"method": "btc", "chain": "btc", "asset": "BTC", "activated": True, "rate": "50000",
+           "amount": "0.00098", "amount_atomic": "98000", "due": "0.00049", "due_atomic": "49000",
+           "address": LEGACY, "payment_uri": f"bitcoin:{LEGACY}?amount=0.00049", "confirmations_required": 1}
+    ltc = {"method": "ltc", "chain": "ltc", "asset": "LTC", "activated": False, "rate": "70", "amount": "0.7",
+           "amount_atomic": "70000000", "confirmations_required": 2}
+    if chosen == "ltc":
+        ltc.update(activated=True, address="rltc1qexample", due="0.35", due_atomic="35000000",
+                   payment_uri="litecoin:rltc1qexample?amount=0.35")
+    paid = [payment(0, "pending", asset="BTC", amount="0.00049", value="24.50", method="btc", chain="btc")]
+    return usd_invoice(status=status, exception=exception, due="24.50", amount_received="24.50",
+                       payment_methods=[btc, ltc], payments=paid if payments is None else payments)
+
+
+def test_a_usd_invoice_half_paid_in_one_coin_asks_for_the_rest_in_either() -> None:
+    """After 24.50 of 49.00 USD arrived in BTC: the header shows the amount and what is still due in USD; BTC
+    asks for its remaining 0.00049 "to the same address"; LTC, chosen next, asks for its due (0.35) without
+    claiming the same address; the list shows a picked coin's due, and says that a coin not picked yet shows
+    the price of the whole invoice."""
+    on_btc = render_state(half_paid_usd_invoice("btc"), method="btc")
+    assert '<span class="label">Amount</span> <strong>49.00 USD</strong>' in on_btc
+    assert '<span class="label">Still due</span> <strong>24.50 USD</strong>' in on_btc
+    assert "Send the remaining <strong>0.00049 BTC</strong> to the same address." in on_btc
+    assert '<code id="pay-amount" class="value">0.00049</code>' in on_btc
+    assert '<svg viewBox' in on_btc and f'href="bitcoin:{LEGACY}?amount=0.00049"' in on_btc
+    assert '<span class="method-amount">0.00049 BTC</span>' in on_btc  # the picked coin's due in the list
+    assert '<span class="method-amount">0.7 LTC</span>' in on_btc and strings.LANGUAGES["en"]("whole_amounts") in on_btc
+
+    on_ltc = render_state(half_paid_usd_invoice("ltc"), method="ltc")
+    assert "We received part of the amount: <strong>0.35 LTC</strong> remains to be paid." in on_ltc
+    assert "same address" not in on_ltc
+    assert '<code id="pay-amount" class="value">0.35</code>' in on_ltc
+    assert '<code id="pay-address" class="value wide">rltc1qexample</code>' in on_ltc
+    assert '<svg viewBox' in on_ltc and 'href="litecoin:rltc1qexample?amount=0.35"' in on_ltc
+    assert strings.LANGUAGES["en"]("whole_amounts") not in on_ltc  # both picked: each shows its own due
+    # LTC asked for but not picked yet: the rest in USD, and the button to get an address
+    asked = render_state(half_paid_usd_invoice("btc"), method="ltc")
+    assert "We received part of the amount: <strong>24.50 USD</strong> remains to be paid." in asked
+    assert 'class="button">Pay with LTC</button>' in asked
+    for language in ("de", "fr", "es"):
+        assert "24.50 USD" in render_state(half_paid_usd_invoice("btc"), language, method="ltc")
+
+
+def test_processing_shows_the_least_confirmed_pending_payment_against_its_own_method() -> None:
+    """Payments on two chains: "n of m" is the pending payment with the fewest confirmations, m its own method's
+    confirmations_required (BTC needs 1 here, LTC 2); of two equally confirmed, the one that needs more."""
+    def processing(btc: tuple[int, str], ltc: tuple[int, str], btc_required: int = 1) -> str:
+        invoice = half_paid_usd_invoice("ltc", "processing", None, payments=[
+            payment(btc[0], btc[1], asset="BTC", amount="0.00049", value="24.50", method="btc"),
+            payment(ltc[0], ltc[1], asset="LTC", amount="0.35", value="24.50", method="ltc", txid="e" * 64)])
+        invoice["payment_methods"][0]["confirmations_required"] = btc_required
+        page = render_state(invoice)
+        return re.search(r'<span class="confirmations">([^<]*)</span>', page).group(1)  # type: ignore[union-attr]
+
+    assert processing((0, "pending"), (0, "pending")) == "0 of 2 confirmations"  # not BTC's 0 of 1
+    assert processing((1, "confirmed"), (1, "pending")) == "1 of 2 confirmations"
+    assert processing((2, "pending"), (1, "pending"), btc_required=6) == "1 of 2 confirmations"
+    assert processing((1, "pending"), (1, "pending"), btc_required=6) == "1 of 6 confirmations"
+    assert processing((0, "pending"), (3, "confirmed"), btc_required=6) == "0 of 6 confirmations"
+
+
+def test_the_paid_ledger_books_each_payment_in_the_invoice_currency_and_the_coin() -> None:
+    """Paid: a line per payment with its date, "Crypto Payments (<coin>)", the txid as reference and the amount
+    in USD with the coin beside it; a coin-priced invoice shows the coin amount alone."""
+    invoice = half_paid_usd_invoice("ltc", "paid", None, payments=[
+        payment(1, "confirmed", asset="BTC", amount="0.00049", value="24.50", method="btc"),
+        payment(2, "confirmed", asset="LTC", amount="0.35", value="24.50", method="ltc", txid="e" * 64,
+                first_seen_at="2027-01-15T08:05:00Z")])
+    page = render_state(invoice)
+    ledger = page[page.index('<section class="ledger"'):]
+    lines = ledger.split("<li>")[1:]
+    assert len(lines) == 2
+    for line, (coin, txid, amount, when) in zip(lines, (("BTC", TXID, "0.00049", "08:03"),
+                                                         ("LTC", "e" * 64, "0.35", "08:05")), strict=True):
+        assert f"<dd>Crypto Payments ({coin})</dd>" in line and f'<code class="wide">{txid}</code>' in line
+        assert f'<dd>24.50 USD <span class="unit">({amount} {coin})</span></dd>' in line
+        assert f"2027-01-15 {when} UTC" in line and "<dd>confirmed</dd>" in line
+    assert '<span class="label">Amount</span> <strong>49.00 USD</strong>' in page and "Still due" not in page
+    coin_priced = render_state(STATES["paid"])
+    assert "<dd>0.015 BTC</dd>" in coin_priced and "(0.015 BTC)" not in coin_priced
+
+
 def test_missing_fields_never_break_the_page() -> None:
     """The invoice model grows underneath: a page renders whatever subset of fields it is given."""
     for invoice in ({"id": "inv_x"}, {"id": "inv_x", "status": "unpaid", "payment_methods": [{"method": "btc"}]},
@@ -258,6 +344,11 @@ def test_underpaid_uri_asks_for_the_remaining_amount() -> None:
                            "ethereum:0xt@1/transfer?address=0xa&uint256=10")):
         assert render.uri_for_due({**base, "payment_uri": uri}) == expected
     assert render.uri_for_due({**base, "payment_uri": "other:a?amt=0.015"}) is None  # no QR rather than a wrong one
+    # the daemon's URI of a picked method asks for the due already (decimal or atomic): kept as it is
+    for uri in ("bitcoin:a?amount=0.01", "monero:4a?tx_amount=0.01", "ethereum:0xa@1?value=10",
+                "ethereum:0xt@1/transfer?address=0xa&uint256=10", "fake:a?amount=10"):
+        assert render.uri_for_due({**base, "payment_uri": uri}) == uri
+    assert render.uri_for_due({**base, "payment_uri": "fake:a?amount=15"}) == "fake:a?amount=10"
 
 
 # ---- over HTTP: the real ledger on a fake chain ---------------------------------------------------------------
@@ -459,6 +550,92 @@ async def test_qr_svg_route_serves_the_payment_uri(ledger) -> None:
     assert response.status == 200 and response.content_type == "image/svg+xml"
     assert (await response.read()).startswith(b"<?xml")
     assert (await client.get(f"/i/{invoice['id']}/qr/ltc.svg")).status == 404
+
+
+@pytest.fixture
+async def two_coins(tmp_path):
+    """The real ledger with two fake coin chains: BTC (1 confirmation) and LTC (2), 8 decimals each."""
+    store = await Store.open(tmp_path / "w.sqlite3")
+    chains = {}
+    for name, asset, confirmations in (("btc", "BTC", 1), ("ltc", "LTC", 2)):
+        chain = FakeChain(name, confirmations=confirmations)
+        chain.asset, chain.decimals, chain.assets = asset, 8, {asset: 8}
+        chains[name] = chain
+    processor = Processor(store, chains, ["webhook"], clock=Clock())
+    await processor.start()
+    for name in chains:
+        await processor.set_cursor(name, Cursor(100, "h100"))
+
+    async def readiness():
+        return {"ready": True}
+
+    async with TestClient(TestServer(make_app(processor, TOKEN, readiness))) as client:
+        yield client, processor, chains
+    await store.close()
+
+
+async def test_a_usd_invoice_paid_half_in_btc_and_the_rest_in_ltc_on_the_real_ledger(two_coins) -> None:
+    """The browser journey of test_checkout_browser.py without a browser, on the real ledger: the page and the
+    public JSON at each step of 49.00 USD paid 24.50 in BTC, then the rest in LTC (rates sent with the create)."""
+    client, processor, chains = two_coins
+    created = await client.post("/v1/invoices", headers={"Authorization": f"Bearer {TOKEN}"}, json={
+        "currency": "USD", "amount": "49.00", "payment_methods": ["btc", "ltc"],
+        "rates": {"BTC": "50000", "LTC": "70"}, "expires_in": 900})
+    invoice_id = (await created.json())["id"]
+
+    async def page(method: str) -> str:
+        return await (await client.get(f"/i/{invoice_id}?method={method}")).text()
+
+    async def shown() -> dict[str, Any]:
+        return await (await client.get(f"/i/{invoice_id}/status")).json()
+
+    first = await page("")
+    assert "<strong>49.00 USD</strong>" in first and "0.00098 BTC" in first and "0.7 LTC" in first
+    picked = await (await client.post(f"/i/{invoice_id}/methods/btc", headers={"Accept": "application/json"})).json()
+    btc_address, btc_key = chains["btc"].derive(0)
+    assert picked["payment_methods"][0]["due"] == "0.00098"
+    await processor.tx_seen("btc", ChainTx("b1", (Received(btc_key, 0, 49_000),), (b"btc-o1",)))
+
+    on_btc = await page("btc")
+    assert "<h2>Underpaid</h2>" in on_btc and "<strong>24.50 USD</strong>" in on_btc
+    assert "Send the remaining <strong>0.00049 BTC</strong> to the same address." in on_btc
+    assert '<svg viewBox' in on_btc  # the QR asks for the rest: the daemon's URI carries it
+    public_json = await shown()
+    btc, ltc = public_json["payment_methods"]
+    assert (btc["due"], btc["payment_uri"]) == ("0.00049", f"fake:{btc_address}?amount=49000")
+    assert (ltc["activated"], ltc["due"], ltc["amount"]) == (False, None, "0.7")
+    assert public_json["payments"] == [{
+        "txid": "b1", "method": "btc", "asset": "BTC", "amount": "0.00049", "value": "24.50", "confirmations": 0,
+        "status": "pending", "first_seen_at": "2027-01-15T08:00:00Z"}]
+    assert (public_json["currency"], public_json["amount"], public_json["due"]) == ("USD", "49.00", "24.50")
+
+    assert (await client.post(f"/i/{invoice_id}/methods/ltc", allow_redirects=False)).status == 303
+    ltc_address, ltc_key = chains["ltc"].derive(0)
+    on_ltc = await page("ltc")
+    assert "We received part of the amount: <strong>0.35 LTC</strong> remains to be paid." in on_ltc
+    assert f'<code id="pay-address" class="value wide">{ltc_address}</code>' in on_ltc and '<svg viewBox' in on_ltc
+    ltc = (await shown())["payment_methods"][1]
+    assert (ltc["due"], ltc["payment_uri"]) == ("0.35", f"fake:{ltc_address}?amount=35000000")
+
+    await processor.tx_seen("ltc", ChainTx("l1", (Received(ltc_key, 0, 35_000_000),), (b"ltc-o1",)))
+    processing = await page("ltc")
+    assert "<h2>Processing</h2>" in processing and '<span class="confirmations">0 of 2 confirmations' in processing
+    await processor.block_connected("btc", ChainBlock(101, "h101", "h100", (
+        ChainTx("b1", (Received(btc_key, 0, 49_000),), (b"btc-o1",)),)))
+    await processor.block_connected("ltc", ChainBlock(101, "h101", "h100", (
+        ChainTx("l1", (Received(ltc_key, 0, 35_000_000),), (b"ltc-o1",)),)))
+    processing = await page("ltc")
+    assert '<span class="confirmations">1 of 2 confirmations' in processing  # BTC is confirmed, LTC is not
+    await processor.block_connected("ltc", ChainBlock(102, "h102", "h101", ()))
+
+    paid = await page("ltc")
+    assert "<h2>Paid</h2>" in paid
+    assert '<dd>24.50 USD <span class="unit">(0.00049 BTC)</span></dd>' in paid
+    assert '<dd>24.50 USD <span class="unit">(0.35 LTC)</span></dd>' in paid
+    assert "Crypto Payments (BTC)" in paid and "Crypto Payments (LTC)" in paid
+    final = await shown()
+    assert sum(Decimal(p["value"]) for p in final["payments"]) == Decimal("49.00") and final["due"] == "0.00"
+    assert [(p["method"], p["status"]) for p in final["payments"]] == [("btc", "confirmed"), ("ltc", "confirmed")]
 
 
 # ---- choosing a coin: a stub holding invoices of the coming shape ----------------------------------------------

@@ -217,6 +217,108 @@ def test_customer_pays_and_the_page_goes_processing_then_paid_without_reload(bsv
     assert daemon.wait_status(invoice["id"], "paid")["payments"][0]["txid"] == txid
 
 
+RATES = {"BTC": "50000", "LTC": "70"}  # 49.00 USD = 0.00098 BTC = 0.7 LTC; half of each is 24.50 USD
+
+
+def test_usd_invoice_paid_half_in_btc_and_the_rest_in_ltc(bsv_node, ltc_node, daemon_factory, browser):
+    """A 49.00 USD invoice offered in BTC and LTC at the rates the billing system sent, on the real daemon and
+    both nodes. The customer chooses BTC on the page, pays half of what it shows; the page turns Underpaid and
+    asks for the remaining BTC; the customer switches to LTC ("Pay with another currency"), which asks for the
+    rest in LTC, and pays that. BTC needs 1 confirmation, LTC 2: Processing shows the least confirmed pending
+    payment against its own method's requirement (LTC's "n of 2"), then Paid, with one ledger line per payment
+    in USD and in the coin, adding up to 49.00 USD. One document throughout, nothing outside the origin."""
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1) + chain_table("ltc", ltc_node,
+                                                                                        confirmations=2))
+    invoice = daemon.api("POST", "/v1/invoices", {
+        "currency": "USD", "amount": "49.00", "payment_methods": ["btc", "ltc"], "rates": RATES,
+        "order_id": "USD-49", "expires_in": 3600, "redirect_url": "https://shop.example/orders/USD-49"})
+    page = Page(browser, f"http://127.0.0.1:{daemon.port}")
+    page.open(f"/i/{invoice['id']}")
+    assert page.headline() == "Waiting for payment" and "49.00 USD" in page.text("header")
+    methods = page.text(".methods")
+    assert "0.00098 BTC" in methods and "0.7 LTC" in methods
+    page.screenshot("usd-1-choose-coin")
+    browser.execute_script("window.__sameDocument = true")
+
+    def api_method(name: str) -> dict[str, Any]:
+        return next(m for m in daemon.invoice(invoice["id"])["payment_methods"] if m["method"] == name)
+
+    # BTC, chosen on the page: its address and amount are read from it
+    browser.find_element("css selector", 'form[action$="/methods/btc"] button').click()
+    page.wait(lambda d: page.text("#pay-address") != "", "the BTC address")
+    btc = api_method("btc")
+    address, amount = page.text("#pay-address"), page.text("#pay-amount")
+    assert (address, amount) == (btc["address"], "0.00098")
+    shots = page.screenshot("usd-2-btc-chosen")
+    assert decode_qr(shots["360-light"]) == [btc["payment_uri"]]  # base58: byte for byte
+    left = page.text("time[data-countdown]")  # the countdown to the expiry ticks: 59:5x, m:ss
+    assert left.startswith("59:") or left == "1:00:00", left
+    page.wait(lambda d: page.text("time[data-countdown]") not in ("", left), "the countdown to tick")
+
+    btc_txid = bsv_node.pay(address, Decimal(amount) / 2)
+    page.wait(lambda d: page.headline() == "Underpaid", "Underpaid")
+    page.wait(lambda d: page.text("#pay-amount") == "0.00049", "the remaining BTC")
+    btc = api_method("btc")
+    assert btc["due"] == "0.00049" and btc["payment_uri"].endswith("?amount=0.00049")
+    assert "Send the remaining 0.00049 BTC to the same address" in page.text(".status")
+    assert "24.50 USD" in page.text("header")
+    shots = page.screenshot("usd-3-btc-underpaid")
+    assert decode_qr(shots["360-dark"]) == [btc["payment_uri"]]
+
+    # the rest in LTC: its own address, asking for the rest (24.50 USD at 70), not for "the same address"
+    browser.find_element("css selector", "details.methods summary").click()
+    listed = page.text(".methods")  # the picked coin's due; the price of the whole invoice for one not picked
+    assert "0.00049 BTC" in listed and "0.7 LTC" in listed and "for the whole invoice" in listed
+    page.screenshot("usd-4-other-currency")
+    browser.find_element("css selector", 'form[action$="/methods/ltc"] button').click()
+    page.wait(lambda d: page.text("#pay-address").startswith("rltc1"), "the LTC address")
+    assert browser.current_url.endswith(f"/i/{invoice['id']}?method=ltc")
+    ltc = api_method("ltc")
+    ltc_address, ltc_due = page.text("#pay-address"), page.text("#pay-amount")
+    assert (ltc_address, ltc_due) == (ltc["address"], "0.35") and ltc["due"] == "0.35"
+    assert "0.35 LTC remains to be paid" in page.text(".status") and "same address" not in page.text(".status")
+    shots = page.screenshot("usd-5-ltc-rest")
+    assert ltc["payment_uri"] == f"litecoin:{ltc_address}?amount=0.35"
+    assert decode_qr(shots["360-light"]) == [ltc["payment_uri"]] == decode_qr(shots["desktop-dark"])
+
+    ltc_txid = ltc_node.pay(ltc_address, ltc_due)
+    page.wait(lambda d: page.headline() == "Processing", "Processing")
+    # both pending with 0 confirmations: the status names the one that needs more, LTC's 0 of 2 (not BTC's 0 of 1)
+    page.wait(lambda d: "0 of 2 confirmations" in page.text(".status"), "LTC's 0 of 2 confirmations")
+    bsv_node.mine(1)
+    ltc_node.mine(1)
+    page.wait(lambda d: "1 of 2 confirmations" in page.text(".status"), "LTC's 1 of 2 confirmations")
+    statuses = browser.execute_script(
+        "return [...document.querySelectorAll('.ledger .line > div:last-child dd')].map(dd => dd.innerText.trim())")
+    assert statuses == ["confirmed", "1 of 2 confirmations"], statuses  # BTC done, LTC on its way
+    page.screenshot("usd-6-processing")
+    ltc_node.mine(1)
+    page.wait(lambda d: page.headline() == "Paid", "Paid")
+    page.screenshot("usd-7-paid")
+
+    # the ledger: one line per payment, in USD and in the coin, adding up to the invoice
+    lines = browser.execute_script(
+        "return [...document.querySelectorAll('.ledger li')].map(li => li.innerText.replace(/\\s+/g, ' '))")
+    assert len(lines) == 2, lines
+    by_txid = {txid: next(line for line in lines if txid in line) for txid in (btc_txid, ltc_txid)}
+    assert "Crypto Payments (BTC)" in by_txid[btc_txid] and "24.50 USD (0.00049 BTC)" in by_txid[btc_txid]
+    assert "Crypto Payments (LTC)" in by_txid[ltc_txid] and "24.50 USD (0.35 LTC)" in by_txid[ltc_txid]
+    values = [Decimal(line.split(" USD (")[0].rsplit(" ", 1)[1]) for line in lines]
+    assert sum(values) == Decimal("49.00"), lines
+    back = browser.find_element("css selector", ".actions a")
+    assert back.get_attribute("href") == "https://shop.example/orders/USD-49"
+    status = json.loads(browser.execute_script(
+        "return fetch(document.getElementById('checkout').dataset.status).then(r => r.text())"))
+    assert sorted((p["method"], p["value"], p["amount"]) for p in status["payments"]) == \
+        [("btc", "24.50", "0.00049"), ("ltc", "24.50", "0.35")]
+    assert (status["currency"], status["amount"], status["due"]) == ("USD", "49.00", "0.00")
+    assert browser.execute_script("return window.__sameDocument") is True, "the page was reloaded"
+    page.assert_only_own_origin()
+    documents = [r["url"] for r in page.requests if r["type"] == "Document"]
+    assert documents == [f"{page.origin}/i/{invoice['id']}"], documents  # no reload, no navigation
+    assert any("/live?v=" in r["url"] and r["type"] == "EventSource" for r in page.requests)
+
+
 def test_litecoin_qr_keeps_its_bech32_lowercase_and_the_page_speaks_german(ltc_node, daemon_factory, browser):
     """The uppercase trick is BTC's only: an LTC bech32 QR decodes to the URI exactly as given. Accept-Language
     de picks German; the page turns Expired by itself when the daemon expires the invoice, and then offers no
@@ -300,21 +402,21 @@ def test_choosing_a_coin_on_a_usd_invoice_without_leaving_the_page(browser):
         ltc = next(m for m in stub.invoices[invoice["id"]]["payment_methods"] if m["method"] == "ltc")
         assert decode_qr(shots["360-light"]) == [ltc["payment_uri"]]
 
-        # 0.3 of 0.7 LTC arrives: the page turns Underpaid by itself and its QR asks for the remaining 0.4
+        # 0.3 of 0.7 LTC (21.00 USD) arrives: the page turns Underpaid by itself, its QR asks for the remaining
+        # 0.4 (the daemon's shape: the picked method's URI asks for its due), the ledger books it in USD
         def underpay() -> None:
             changed = stub.invoices[invoice["id"]]
-            changed.update(exception="underpaid", due="28.00",
-                           payments=[payment(0, "pending", asset="LTC", amount="0.3", method="ltc")])
-            ltc.update(due="0.4")
+            changed.update(exception="underpaid", due="28.00", amount_received="21.00", payments=[
+                payment(0, "pending", asset="LTC", amount="0.3", value="21.00", method="ltc")])
             for method in changed["payment_methods"]:
                 if method["method"] == "ltc":
-                    method.update(due="0.4")
+                    method.update(due="0.4", payment_uri=f"litecoin:{STUB_ADDRESSES['ltc'][0]}?amount=0.4")
             stub.live.touch([invoice["id"]])
 
         loop.call_soon_threadsafe(underpay)  # the stub's state belongs to the server's loop
         page.wait(lambda d: page.headline() == "Underpaid", "Underpaid")
         assert "Send the remaining 0.4 LTC to the same address" in page.text(".status")
-        assert page.text("#pay-amount") == "0.4"
+        assert page.text("#pay-amount") == "0.4" and "21.00 USD (0.3 LTC)" in " ".join(page.text(".ledger").split())
         shots = page.screenshot("8-usd-underpaid")
         assert decode_qr(shots["360-dark"]) == [f"litecoin:{STUB_ADDRESSES['ltc'][0]}?amount=0.4"]
         page.assert_only_own_origin()

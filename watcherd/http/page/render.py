@@ -25,6 +25,7 @@ OPEN_STATES = frozenset({"unpaid", "underpaid"})  # the customer may still pay: 
 WALLET_SCHEMES = frozenset({"bitcoin", "litecoin", "ethereum", "monero"})
 PAYMENT_STATES = frozenset({"pending", "confirmed", "replaced", "wrong_asset"})
 REFRESH_SECONDS = 15  # the <noscript> page's meta refresh
+AMOUNT_PARAMS = frozenset({"amount", "tx_amount", "value", "uint256"})  # where a payment URI asks for money
 
 
 @dataclass(frozen=True)
@@ -85,22 +86,27 @@ def _wallet_link(uri: Any) -> str | None:
 
 
 def uri_for_due(method: dict[str, Any]) -> str | None:
-    """The payment URI asking for what is still due (after an underpayment): the amount parameter that carries
-    the method's amount is swapped for its due (BIP21 `amount`, monero `tx_amount`, EIP-681 `value`/`uint256`
-    in atomic units). None when the URI carries the amount some other way: then no QR, only the text."""
+    """The payment URI asking for what is still due (after an underpayment). The daemon's URI of a picked
+    method already asks for its `due`: kept as it is. One that still carries the whole amount gets its amount
+    parameter (BIP21 `amount`, monero `tx_amount`, EIP-681 `value`/`uint256`) swapped for the due, in the same
+    form (decimal or atomic units). None when the URI carries the amount some other way: then no QR, only the
+    text."""
     uri, due = method.get("payment_uri"), method.get("due")
     if not isinstance(uri, str) or due is None or due == method.get("amount"):
         return uri if isinstance(uri, str) else None
+    forms = [(str(old), str(new)) for old, new in ((method.get("amount"), due),
+                                                   (method.get("amount_atomic"), method.get("due_atomic")))
+             if old is not None and new is not None]
     base, _, query = uri.partition("?")
-    swaps = {"amount": (method.get("amount"), due), "tx_amount": (method.get("amount"), due),
-             "value": (method.get("amount_atomic"), method.get("due_atomic")),
-             "uint256": (method.get("amount_atomic"), method.get("due_atomic"))}
     params, swapped = [], False
     for param in query.split("&") if query else []:
         key, eq, value = param.partition("=")
-        old, new = swaps.get(key, (None, None))
-        if eq and old is not None and new is not None and value == str(old):
-            param, swapped = f"{key}={new}", True
+        if eq and key in AMOUNT_PARAMS:
+            if any(value == new for _, new in forms):
+                return uri  # it asks for the due already
+            new = next((new for old, new in forms if value == old), None)
+            if new is not None:
+                param, swapped = f"{key}={new}", True
         params.append(param)
     return f"{base}?{'&'.join(params)}" if swapped else None
 
@@ -125,10 +131,13 @@ def _activate_form(invoice_id: str, method: dict[str, Any], strings: Strings, pr
 def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: Strings, collapsed: bool) -> str:
     """The coins the invoice is offered in, with their amounts; folded away (a native <details>) under the
     chosen coin once it has an address, so a phone shows the QR first."""
-    items = []
+    items, whole_amounts = [], False
+    part_paid = invoice.get("due") not in (None, invoice.get("amount"))
     for method in public.methods(invoice):
         is_chosen = chosen is not None and method["method"] == chosen["method"]
-        amount = _money(method["amount"], method.get("asset")) if method.get("amount") is not None else ""
+        shown = method.get("due") if method.get("due") is not None else method.get("amount")
+        whole_amounts = whole_amounts or (part_paid and method.get("due") is None and shown is not None)
+        amount = _money(shown, method.get("asset")) if shown is not None else ""
         if is_chosen:
             action = f'<span class="tag">{strings("chosen")}</span>'
         elif method.get("activated"):
@@ -143,11 +152,13 @@ def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: St
             f'<span class="method-name">{_method_name(method, strings)}</span>'
             f'<span class="method-amount">{amount}</span>{action}</li>'
         )
+    # part of the invoice is paid: a coin not picked yet has no due of its own until it is, only its price
+    hint = f'<p class="hint">{strings("whole_amounts")}</p>' if whole_amounts else ""
     if collapsed:
         return (f'<details class="methods"><summary>{strings("other_coin")}</summary><ul>{"".join(items)}</ul>'
-                '</details>')
+                f'{hint}</details>')
     return (f'<section class="methods" aria-labelledby="methods-title"><h2 id="methods-title">'
-            f'{strings("choose_coin")}</h2><ul>{"".join(items)}</ul></section>')
+            f'{strings("choose_coin")}</h2><ul>{"".join(items)}</ul>{hint}</section>')
 
 
 def _pay_box(invoice: dict[str, Any], method: dict[str, Any], view: str, strings: Strings) -> str:
@@ -191,7 +202,9 @@ def _confirmations(payment: dict[str, Any], invoice: dict[str, Any], strings: St
 
 
 def _progress(invoice: dict[str, Any], strings: Strings) -> str:
-    """Processing: how far the least confirmed payment that still needs confirmations has come."""
+    """Processing: "n of m" of the least confirmed pending payment, m its own method's confirmations_required
+    (payments on two chains each count against their own chain's); of two equally confirmed ones, the one that
+    needs more. A pending payment waiting for finality (no count required) says so instead."""
     least: tuple[int, int] | None = None
     for payment in public.payments(invoice):
         if payment.get("status") != "pending":
@@ -201,7 +214,7 @@ def _progress(invoice: dict[str, Any], strings: Strings) -> str:
             return f'<p>{strings("msg_finality")}</p>'
         seen = payment.get("confirmations")
         count = min(seen, required) if isinstance(seen, int) else 0
-        if least is None or count / required < least[0] / least[1]:
+        if least is None or (count, -required) < (least[0], -least[1]):
             least = (count, required)
     if least is None:
         return ""
@@ -253,7 +266,11 @@ def _status(invoice: dict[str, Any], view: str, chosen: dict[str, Any] | None, s
             due = Html(_money(chosen["due"], chosen.get("asset")))
         else:
             due = Html(_money(invoice.get("due", ""), invoice.get("currency")))
-        messages.append(strings("msg_underpaid", due=Html(f"<strong>{due}</strong>")))
+        # the rest goes to the same address only if the part came there (not after switching coins)
+        same = chosen is not None and chosen.get("activated") and any(
+            (public.method_of(p, invoice) or {}).get("method") == chosen["method"] for p in counted)
+        messages.append(strings("msg_underpaid" if same else "msg_underpaid_rest",
+                                due=Html(f"<strong>{due}</strong>")))
     elif view == "processing":
         messages.append(strings("msg_processing"))
     elif view == "expired":
@@ -306,11 +323,12 @@ def render_page(invoice: dict[str, Any], strings: Strings, assets: Assets, *, as
     text = public.description(invoice)
     if text:
         parts.append(f'<p class="description">{escape(text)}</p>')
+    part_paid = invoice.get("due") not in (None, invoice.get("amount"))
     if invoice.get("amount") is not None:
-        label = strings("amount_due" if view in OPEN_STATES else "ledger_amount")
+        label = strings("amount_due" if view in OPEN_STATES and not part_paid else "ledger_amount")
         parts.append(f'<p class="total"><span class="label">{label}</span> '
                      f'<strong>{_money(invoice["amount"], invoice.get("currency"))}</strong></p>')
-    if view in OPEN_STATES and invoice.get("due") not in (None, invoice.get("amount")):
+    if view in OPEN_STATES and part_paid:
         parts.append(f'<p class="total"><span class="label">{strings("still_due")}</span> '
                      f'<strong>{_money(invoice["due"], invoice.get("currency"))}</strong></p>')
     parts.append("</header>")
