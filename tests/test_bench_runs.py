@@ -25,4 +25,19 @@ def test_bench_quick_runs_and_reports_scan_tx_throughput():
     assert re.search(rf"^loop lag idle \(baseline\): {lag}", done.stdout, re.MULTILINE), done.stdout
     assert re.search(rf"^loop lag while both chains are in flight: {lag}", done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^(PASS|FAIL): loop lag p99 <= 10 ms", done.stdout, re.MULTILINE), done.stdout
+    # the payment-page section served real pages (a baseline beside them) and heard live changes on open pages
+    page_lines = [
+        r"page loads baseline: GET /healthz: [\d,]+ req/s",
+        r"page loads, full \(HTML \+ CSS \+ JS\): [\d,]+ loads/s",
+        r"page full load bytes \(BTC shown\): [\d.]+ kB as transferred",
+        r"page external requests: 0 \(",
+        rf"live: change committed -> message received, [\d,]+ pages open: {lag.replace('wake-ups', 'changes')}",
+        r"live: block committed -> message received, on each of the [\d,]+ pages \(touch_all\): first [\d.]+ ms",
+    ]
+    for line in page_lines:
+        assert re.search(f"^{line}", done.stdout, re.MULTILINE), (line, done.stdout)
+    # no timing in these two: a page that loads something from elsewhere, or grew past 60 kB, fails here
+    assert re.search(r"^PASS: page full load <= 60 kB$", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^PASS: page makes zero external requests$", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^(PASS|FAIL): live change -> page p99 <= 50 ms", done.stdout, re.MULTILINE), done.stdout
     assert "BROKEN" not in done.stdout
