@@ -226,7 +226,8 @@ class Table:
 
 @dataclass(frozen=True)
 class CommonChainKeys:
-    """The keys every `[chains.NAME]` table has, whatever its kind."""
+    """The keys every `[chains.NAME]` table has, whatever its kind; each chain's config dataclass has a field of
+    the same name for each (its parser passes them on with `**asdict(common)`)."""
 
     confirmations: int
     underpaid_tolerance_percent: Decimal

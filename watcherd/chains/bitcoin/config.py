@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -110,11 +110,7 @@ def parse_config(t: Table, name: str) -> BitcoinChainConfig | None:
         poll_interval_seconds=poll_interval_seconds,
         xpub=xpub or "",
         address_type=address_type,
-        confirmations=common.confirmations,
-        underpaid_tolerance_percent=common.underpaid_tolerance_percent,
-        invoice_expiry_seconds=common.invoice_expiry_seconds,
-        node_down_after_seconds=common.node_down_after_seconds,
-        start_height=common.start_height,
+        **asdict(common),  # the keys every chain table has
     )
     # A refused or invalid key leaves placeholders behind; such a chain must not be used, even for checks.
     return chain if t.finish() and network is not None and xpub is not None else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
 from watcherd.chains.ethereum import address as eth_address
@@ -75,14 +75,10 @@ def parse_config(t: Table, name: str) -> EthereumChainConfig | None:
         ws_url=ws_url,
         chain_id=chain_id,
         xpub=xpub or "",
-        confirmations=common.confirmations,
         finality=finality,
         tokens=tokens,
         asset=asset,
-        underpaid_tolerance_percent=common.underpaid_tolerance_percent,
-        invoice_expiry_seconds=common.invoice_expiry_seconds,
-        node_down_after_seconds=common.node_down_after_seconds,
-        start_height=common.start_height,
+        **asdict(common),  # the keys every chain table has
     )
     return chain if t.finish() and xpub is not None and chain_id else None
 

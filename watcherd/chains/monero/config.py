@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
 from watcherd.chains.monero import crypto as xmr_crypto
@@ -99,11 +99,7 @@ def parse_config(t: Table, name: str) -> MoneroChainConfig | None:
         primary_address=address_text,
         view_key=view_key or bytes(32),
         account=account,
-        confirmations=common.confirmations,
-        underpaid_tolerance_percent=common.underpaid_tolerance_percent,
-        invoice_expiry_seconds=common.invoice_expiry_seconds,
-        node_down_after_seconds=common.node_down_after_seconds,
         poll_interval_seconds=t.number("poll_interval_seconds", 2.0, lambda x: x > 0, "a number > 0"),
-        start_height=common.start_height,
+        **asdict(common),  # the keys every chain table has
     )
     return chain if t.finish() and address is not None and view_key is not None else None
