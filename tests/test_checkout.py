@@ -325,13 +325,13 @@ def test_btc_bech32_is_uppercased_in_the_qr_only() -> None:
     case; legacy (base58, case-sensitive) addresses and other coins are encoded exactly as given."""
     uri = f"bitcoin:{BECH32}?amount=0.015"
     assert qr.qr_content(uri, "BTC") == [f"BITCOIN:{BECH32.upper()}", "?amount=0.015"]
-    assert decode_png(qr._code(uri, "BTC")) == f"BITCOIN:{BECH32.upper()}?amount=0.015"
-    assert qr._code(uri, "BTC").version < segno.make(uri, error="m").version
+    assert decode_png(qr.build(uri, "BTC")) == f"BITCOIN:{BECH32.upper()}?amount=0.015"
+    assert qr.build(uri, "BTC").version < segno.make(uri, error="m").version
     for unchanged, asset in ((f"bitcoin:{LEGACY}?amount=0.015", "BTC"), ("litecoin:ltc1qabc?amount=1", "LTC"),
                              ("ethereum:0xAbC@1?value=10", "ETH"), ("monero:4abc?tx_amount=1", "XMR"),
                              (f"bitcoin:{BECH32}", "LTC")):
         assert qr.qr_content(unchanged, asset) == [unchanged]
-        assert decode_png(qr._code(unchanged, asset)) == unchanged
+        assert decode_png(qr.build(unchanged, asset)) == unchanged
     assert qr.qr_content(f"bitcoin:{BECH32}", "BTC") == [f"BITCOIN:{BECH32.upper()}"]
 
 
@@ -603,7 +603,8 @@ async def test_a_usd_invoice_paid_half_in_btc_and_the_rest_in_ltc_on_the_real_le
     public_json = await shown()
     btc, ltc = public_json["payment_methods"]
     assert (btc["due"], btc["payment_uri"]) == ("0.00049", f"fake:{btc_address}?amount=49000")
-    assert (ltc["activated"], ltc["due"], ltc["amount"]) == (False, None, "0.7")
+    assert (ltc["activated"], ltc["due"], ltc["amount"]) == (False, "0.35", "0.7")  # the rest, at its locked rate
+    assert "0.35 LTC" in on_btc and "whole amount" not in on_btc  # the coin list offers the rest in LTC too
     assert public_json["payments"] == [{
         "txid": "b1", "method": "btc", "asset": "BTC", "amount": "0.00049", "value": "24.50", "confirmations": 0,
         "status": "pending", "first_seen_at": "2027-01-15T08:00:00Z"}]
@@ -647,7 +648,7 @@ STUB_ADDRESSES = {"btc": (BECH32, "bitcoin"), "ltc": ("ltc1qg82lunxgr0yhlv0n2xr4
 
 
 class StubProcessor:
-    """Just what the page uses of the ledger (invoice_json, activate_method, live, clock), over JSON kept here."""
+    """Just what the page uses of the ledger (invoice_json(s), activate_method, live, clock), over JSON kept here."""
 
     def __init__(self, invoices: list[dict[str, Any]]):
         self.invoices = {i["id"]: copy.deepcopy(i) for i in invoices}
@@ -661,6 +662,11 @@ class StubProcessor:
         if self.broken:
             raise sqlite3.OperationalError("disk I/O error")
         return copy.deepcopy(self.invoices.get(invoice_id))
+
+    async def invoice_jsons(self, invoice_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if self.broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        return {i: copy.deepcopy(self.invoices[i]) for i in invoice_ids if i in self.invoices}
 
     async def activate_method(self, invoice_id: str, method: str) -> dict[str, Any]:
         if self.broken:

@@ -266,7 +266,7 @@ async def test_modal_script_served_publicly():
 
     from watcherd.live import Live
 
-    nobody = SimpleNamespace(live=Live())  # no invoice is touched: the payment page only ends its streams at shutdown
+    nobody = SimpleNamespace(live=Live(), invoice_jsons=None)  # no invoice is read or touched
     app = make_app(nobody, TOKEN, None, lambda: None, [("/modal", greenfield.make_modal_app())])  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/modal/btcpay.js")

@@ -353,8 +353,31 @@ async def test_a_page_watching_an_invoice_is_woken_by_its_committed_changes_and_
         woken.clear()
         await processor.block_connected("fake", block(101, []))  # confirmations moved, no event
         assert woken.is_set()
+        woken.clear()
+        woken.chains = frozenset({"btc"})  # as the page narrows it once it has read the invoice's methods
+        await processor.block_connected("fake", block(102, []))
+        assert not woken.is_set(), "a block on a chain the invoice cannot be paid on woke its page"
+        woken.chains = frozenset({"fake"})
+        await processor.block_connected("fake", block(103, []))
+        assert woken.is_set()
     assert processor.live.watching == 0
     assert other["id"] != watched["id"]
+
+
+async def test_many_invoices_read_at_once_render_exactly_as_one_at_a_time(core):
+    processor, chain, _ = core
+    paid = await processor.create_invoice("fake", 1000)
+    half = await processor.create_invoice("fake", 1000)
+    untouched = await processor.create_invoice("fake", 1000)
+    await processor.tx_seen("fake", tx("t1", chain.derive(0)[1], 1000))
+    await processor.block_connected("fake", block(101, [tx("t2", chain.derive(1)[1], 400, spent=(b"o2",))]))
+    ids = [paid["id"], half["id"], untouched["id"], "no-such-invoice"]
+    many = await processor.invoice_jsons(ids)
+    assert set(many) == set(ids[:3])
+    for invoice_id in ids[:3]:
+        assert many[invoice_id] == await processor.invoice_json(invoice_id)
+    assert [many[i]["status"] for i in ids[:3]] == ["processing", "unpaid", "unpaid"]
+    assert many[half["id"]]["exception"] == "underpaid" and len(many[half["id"]]["payments"]) == 1
 
 
 async def test_a_version_3_store_is_migrated_and_its_invoices_read_and_judge_as_before(tmp_path):

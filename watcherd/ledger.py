@@ -13,7 +13,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -343,6 +343,14 @@ class Processor:
         methods = await self.store.methods_for(invoice_id)
         return self._render(invoice, methods, await self.store.payments_for(invoice_id))
 
+    async def invoice_jsons(self, invoice_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Many invoices as `invoice_json` renders them, in three reads (the payment pages a block wakes)."""
+        invoices = await self.store.invoices_by_id(invoice_ids)
+        found = list(invoices)
+        methods = await self.store.methods_of(found)
+        payments = await self.store.payments_of(found)
+        return {i: self._render(invoices[i], methods.get(i, []), payments.get(i, [])) for i in found}
+
     def _confirmed(self, row: PaymentRow) -> bool:
         """Whether the payment has its own chain's required confirmations (with finality: its block is at or
         below the chain's final height)."""
@@ -613,7 +621,7 @@ class Processor:
         for tx in block.txs:
             self._refresh_spends(chain, tx)
         self.wake_outbox()
-        self.live.touch_all()  # every page shows its payments' confirmations
+        self.live.touch_chain(chain_name)  # the pages there show their payments' confirmations
 
     async def block_disconnected(self, chain_name: str, height: int, block_hash: str, parent: Cursor) -> None:
         """The block at the cursor left the main chain: undo it and move the cursor to its parent."""
@@ -629,7 +637,7 @@ class Processor:
             "block %d %s disconnected (reorg)", height, block_hash, extra={"chain": chain_name}
         )
         self.wake_outbox()
-        self.live.touch_all()
+        self.live.touch_chain(chain_name)
 
     async def set_cursor(self, chain_name: str, cursor: Cursor) -> None:
         """Where a chain starts on its very first run (nothing was issued before it)."""

@@ -1,44 +1,99 @@
 """Who is looking at which invoice right now (a payment page's live channel), and waking them when it changes.
 
-The ledger touches an invoice after the transaction that changed it committed, and touches everyone when a
-block moved confirmations; a watcher then re-reads the committed invoice. A wake-up is only a hint: a spurious
-one costs a read, a missed one cannot happen for a committed change."""
+The ledger touches an invoice after the transaction that changed it committed, and touches a chain's watchers
+when a block there moved confirmations; a watcher then re-reads the committed invoice. A wake-up is only a hint:
+a spurious one costs a read, a missed one cannot happen for a committed change."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
+
+
+class Watcher(asyncio.Event):
+    """Set whenever the invoice may have changed. `chains` narrows the blocks that wake it to the chains the
+    invoice can be paid on, once the watcher has read it (None until then: every block wakes it)."""
+
+    chains: frozenset[str] | None = None
 
 
 class Live:
     def __init__(self) -> None:
-        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._watchers: dict[str, set[Watcher]] = {}
 
     @contextmanager
-    def watch(self, invoice_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever the invoice may have changed; clear it before re-reading."""
-        event = asyncio.Event()
-        self._watchers.setdefault(invoice_id, set()).add(event)
+    def watch(self, invoice_id: str) -> Iterator[Watcher]:
+        """A watcher set whenever the invoice may have changed; clear it before re-reading."""
+        watcher = Watcher()
+        self._watchers.setdefault(invoice_id, set()).add(watcher)
         try:
-            yield event
+            yield watcher
         finally:
             watchers = self._watchers.get(invoice_id)
             if watchers is not None:
-                watchers.discard(event)
+                watchers.discard(watcher)
                 if not watchers:
                     del self._watchers[invoice_id]
 
     def touch(self, invoice_ids: Iterable[str]) -> None:
         for invoice_id in invoice_ids:
-            for event in self._watchers.get(invoice_id, ()):
-                event.set()
+            for watcher in self._watchers.get(invoice_id, ()):
+                watcher.set()
+
+    def touch_chain(self, chain: str) -> None:
+        """A block there connected or left: every page whose invoice can be paid on that chain."""
+        for watchers in self._watchers.values():
+            for watcher in watchers:
+                if watcher.chains is None or chain in watcher.chains:
+                    watcher.set()
 
     def touch_all(self) -> None:
         for watchers in self._watchers.values():
-            for event in watchers:
-                event.set()
+            for watcher in watchers:
+                watcher.set()
 
     @property
     def watching(self) -> int:
         return sum(len(w) for w in self._watchers.values())
+
+
+class Coalescer:
+    """Reads asked for in the same turn of the event loop become one read of them all: when a block wakes a
+    thousand pages, they share three queries instead of making three each, and the first page is not left
+    waiting behind everyone else's queries."""
+
+    def __init__(self, read_many: Callable[[Sequence[str]], Coroutine[Any, Any, dict[str, Any]]]) -> None:
+        self._read_many = read_many
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._reading: set[asyncio.Task[dict[str, Any]]] = set()  # the loop only keeps weak references
+
+    async def read(self, key: str) -> Any:
+        """`read_many`'s value for key (None when it has none); its exception if it raised."""
+        future = self._pending.get(key)
+        if future is None:
+            if not self._pending:
+                asyncio.get_running_loop().call_soon(self._flush)  # after every reader woken with this one
+            future = self._pending[key] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(future)  # one reader cancelled (its page closed) leaves the others' read
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        task = asyncio.get_running_loop().create_task(self._read_many(list(batch)))
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+        task.add_done_callback(lambda done: self._settle(batch, done))
+
+    @staticmethod
+    def _settle(batch: dict[str, asyncio.Future[Any]], done: asyncio.Task[dict[str, Any]]) -> None:
+        for key, future in batch.items():
+            if future.done():
+                continue
+            if done.cancelled():
+                future.cancel()
+            elif (error := done.exception()) is not None:
+                future.set_exception(error)
+                future.exception()  # readers still raise it; a reader that left must not log it as unretrieved
+            else:
+                future.set_result(done.result().get(key))

@@ -108,10 +108,10 @@ def _method_json(m: ShownMethod, due: Fraction, currency_decimals: int) -> dict[
         "amount": to_decimal_string(m.row.amount, m.decimals), "amount_atomic": str(m.row.amount),
         "confirmations_required": m.row.confirmations_required or None,
     }
+    owed = due_atomic(m.row, due)  # at the locked rate: what a coin not picked yet would have to pay now
+    shown.update(due=to_decimal_string(owed, m.decimals), due_atomic=str(owed))
     if m.row.activated_at is not None:
-        owed = due_atomic(m.row, due)
-        shown.update(address=m.row.address, due=to_decimal_string(owed, m.decimals), due_atomic=str(owed),
-                     payment_uri=m.uri)
+        shown.update(address=m.row.address, payment_uri=m.uri)
     return shown
 
 

@@ -26,9 +26,10 @@ from aiohttp import web
 
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.http.page import public, qr
-from watcherd.http.page.render import Assets, render_message, render_page
+from watcherd.http.page.render import Assets, qr_shown, render_message, render_page
 from watcherd.http.page.strings import Strings, negotiate
 from watcherd.ledger import Processor
+from watcherd.live import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ MAX_ID_LENGTH = 128
 
 PROCESSOR: web.AppKey[Processor] = web.AppKey("checkout_processor", Processor)
 CLOSING: web.AppKey[asyncio.Event] = web.AppKey("checkout_closing", asyncio.Event)
+LIVE_READS: web.AppKey[Coalescer] = web.AppKey("checkout_live_reads", Coalescer)
 
 
 def _static() -> tuple[Assets, dict[str, tuple[bytes, str]]]:
@@ -69,6 +71,7 @@ def setup(app: web.Application, processor: Processor) -> None:
     """Register the payment page on the API's application (its auth middleware lets /i/ through)."""
     app[PROCESSOR] = processor
     app[CLOSING] = asyncio.Event()
+    app[LIVE_READS] = Coalescer(processor.invoice_jsons)
     app.on_shutdown.append(_close_streams)
     app.add_routes([
         web.get("/i/assets/{name}", static_file),
@@ -126,8 +129,11 @@ async def page(request: web.Request) -> web.Response:
         return _message_page(strings, 503, "unavailable", strings("msg_unavailable"), root="")
     if invoice is None:
         return _message_page(strings, 404, "not_found", strings("msg_not_found"), root="")
-    return _html(render_page(invoice, strings, ASSETS, asked_method=request.query.get("method"),
-                             now=request.app[PROCESSOR].clock()))
+    asked = request.query.get("method")
+    shown_qr = qr_shown(invoice, asked)
+    if shown_qr is not None and not qr.built(*shown_qr):
+        await asyncio.to_thread(qr.build, *shown_qr)  # its 5-10 ms off the event loop
+    return _html(render_page(invoice, strings, ASSETS, asked_method=asked, now=request.app[PROCESSOR].clock()))
 
 
 async def activate_method(request: web.Request) -> web.Response:
@@ -185,11 +191,13 @@ async def live(request: web.Request) -> web.StreamResponse:
     invoice_id = request.match_info["invoice_id"]
     shown_version = request.headers.get("Last-Event-ID") or request.query.get("v")
     closing = request.app[CLOSING]
+    reads = request.app[LIVE_READS]
     # watch before the first read: a change committed between the two would otherwise go unseen
     with processor.live.watch(invoice_id) as woken:
         invoice = await _invoice(request)
         if invoice is None:
             return _json_error(404, "not_found", f"no invoice {invoice_id!r}", "id")
+        woken.chains = frozenset(m["chain"] for m in invoice["payment_methods"])  # blocks elsewhere change nothing
         shown = public.public_invoice(invoice)
         if public.is_final(shown) and public.version(shown) == shown_version:
             return web.Response(status=204, headers=SECURITY_HEADERS)
@@ -212,7 +220,7 @@ async def live(request: web.Request) -> web.StreamResponse:
                     await response.write(b": heartbeat\n\n")
                     continue
                 woken.clear()
-                invoice = await processor.invoice_json(invoice_id)
+                invoice = await reads.read(invoice_id)
                 if invoice is None:
                     break
                 shown = public.public_invoice(invoice)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -132,6 +132,15 @@ class Database:
         # snapshot of the database
         rows = await self._connection().execute_fetchall(sql, params if isinstance(params, dict) else tuple(params))
         return list(rows)
+
+    async def _all_in(self, sql: str, keys: Sequence[Any], chunk: int = 500) -> list[sqlite3.Row]:
+        """`sql` with `{keys}` standing for a list of placeholders, run over `keys` in chunks (one round trip per
+        chunk instead of one per key)."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(keys), chunk):
+            part = keys[start:start + chunk]
+            rows.extend(await self._all(sql.format(keys=", ".join("?" * len(part))), part))
+        return rows
 
     async def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
         if _WRITING.get() is not self:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from watcherd.core.invoices import Status
@@ -41,8 +42,14 @@ class InvoiceQueries(Database):
         )
 
     async def methods_for(self, invoice_id: str) -> list[MethodRow]:
-        rows = await self._all("SELECT * FROM methods WHERE invoice_id = ? ORDER BY rowid", (invoice_id,))
-        return [method_from_row(r) for r in rows]
+        return (await self.methods_of([invoice_id])).get(invoice_id, [])
+
+    async def methods_of(self, invoice_ids: Sequence[str]) -> dict[str, list[MethodRow]]:
+        """Each invoice's methods, in the order they were offered."""
+        found: dict[str, list[MethodRow]] = {}
+        for r in await self._all_in("SELECT * FROM methods WHERE invoice_id IN ({keys}) ORDER BY rowid", invoice_ids):
+            found.setdefault(r["invoice_id"], []).append(method_from_row(r))
+        return found
 
     async def update_invoice(
         self, invoice_id: str, *, status: Status, exception: str | None, paid_at: int | None,
@@ -65,6 +72,10 @@ class InvoiceQueries(Database):
     async def invoice(self, invoice_id: str) -> InvoiceRow | None:
         row = await self._one("SELECT * FROM invoices WHERE id = ?", (invoice_id,))
         return invoice_from_row(row) if row else None
+
+    async def invoices_by_id(self, invoice_ids: Sequence[str]) -> dict[str, InvoiceRow]:
+        rows = await self._all_in("SELECT * FROM invoices WHERE id IN ({keys})", invoice_ids)
+        return {r["id"]: invoice_from_row(r) for r in rows}
 
     async def invoices(
         self, *, status: str | None = None, chain: str | None = None, order_id: str | None = None,

@@ -3,7 +3,7 @@ or a lower one unconfirms."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from watcherd.exceptions import StoreError
 from watcherd.store.db import Database
@@ -12,13 +12,20 @@ from watcherd.store.rows import PaymentRow, payment_from_row
 
 class PaymentQueries(Database):
     async def payments_for(self, invoice_id: str) -> list[PaymentRow]:
-        rows = await self._all(
+        return (await self.payments_of([invoice_id])).get(invoice_id, [])
+
+    async def payments_of(self, invoice_ids: Sequence[str]) -> dict[str, list[PaymentRow]]:
+        """Each invoice's payments, oldest first, with the rate and confirmations of the method each pays."""
+        rows = await self._all_in(
             """SELECT p.*, m.rate AS method_rate, m.confirmations_required AS method_required FROM payments p
                JOIN methods m ON m.invoice_id = p.invoice_id AND m.chain = p.chain AND m.asset = p.method_asset
-               WHERE p.invoice_id = ? ORDER BY p.first_seen_at, p.txid, p.vout""",
-            (invoice_id,),
+               WHERE p.invoice_id IN ({keys}) ORDER BY p.first_seen_at, p.txid, p.vout""",
+            invoice_ids,
         )
-        return [payment_from_row(r) for r in rows]
+        found: dict[str, list[PaymentRow]] = {}
+        for r in rows:
+            found.setdefault(r["invoice_id"], []).append(payment_from_row(r))
+        return found
 
     async def upsert_payment(
         self, chain: str, invoice_id: str, asset: str, txid: str, vout: int, amount: int, now: int,

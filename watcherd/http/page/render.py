@@ -111,6 +111,24 @@ def uri_for_due(method: dict[str, Any]) -> str | None:
     return f"{base}?{'&'.join(params)}" if swapped else None
 
 
+def _qr_uri(method: dict[str, Any], view: str) -> str | None:
+    """The URI a picked method's QR encodes: what is still due after an underpayment, else the whole amount."""
+    underpaid = view == "underpaid" and method.get("due") is not None
+    uri = uri_for_due(method) if underpaid else method.get("payment_uri")
+    return uri if isinstance(uri, str) and uri else None
+
+
+def qr_shown(invoice: dict[str, Any], asked_method: str | None) -> tuple[str, str | None] | None:
+    """The (payment URI, asset) whose QR `render_page` will draw, if any: so that the page handler can build
+    a QR it has not built yet off the event loop first."""
+    view = public.state(invoice)
+    chosen = public.chosen_method(invoice, asked_method)
+    if view not in OPEN_STATES or chosen is None or not chosen.get("activated") or not chosen.get("address"):
+        return None
+    uri = _qr_uri(chosen, view)
+    return (uri, chosen.get("asset")) if uri else None
+
+
 def _copyable(field_id: str, value: str, label: str, strings: Strings, unit: str = "", wide: bool = False) -> str:
     unit_html = f' <span class="unit">{escape(unit)}</span>' if unit else ""
     return (
@@ -165,15 +183,15 @@ def _pay_box(invoice: dict[str, Any], method: dict[str, Any], view: str, strings
     asset = method.get("asset") or method["method"]
     title = f'<h2 id="pay-title">{strings("pay_with", asset=Html(_method_name(method, strings)))}</h2>'
     if not method.get("activated") or not method.get("address"):
-        price = (f'<p class="pay-amount">{_money(method["amount"], asset)}</p>'
-                 if method.get("amount") is not None else "")
+        owed = method.get("due") if method.get("due") is not None else method.get("amount")
+        price = f'<p class="pay-amount">{_money(owed, asset)}</p>' if owed is not None else ""
         return (f'<section class="pay" aria-labelledby="pay-title">{title}{price}'
                 f'{_activate_form(str(invoice.get("id")), method, strings, primary=True)}</section>')
     underpaid = view == "underpaid" and method.get("due") is not None
     amount = method.get("due") if underpaid else method.get("amount")
-    uri = uri_for_due(method) if underpaid else method.get("payment_uri")
+    uri = _qr_uri(method, view)
     parts = [f'<section class="pay" aria-labelledby="pay-title">{title}']
-    if isinstance(uri, str) and uri:
+    if uri:
         label = strings.raw("qr_label").format(asset=asset)
         parts.append(f'<div class="qr">{qr.inline_svg(uri, method.get("asset"), label)}</div>')
         if underpaid:
