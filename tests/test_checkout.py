@@ -749,3 +749,38 @@ def test_every_page_file_is_in_the_package_data() -> None:
                 continue
             relative = path.relative_to(root / package.replace(".", "/")).as_posix()
             assert any(fnmatch.fnmatch(relative, pattern) for pattern in shipped[package]), relative
+
+
+async def test_only_the_modal_view_may_be_framed_and_it_stays_modal_through_a_coin_choice(stub) -> None:
+    """A plain page refuses every frame (clickjacking); ?view=modal lets the configured origins frame it (BTCPay's
+    modal script), and a coin chosen there by form post comes back to the modal view."""
+    client, processor = stub
+    invoice_id = next(iter(processor.invoices))
+    plain = await client.get(f"/i/{invoice_id}")
+    assert plain.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in plain.headers["Content-Security-Policy"]
+    assert "data-close" not in await plain.text()
+    modal = await client.get(f"/i/{invoice_id}?view=modal")
+    assert "X-Frame-Options" not in modal.headers
+    assert modal.headers["Content-Security-Policy"].endswith("frame-ancestors *")
+    text = await modal.text()
+    assert 'data-modal-status="New"' in text and "data-close hidden" in text
+    assert f'action="{invoice_id}/methods/btc?view=modal"' in text
+    chosen = await client.post(f"/i/{invoice_id}/methods/btc?view=modal", allow_redirects=False)
+    assert chosen.status == 303 and chosen.headers["Location"].endswith(f"{invoice_id}?method=btc&view=modal")
+    await client.post(f"/i/{invoice_id}/methods/ltc?view=modal", allow_redirects=False)
+    on_btc = await (await client.get(f"/i/{invoice_id}?view=modal&method=btc")).text()
+    assert 'href="?method=ltc&amp;view=modal"' in on_btc and f'action="{invoice_id}/methods/xmr?view=modal"' in on_btc
+
+
+async def test_the_operator_narrows_who_may_frame_the_modal_view() -> None:
+    processor = StubProcessor([usd_invoice()])
+
+    async def readiness():
+        return {"ready": True}
+
+    shops = ("https://shop.example", "https://b.example:8443")
+    app = make_app(processor, TOKEN, readiness, embed_origins=shops)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+        modal = await client.get(f"/i/{next(iter(processor.invoices))}?view=modal")
+    assert modal.headers["Content-Security-Policy"].endswith(f"frame-ancestors {' '.join(shops)}")

@@ -452,3 +452,72 @@ def test_without_javascript_a_coin_is_chosen_by_form_post(browser):
         finally:
             browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
         page.assert_only_own_origin()
+
+
+def test_modal_checkout_in_a_shop_overlay_tells_the_shop_what_happens(browser):
+    """BTCPay's modal mode, as the WooCommerce plugin uses it: the shop's page (another origin) loads
+    /modal/btcpay.js from the daemon and calls showInvoice; the payment page opens in an overlay iframe
+    (?view=modal, the one view that may be framed) and posts 'loaded', then {invoiceId, status} in Greenfield's
+    words as the invoice changes, and 'close' when the customer closes it, which removes the overlay."""
+    from aiohttp import web
+    from selenium.webdriver.common.by import By
+    from test_checkout import STUB_ADDRESSES, StubProcessor, usd_invoice
+
+    from watcherd.http import greenfield
+    from watcherd.http.api import make_app
+
+    async def readiness() -> dict[str, Any]:
+        return {"ready": True}
+
+    invoice = usd_invoice(expires_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900)))
+    stub = StubProcessor([invoice])
+    stub.clock = time.time
+    daemon_app = make_app(stub, "token", readiness, compat=[("/modal", greenfield.make_modal_app())])
+    with served(daemon_app) as (daemon, loop):
+        async def shop_page(request: web.Request) -> web.Response:
+            return web.Response(content_type="text/html", text=f"""<!doctype html><html><head><title>Shop</title>
+                <meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
+                </head><body><h1>Checkout at the shop</h1><script src="{daemon}/modal/btcpay.js"></script><script>
+                window.received = [];
+                window.btcpay.onModalReceiveMessage(function (event) {{ window.received.push(event.data); }});
+                window.btcpay.showInvoice("{invoice['id']}");
+                </script></body></html>""")
+
+        shop_app = web.Application()
+        shop_app.router.add_get("/checkout", shop_page)
+        with served(shop_app) as (shop, _):
+            page = Page(browser, shop)
+            page.open("/checkout")
+
+            def received() -> list[Any]:
+                return browser.execute_script("return window.received")
+
+            page.wait(lambda d: {"invoiceId": invoice["id"], "status": "New"} in received(), "'loaded' and New")
+            assert received()[0] == "loaded"
+            frame = browser.find_element(By.CSS_SELECTOR, "iframe")
+            assert frame.is_displayed() and frame.get_attribute("src") == f"{daemon}/i/{invoice['id']}?view=modal"
+
+            browser.switch_to.frame(frame)
+            browser.find_element(By.CSS_SELECTOR, 'form[action$="/methods/ltc?view=modal"] button').click()
+            page.wait(lambda d: page.text("#pay-address") == STUB_ADDRESSES["ltc"][0], "the LTC address in the modal")
+            assert browser.execute_script("return location.search") == "?view=modal&method=ltc"
+            assert browser.find_element(By.CSS_SELECTOR, "button[data-close]").is_displayed()
+            browser.switch_to.default_content()
+            page.screenshot("9-modal-ltc-chosen")
+
+            def pay() -> None:
+                stub.invoices[invoice["id"]].update(status="paid", due="0.00", amount_received="49.00")
+                stub.live.touch([invoice["id"]])
+
+            loop.call_soon_threadsafe(pay)
+            page.wait(lambda d: {"invoiceId": invoice["id"], "status": "Settled"} in received(), "Settled")
+            browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe"))
+            page.wait(lambda d: page.headline() == "Paid", "Paid in the modal")
+            browser.find_element(By.CSS_SELECTOR, "button[data-close]").click()
+            browser.switch_to.default_content()
+            page.wait(lambda d: d.execute_script("return document.querySelector('iframe') === null"),
+                      "the overlay gone")
+            statuses = [m["status"] for m in received() if isinstance(m, dict)]
+            assert received()[-1] == "close" and statuses == ["New", "Settled"], received()
+            page.drain()
+            assert page.console == [], f"console errors (a frame refused by CSP shows here): {page.console}"

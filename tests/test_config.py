@@ -268,6 +268,20 @@ def test_api_token_rejects_whitespace(tmp_path):
     assert found == {"api.token": "must not contain whitespace or control characters"}
 
 
+def test_who_may_frame_the_modal_payment_page(tmp_path):
+    assert load(write(tmp_path, MINIMAL)).api.embed_origins == ("*",)  # BTCPay's modal works from any shop
+    shops = MINIMAL.replace(f'token = "{TOKEN}"', f'token = "{TOKEN}"\nembed_origins = ["https://shop.example/", '
+                                                  '"http://localhost:8080"]')
+    assert load(write(tmp_path, shops)).api.embed_origins == ("https://shop.example", "http://localhost:8080")
+    nobody = MINIMAL.replace(f'token = "{TOKEN}"', f'token = "{TOKEN}"\nembed_origins = []')
+    assert load(write(tmp_path, nobody)).api.embed_origins == ("'none'",)
+    for bad in ('"https://shop.example"', '["https://shop.example/checkout"]', '["javascript:alert(1)"]',
+                '["https://a.example; script-src *"]', '[1]'):
+        text = MINIMAL.replace(f'token = "{TOKEN}"', f'token = "{TOKEN}"\nembed_origins = {bad}')
+        assert problems(write(tmp_path, text)) == {
+            "api.embed_origins": 'must be a list of origins such as ["https://shop.example.com"], or ["*"]'}
+
+
 # --- RPC and ZMQ --------------------------------------------------------------------------------------------
 
 

@@ -107,7 +107,7 @@ class Daemon:
             self.hooks = HookSender(store, self.processor.outbox_listener(),
                                     max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72)
         runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
-                                        compat),
+                                        compat, self.config.api.embed_origins),
                                access_log=None, handle_signals=False)
         metrics_runner = web.AppRunner(metrics_http.make_app(store, tuple(transports)), access_log=None,
                                        handle_signals=False)

@@ -30,6 +30,7 @@ class ApiConfig:
     port: int
     token: str = field(repr=False)
     public_url: str = ""  # where customers reach the payment pages (/i/<id>); default http://<listen>
+    embed_origins: tuple[str, ...] = ("*",)  # who may frame the payment page in modal mode (?view=modal)
 
     @property
     def listen(self) -> str:
@@ -108,8 +109,18 @@ def parse_api(t: Table) -> ApiConfig:
     public_url = t.text("public_url", default="")
     if public_url and not is_http_url(public_url):
         t.problem("public_url", "must be an http(s) URL, e.g. https://pay.example.com")
+    embed = t.raw("embed_origins")
+    origins: tuple[str, ...] = ("*",)
+    if embed is not None:
+        if not isinstance(embed, list) or not all(
+                isinstance(o, str) and (o == "*" or (is_http_url(o) and urlsplit(o).path in ("", "/")
+                                                     and not any(c in o for c in ";,'?#")))
+                for o in embed):
+            t.problem("embed_origins", 'must be a list of origins such as ["https://shop.example.com"], or ["*"]')
+        else:
+            origins = tuple(o.rstrip("/") for o in embed) or ("'none'",)
     t.finish()
-    api = ApiConfig(host=host, port=port, token=token)
+    api = ApiConfig(host=host, port=port, token=token, embed_origins=origins)
     return replace(api, public_url=(public_url or f"http://{api.listen}").rstrip("/"))
 
 

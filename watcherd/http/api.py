@@ -54,7 +54,8 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
 
 def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]],
              rates: Callable[[], Quotes | None] = lambda: None,
-             compat: Sequence[tuple[str, web.Application]] = ()) -> web.Application:
+             compat: Sequence[tuple[str, web.Application]] = (),
+             embed_origins: Sequence[str] = ("*",)) -> web.Application:
     """The native API; `compat` mounts the compatible APIs (prefix, sub-application), each with its own
     authentication and error shapes."""
     prefixes = tuple(prefix for prefix, _ in compat)
@@ -98,7 +99,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
     app[PROCESSOR] = processor
     app[READINESS] = readiness
     app[RATES] = rates
-    checkout.setup(app, processor)
+    checkout.setup(app, processor, embed_origins)
     app.add_routes([
         web.post("/v1/invoices", create_invoice),
         web.get("/v1/invoices", list_invoices),

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -46,6 +47,7 @@ MAX_ID_LENGTH = 128
 
 PROCESSOR: web.AppKey[Processor] = web.AppKey("checkout_processor", Processor)
 CLOSING: web.AppKey[asyncio.Event] = web.AppKey("checkout_closing", asyncio.Event)
+MODAL_HEADERS: web.AppKey[dict[str, str]] = web.AppKey("checkout_modal_headers", dict)
 LIVE_READS: web.AppKey[Coalescer] = web.AppKey("checkout_live_reads", Coalescer)
 
 
@@ -67,9 +69,12 @@ def _static() -> tuple[Assets, dict[str, tuple[bytes, str]]]:
 ASSETS, STATIC_FILES = _static()
 
 
-def setup(app: web.Application, processor: Processor) -> None:
-    """Register the payment page on the API's application (its auth middleware lets /i/ through)."""
+def setup(app: web.Application, processor: Processor, embed_origins: Sequence[str] = ("*",)) -> None:
+    """Register the payment page on the API's application (its auth middleware lets /i/ through).
+    `embed_origins`: who may frame the page in modal mode (`?view=modal`); never anyone otherwise."""
     app[PROCESSOR] = processor
+    app[MODAL_HEADERS] = {"Content-Security-Policy": CSP.replace("frame-ancestors 'none'",
+                                                                 f"frame-ancestors {' '.join(embed_origins)}")}
     app[CLOSING] = asyncio.Event()
     app[LIVE_READS] = Coalescer(processor.invoice_jsons)
     app.on_shutdown.append(_close_streams)
@@ -133,7 +138,13 @@ async def page(request: web.Request) -> web.Response:
     shown_qr = qr_shown(invoice, asked)
     if shown_qr is not None and not qr.built(*shown_qr):
         await asyncio.to_thread(qr.build, *shown_qr)  # its 5-10 ms off the event loop
-    return _html(render_page(invoice, strings, ASSETS, asked_method=asked, now=request.app[PROCESSOR].clock()))
+    modal = request.query.get("view") == "modal"
+    response = _html(render_page(invoice, strings, ASSETS, asked_method=asked, now=request.app[PROCESSOR].clock(),
+                                 modal=modal))
+    if modal:  # a shop's page frames it: those origins may, no one else
+        response.headers.update(request.app[MODAL_HEADERS])
+        del response.headers["X-Frame-Options"]
+    return response
 
 
 async def activate_method(request: web.Request) -> web.Response:
@@ -163,7 +174,8 @@ async def activate_method(request: web.Request) -> web.Response:
         return _message_page(strings, 503, "unavailable", strings("msg_unavailable"), root="../../", back=back)
     if wants_json:
         return web.json_response(public.public_invoice(invoice), headers=PAGE_HEADERS)
-    raise web.HTTPSeeOther(f"{back}?method={quote(method, safe='')}", headers=SECURITY_HEADERS)
+    modal = "&view=modal" if request.query.get("view") == "modal" else ""
+    raise web.HTTPSeeOther(f"{back}?method={quote(method, safe='')}{modal}", headers=SECURITY_HEADERS)
 
 
 async def status(request: web.Request) -> web.Response:

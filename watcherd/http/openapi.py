@@ -51,7 +51,7 @@ _PAYMENT = {
 _PAYMENT_METHOD = {
     "type": "object",
     "required": ["method", "chain", "asset", "activated", "rate", "amount", "amount_atomic",
-                 "confirmations_required"],
+                 "due", "due_atomic", "confirmations_required"],
     "properties": {
         "method": {**_STRING, "description": "the chain's name for its own asset, <chain>:<TOKEN> for a token"},
         "chain": _STRING, "asset": _STRING, "activated": {"type": "boolean"},

@@ -15,8 +15,26 @@
 
   const main = () => document.getElementById('checkout');
 
+  // Inside a shop's overlay (BTCPay's modal script, ?view=modal): tell it the page loaded, the invoice's
+  // Greenfield status each time it changes, and a click on Close; it answers nothing back.
+  const framed = window.parent !== window;
+  let toldStatus = null;
+
+  function tellShop(message) {
+    if (framed) window.parent.postMessage(message, '*');
+  }
+
+  function tellStatus() {
+    const here = main();
+    const status = here && here.dataset.modalStatus;
+    if (!status || status === toldStatus) return;
+    toldStatus = status;
+    tellShop({ invoiceId: here.dataset.id, status });
+  }
+
   function reveal() {
     for (const button of document.querySelectorAll('button[data-copy][hidden]')) button.hidden = false;
+    if (framed) for (const button of document.querySelectorAll('button[data-close][hidden]')) button.hidden = false;
   }
 
   function announce(text) {
@@ -84,6 +102,7 @@
         document.title = next.title;
         reveal();
         countdown();
+        tellStatus();
         if (focused) restoreFocus(focused);
       } while (again);
     })().catch(() => {}).finally(() => { refreshing = null; });
@@ -150,7 +169,7 @@
     try {
       const response = await fetch(form.action, { method: 'POST', headers: { Accept: 'application/json' } });
       if (!response.ok) throw new Error(String(response.status));
-      const method = decodeURIComponent(form.action.split('/methods/')[1] || '');
+      const method = decodeURIComponent(new URL(form.action).pathname.split('/methods/')[1] || '');
       const url = new URL(location.href);
       url.searchParams.set('method', method);
       history.replaceState(null, '', url);
@@ -165,6 +184,7 @@
   document.addEventListener('click', (event) => {
     const button = event.target.closest('button[data-copy]');
     if (button) copy(button);
+    if (event.target.closest('button[data-close]')) tellShop('close');
   });
   document.addEventListener('submit', (event) => {
     const form = event.target.closest('form.activate');
@@ -174,4 +194,6 @@
   countdown();
   setInterval(countdown, 1000);
   live();
+  tellShop('loaded');
+  tellStatus();
 })();

@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from watcherd.compat.greenfield import STATUS as GREENFIELD_STATUS
 from watcherd.http.page import public, qr
 from watcherd.http.page.strings import Html, Strings
 
@@ -25,6 +26,7 @@ OPEN_STATES = frozenset({"unpaid", "underpaid"})  # the customer may still pay: 
 WALLET_SCHEMES = frozenset({"bitcoin", "litecoin", "ethereum", "monero"})
 PAYMENT_STATES = frozenset({"pending", "confirmed", "replaced", "wrong_asset"})
 REFRESH_SECONDS = 15  # the <noscript> page's meta refresh
+MODAL_QUERY = "?view=modal"  # the page inside a shop's overlay (see render_page)
 AMOUNT_PARAMS = frozenset({"amount", "tx_amount", "value", "uint256"})  # where a payment URI asks for money
 
 
@@ -139,14 +141,15 @@ def _copyable(field_id: str, value: str, label: str, strings: Strings, unit: str
     )
 
 
-def _activate_form(invoice_id: str, method: dict[str, Any], strings: Strings, primary: bool) -> str:
-    action = f"{quote(invoice_id, safe='')}/methods/{quote(method['method'], safe='')}"
+def _activate_form(invoice_id: str, method: dict[str, Any], strings: Strings, primary: bool, modal: bool) -> str:
+    action = f"{quote(invoice_id, safe='')}/methods/{quote(method['method'], safe='')}{MODAL_QUERY if modal else ''}"
     label = strings("pay_with", asset=method.get("asset") or method["method"])
     return (f'<form method="post" action="{action}" class="activate"><button type="submit" class="button'
             f'{"" if primary else " secondary"}">{label}</button></form>')
 
 
-def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: Strings, collapsed: bool) -> str:
+def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: Strings, collapsed: bool,
+             modal: bool) -> str:
     """The coins the invoice is offered in, with their amounts; folded away (a native <details>) under the
     chosen coin once it has an address, so a phone shows the QR first."""
     items, whole_amounts = [], False
@@ -160,10 +163,11 @@ def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: St
             action = f'<span class="tag">{strings("chosen")}</span>'
         elif method.get("activated"):
             asset = method.get("asset") or method["method"]
-            action = (f'<a class="button secondary" href="?method={quote(method["method"], safe="")}">'
+            action = (f'<a class="button secondary" href="?method={quote(method["method"], safe="")}'
+                      f'{"&amp;view=modal" if modal else ""}">'
                       f'{strings("show_method", asset=asset)}</a>')
         else:
-            action = _activate_form(str(invoice.get("id")), method, strings, primary=False)
+            action = _activate_form(str(invoice.get("id")), method, strings, primary=False, modal=modal)
         current = ' class="method chosen" aria-current="true"' if is_chosen else ' class="method"'
         items.append(
             f'<li{current}>'
@@ -179,14 +183,14 @@ def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: St
             f'{strings("choose_coin")}</h2><ul>{"".join(items)}</ul>{hint}</section>')
 
 
-def _pay_box(invoice: dict[str, Any], method: dict[str, Any], view: str, strings: Strings) -> str:
+def _pay_box(invoice: dict[str, Any], method: dict[str, Any], view: str, strings: Strings, modal: bool) -> str:
     asset = method.get("asset") or method["method"]
     title = f'<h2 id="pay-title">{strings("pay_with", asset=Html(_method_name(method, strings)))}</h2>'
     if not method.get("activated") or not method.get("address"):
         owed = method.get("due") if method.get("due") is not None else method.get("amount")
         price = f'<p class="pay-amount">{_money(owed, asset)}</p>' if owed is not None else ""
         return (f'<section class="pay" aria-labelledby="pay-title">{title}{price}'
-                f'{_activate_form(str(invoice.get("id")), method, strings, primary=True)}</section>')
+                f'{_activate_form(str(invoice.get("id")), method, strings, primary=True, modal=modal)}</section>')
     underpaid = view == "underpaid" and method.get("due") is not None
     amount = method.get("due") if underpaid else method.get("amount")
     uri = _qr_uri(method, view)
@@ -316,9 +320,10 @@ def _status(invoice: dict[str, Any], view: str, chosen: dict[str, Any] | None, s
 
 
 def render_page(invoice: dict[str, Any], strings: Strings, assets: Assets, *, asked_method: str | None,
-                now: float) -> str:
+                now: float, modal: bool = False) -> str:
     """The whole page for one invoice (the full invoice JSON: the page shows `metadata.description`, and only
-    that, of the metadata)."""
+    that, of the metadata). `modal`: inside a shop's overlay (BTCPay's modal script, `?view=modal`): a close
+    button, links that stay modal, and the invoice's Greenfield status for the script to post to the shop."""
     view = public.state(invoice)
     chosen = public.chosen_method(invoice, asked_method)
     invoice_id = str(invoice.get("id", ""))
@@ -331,8 +336,12 @@ def render_page(invoice: dict[str, Any], strings: Strings, assets: Assets, *, as
         f'<body data-copied="{strings("copied")}" data-copy-failed="{strings("copy_failed")}">'
         f'<main id="checkout" data-id="{escape(invoice_id)}" data-live="{quote(invoice_id, safe="")}/live" '
         f'data-status="{quote(invoice_id, safe="")}/status" data-version="{version}" '
-        f'data-final="{"1" if final else "0"}">'
+        f'data-final="{"1" if final else "0"}"'
+        + (f' data-modal-status="{GREENFIELD_STATUS.get(str(invoice.get("status")), "New")}">' if modal else '>')
     )
+    if modal:
+        parts.append(f'<p class="modal-close"><button type="button" class="button secondary" data-close hidden>'
+                     f'{strings("close")}</button></p>')
     parts.append(f'<header class="order"><p class="eyebrow">{strings("page_title")}</p>')
     if order:
         parts.append(f'<h1><span class="label">{strings("order")}</span> {escape(str(order))}</h1>')
@@ -355,11 +364,11 @@ def render_page(invoice: dict[str, Any], strings: Strings, assets: Assets, *, as
         several = len(public.methods(invoice)) > 1
         ready = chosen is not None and bool(chosen.get("activated")) and bool(chosen.get("address"))
         if several and not ready:
-            parts.append(_methods(invoice, chosen, strings, collapsed=False))
+            parts.append(_methods(invoice, chosen, strings, collapsed=False, modal=modal))
         if chosen is not None:
-            parts.append(_pay_box(invoice, chosen, view, strings))
+            parts.append(_pay_box(invoice, chosen, view, strings, modal))
         if several and ready:
-            parts.append(_methods(invoice, chosen, strings, collapsed=True))
+            parts.append(_methods(invoice, chosen, strings, collapsed=True, modal=modal))
     parts.append(_ledger(invoice, strings))
     back = public.redirect_url(invoice)
     if back and (view in PAID_STATES or final):
