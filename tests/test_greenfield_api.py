@@ -250,8 +250,10 @@ async def test_hook_sender_signs_and_retries(tmp_path):
         import aiohttp
         async with aiohttp.ClientSession() as session:
             assert await sender.deliver_due(session) == 1
+            assert await store.pending_deliveries() == [("hooks", 1, 1)]  # /metrics: transport "hooks"
             now[0] += 5
             assert await sender.deliver_due(session) == 1
+            assert await store.pending_deliveries() == []
     assert len(received) == 2 and received[0] == received[1]
     body, sig = received[0]
     assert sig == "sha256=" + hmac.new(b"s3cret-0123456789", body, hashlib.sha256).hexdigest()

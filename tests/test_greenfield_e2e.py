@@ -62,13 +62,19 @@ class Receiver:
 
     def __init__(self) -> None:
         self.received: list[tuple[bytes, str]] = []
+        self.answer = 200  # a 503 while the billing system is down: nothing it answers so is recorded
+        self.refused = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.received.append((body, self.headers.get("BTCPay-Sig", "")))
-                self.send_response(200)
+                answer = outer.answer
+                if answer == 200:
+                    outer.received.append((body, self.headers.get("BTCPay-Sig", "")))
+                else:
+                    outer.refused += 1
+                self.send_response(answer)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -341,3 +347,39 @@ def test_bitpay_flow_as_whmcs_v3_does_it(gf_shop, bsv_node):
     caught.value.close()
     whmcs.server.shutdown()
     whmcs.server.server_close()
+
+
+def test_webhook_deliveries_pending_at_a_kill_are_delivered_after_the_restart(gf_shop, bsv_node):
+    """The billing system is down (503) while an invoice is paid and settled; the daemon is killed -9 with
+    the Greenfield webhook deliveries still pending (shown in metrics as transport "hooks"). Restarted, it
+    delivers every one once the endpoint is back: each event type once, each delivery id once, signed."""
+    daemon, sc, client, receiver = gf_shop
+    receiver.answer = 503
+    hook = sc.WebhooksApi(client).api_v1_stores_store_id_webhooks_post(sc.WebhookDataCreate(url=receiver.url), STORE)
+    secret = field(hook, "secret")
+    invoice = create_usd(sc, client, "49.00")
+    btc = activate(sc, client, invoice["id"], "BTC-CHAIN")
+    bsv_node.pay(btc["destination"], btc["due"])
+    bsv_node.mine(1)
+    deadline = time.monotonic() + scaled(30)
+    while raw(client, "GET", f"/api/v1/invoices/{invoice['id']}")["status"] != "Settled":
+        assert time.monotonic() < deadline, daemon.log_tail()
+        time.sleep(0.1)
+    while daemon.metric("watcherd_notifications_pending", transport="hooks") < 5 or not receiver.refused:
+        assert time.monotonic() < deadline, (receiver.refused, daemon.log_tail())
+        time.sleep(0.1)
+    assert receiver.received == []
+    daemon.kill()
+
+    receiver.answer = 200
+    daemon.start()
+    wanted = ["InvoiceCreated", "InvoiceReceivedPayment", "InvoiceProcessing", "InvoicePaymentSettled",
+              "InvoiceSettled"]
+    events = receiver.wait(secret, invoice["id"], wanted, timeout=60)
+    assert sorted(e["type"] for e in events) == sorted(wanted), [e["type"] for e in events]
+    assert len({e["deliveryId"] for e in events}) == len(events) and not any(e["isRedelivery"] for e in events)
+    deadline = time.monotonic() + scaled(10)
+    while daemon.metric("watcherd_notifications_pending", transport="hooks") != 0:
+        assert time.monotonic() < deadline, daemon.log_tail()
+        time.sleep(0.1)
+    assert daemon.metric("watcherd_notifications_delivered_total", transport="hooks") == len(wanted)

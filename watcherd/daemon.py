@@ -109,7 +109,8 @@ class Daemon:
         runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
                                         compat, self.config.api.embed_origins),
                                access_log=None, handle_signals=False)
-        metrics_runner = web.AppRunner(metrics_http.make_app(store, tuple(transports)), access_log=None,
+        watched = (*transports, *((HookSender.transport,) if self.hooks is not None else ()))
+        metrics_runner = web.AppRunner(metrics_http.make_app(store, watched), access_log=None,
                                        handle_signals=False)
         await runner.setup()
         await metrics_runner.setup()

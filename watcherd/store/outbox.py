@@ -103,18 +103,24 @@ class OutboxQueries(Database):
         return [dict(r) for r in await self._all(sql, (*params, limit))]
 
     async def pending_deliveries(self) -> list[tuple[str, int, int | None]]:
-        """(transport, count, oldest created_at) of what is still to deliver."""
+        """(transport, count, oldest created_at) of what is still to deliver; the Greenfield webhooks' and BitPay
+        notifications' own deliveries count as transport "hooks"."""
         rows = await self._all(
             """SELECT d.transport, COUNT(*), MIN(e.created_at) FROM deliveries d
                JOIN events e ON e.seq = d.event_seq
-               WHERE d.delivered_at IS NULL AND d.failed_at IS NULL GROUP BY d.transport"""
+               WHERE d.delivered_at IS NULL AND d.failed_at IS NULL GROUP BY d.transport
+               UNION ALL
+               SELECT 'hooks', COUNT(*), MIN(created_at) FROM hook_deliveries
+               WHERE delivered_at IS NULL AND failed_at IS NULL HAVING COUNT(*) > 0"""
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def failed_deliveries(self) -> dict[str, int]:
         """Per transport, the deliveries given up on (kept for `webhooks redeliver`)."""
         rows = await self._all(
-            "SELECT transport, COUNT(*) FROM deliveries WHERE failed_at IS NOT NULL GROUP BY transport"
+            """SELECT transport, COUNT(*) FROM deliveries WHERE failed_at IS NOT NULL GROUP BY transport
+               UNION ALL
+               SELECT 'hooks', COUNT(*) FROM hook_deliveries WHERE failed_at IS NOT NULL HAVING COUNT(*) > 0"""
         )
         return {r[0]: r[1] for r in rows}
 
