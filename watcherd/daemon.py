@@ -91,6 +91,7 @@ class Daemon:
         # arriving during startup waits for it and two in a row never interleave
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         store = await Store.open(self.config.store.path)
+        store.max_batch = self.config.store.max_batch
         transports = [t for t, on in (("webhook", self.config.webhook), ("mqtt", self.config.mqtt)) if on]
         self.processor = Processor(store, self.chains, transports, public_url=self.config.api.public_url)
         await self.processor.start()

@@ -237,20 +237,23 @@ class Processor:
                 request_digest=request_digest, redirect_url=redirect_url, compat=compat or {},
             )
             await self.store.insert_invoice(invoice, methods)
+            methods = [replace(m, invoice_id=invoice.id) for m in methods]
             if activate:
-                await self._activate(replace(methods[0], invoice_id=invoice.id), now)
-            await self._reassess(invoice.id, force_type="invoice.created")
+                methods[0] = await self._activate(methods[0], now)
+            # the rows are all here: the new invoice is rendered from them, once, for its event and the answer
+            shown = await self._reassess(invoice.id, force_type="invoice.created", rows=(invoice, methods, []))
         self._after_activation(methods[0].chain if activate else None, invoice.id)
-        return await self._shown(invoice.id)
+        assert shown is not None
+        return shown
 
-    async def _activate(self, method: MethodRow, now: int) -> None:
+    async def _activate(self, method: MethodRow, now: int) -> MethodRow:
         """Give the method its address: the chain's next derivation index. Inside the caller's transaction."""
         chain = self.chains[method.chain]
-        index = await self.store.allocate_address_index(method.chain)
+        index, self._unused[method.chain] = await self.store.allocate_address_index(method.chain)
         address, key = await chain.address(index)
         await self.store.activate(method, address, key, index, now)
         self._new_keys.append((method.chain, key))
-        self._unused[method.chain] = await self.store.unused_address_run(method.chain)
+        return replace(method, activated_at=now, address=address, watch_key=key, derivation_index=index)
 
     def _after_activation(self, chain_name: str | None, invoice_id: str) -> None:
         """After the commit: the new address is watched from now on; warn when the gap limit is near."""
@@ -402,15 +405,20 @@ class Processor:
         # an invoice from before version 4: priced in the coin of its one method
         return next((m.decimals for m in methods if m.row.asset == invoice.currency), 0)
 
-    async def _reassess(self, invoice_id: str, force_type: str | None = None) -> None:
-        """Recompute one invoice from its payments; on any visible change, store it and queue an event.
+    async def _reassess(
+        self, invoice_id: str, force_type: str | None = None,
+        rows: tuple[InvoiceRow, list[MethodRow], list[PaymentRow]] | None = None,
+    ) -> dict[str, Any] | None:
+        """Recompute one invoice from its payments; on any visible change, store it and queue an event, and
+        return the invoice as the event shows it. `rows`: the invoice, its methods and payments as the caller
+        just wrote them (a new invoice), instead of reading them back.
 
         Must run inside a store transaction."""
-        invoice = await self.store.invoice(invoice_id)
+        invoice = rows[0] if rows else await self.store.invoice(invoice_id)
         if invoice is None:
-            return
+            return None
         now = int(self.clock())
-        payments = await self.store.payments_for(invoice_id)
+        payments = rows[2] if rows else await self.store.payments_for(invoice_id)
         changed = False
         for row in payments:
             confirmed = self._confirmed(row)
@@ -424,12 +432,12 @@ class Processor:
         valued = [replace(p.payment, confirmed=self._confirmed(p)) for p in payments]
         assessment = assess(invoice.terms, valued, 0, now)
         exception = assessment.exception.value if assessment.exception else None
-        methods = await self.store.methods_for(invoice_id)
+        methods = rows[1] if rows else await self.store.methods_for(invoice_id)
         # what an event shows that can change (a picked method has its own event): the same as before version 4,
         # so an upgrade emits nothing for invoices that did not change
         digest = json.dumps([assessment.status, exception, sorted((p.txid, p.vout, p.status(0, 0)) for p in valued)])
         if digest == invoice.digest and force_type is None:
-            return
+            return None
         paid_at = invoice.paid_at
         if assessment.status is Status.PAID and invoice.status is not Status.PAID:
             paid_at = now
@@ -463,6 +471,7 @@ class Processor:
             f" ({exception})" if exception else "",
             extra={"invoice_id": invoice_id, "chain": label, "event_id": event_id},
         ))
+        return body
 
     def caught_up(self, chain_name: str) -> bool:
         """The chain's node answers and we have processed up to its tip: what it has not shown us, it has not

@@ -22,6 +22,7 @@ from watcherd.rates.config import DEFAULT_CURRENCIES, DEFAULT_SOURCES, SOURCE_UR
 class StoreConfig:
     path: Path
     retention_days: int = 90  # events (and their deliveries) of settled invoices older than this are pruned; 0: never
+    max_batch: int = 64  # concurrent transactions committed together at most (1: one commit each)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class LogConfig:
 
 def parse_store(t: Table) -> StoreConfig:
     store = StoreConfig(path=t.path("path"),
-                        retention_days=t.integer("retention_days", 90, lambda x: x >= 0, "an integer ≥ 0 (0: keep)"))
+                        retention_days=t.integer("retention_days", 90, lambda x: x >= 0, "an integer ≥ 0 (0: keep)"),
+                        max_batch=t.integer("max_batch", 64, lambda x: 1 <= x <= 10_000, "an integer from 1 to 10000"))
     t.finish()
     return store
 

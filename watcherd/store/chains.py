@@ -55,17 +55,15 @@ class ChainQueries(Database):
         row = await self._one("SELECT hash FROM blocks WHERE chain = ? AND height = ?", (chain, height))
         return row[0] if row else None
 
-    async def allocate_address_index(self, chain: str) -> int:
-        row = await self._one("SELECT next_address_index FROM chains WHERE name = ?", (chain,))
+    async def allocate_address_index(self, chain: str) -> tuple[int, int]:
+        """The chain's next derivation index, taken; and how many of the newest issued addresses in a row,
+        this one included, have never received anything, in one statement."""
+        row = await self._one(
+            """UPDATE chains SET next_address_index = next_address_index + 1 WHERE name = ?
+               RETURNING next_address_index - 1, next_address_index - 1 - last_used_index""", (chain,))
         if row is None:
             raise StoreError(f"unknown chain {chain!r}")
-        await self._write("UPDATE chains SET next_address_index = ? WHERE name = ?", (row[0] + 1, chain))
-        return int(row[0])
-
-    async def unused_address_run(self, chain: str) -> int:
-        """How many of the newest issued addresses in a row have never received anything."""
-        row = await self._one("SELECT next_address_index - 1 - last_used_index FROM chains WHERE name = ?", (chain,))
-        return int(row[0]) if row else 0
+        return int(row[0]), int(row[1])
 
     async def mark_address_used(self, chain: str, derivation_index: int) -> None:
         await self._write(

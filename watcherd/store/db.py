@@ -38,11 +38,23 @@ async def _connect(path: str, *, read_only: bool) -> aiosqlite.Connection:
     return db
 
 
+class _Batch:
+    """Units of work sharing one database transaction (see `Database.transaction`)."""
+
+    def __init__(self) -> None:
+        self.units = 0  # completed so far
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
 class Database:
+    max_batch = 64  # units committed together at most (the [store] max_batch key)
+
     def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection | None = None):
         self._db = db
         self._reader = reader or db  # ":memory:" has no second connection to the same database
         self._lock = asyncio.Lock()
+        self._batch: _Batch | None = None  # the open database transaction and its units
+        self._queued = 0  # units waiting for the lock: they will join the open batch
 
     @classmethod
     async def open(cls, path: str | Path) -> Self:
@@ -89,30 +101,82 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Self]:
-        """One atomic unit of work; transactions are serialized, never interleaved."""
-        async with self._lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-            except asyncio.CancelledError:
-                # the BEGIN was already queued on the connection's thread and runs anyway: undo it behind it,
-                # or the next transaction would find one still open
-                await asyncio.shield(self._rollback())
-                raise
+        """One atomic unit of work, never interleaved with another.
+
+        Group commit: units that queue up while one runs join its database transaction, each in a savepoint,
+        and are committed together, so a burst of API requests or delivery records costs one fsync, not one
+        each. A unit that raises rolls back only itself; a unit returns only once its batch is committed (and
+        raises if that commit failed), so nothing is acknowledged before it is durable. `max_batch` caps a
+        batch (1: one transaction per unit)."""
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            batch = self._batch
+            if batch is None:
+                await self._begin()
+                batch = self._batch = _Batch()
+            first = batch.units == 0
+            if not first:
+                await self._db.execute("SAVEPOINT unit")
             token = _WRITING.set(self)
             try:
                 yield self
             except BaseException:
-                await asyncio.shield(self._rollback())
+                await asyncio.shield(self._undo_unit(batch, first))
                 raise
             else:
-                # shielded: a shutdown cancelling the caller must not leave a commit half-acknowledged
-                try:
-                    await asyncio.shield(self._db.execute("COMMIT"))
-                except sqlite3.Error:
-                    await asyncio.shield(self._rollback())  # a failed COMMIT (disk full) can leave it open
-                    raise
+                if not first:
+                    await self._db.execute("RELEASE unit")
+                batch.units += 1
             finally:
                 _WRITING.reset(token)
+        finally:
+            if self._batch is not None and (self._queued == 0 or self._batch.units >= self.max_batch):
+                # shielded: a shutdown cancelling the caller must not leave a commit half-acknowledged
+                await asyncio.shield(self._commit())
+            self._lock.release()
+        await asyncio.shield(batch.committed)
+
+    async def _begin(self) -> None:
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+        except asyncio.CancelledError:
+            # the BEGIN was already queued on the connection's thread and runs anyway: undo it behind it,
+            # or the next transaction would find one still open
+            await asyncio.shield(self._rollback())
+            raise
+
+    async def _undo_unit(self, batch: _Batch, first: bool) -> None:
+        """A unit raised: take back its writes, and only its own. The first unit of a batch has no savepoint
+        (nobody else is in it yet): the whole transaction goes. So does a batch whose transaction the database
+        already ended by itself (SQLite rolls back on a full disk or an I/O error): its units learn it from
+        their commit."""
+        if not first:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("ROLLBACK TO unit")
+                await self._db.execute("RELEASE unit")
+                if self._db.in_transaction:
+                    return
+        self._batch = None
+        await self._rollback()
+        if not batch.committed.done():
+            batch.committed.set_exception(StoreError("the transaction was rolled back with a failed unit of it"))
+            batch.committed.exception()  # retrieved: a batch with no other unit has nobody waiting on it
+
+    async def _commit(self) -> None:
+        batch, self._batch = self._batch, None
+        assert batch is not None
+        try:
+            await self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            await self._rollback()  # a failed COMMIT (disk full) can leave it open
+            batch.committed.set_exception(exc)
+            batch.committed.exception()
+        else:
+            batch.committed.set_result(None)
 
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # "no transaction is active" when the BEGIN had failed
