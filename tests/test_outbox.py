@@ -158,7 +158,7 @@ async def test_an_event_rolled_back_never_goes_out(core):
 
             look = asyncio.create_task(outbox_looks_meanwhile())
             with pytest.raises(RuntimeError, match="cancelled mid-block"):
-                async with processor.store.transaction():
+                async with processor._transaction():
                     await processor._apply_tx(chain, ChainTx("t1", (Received(chain.derive(0)[1], 0, 1000),)), None)
                     await processor._reassess(invoice["id"])
                     assert len(await processor.store.events_for(invoice["id"])) == 2  # the writer sees it

@@ -1,5 +1,6 @@
 """The chain-agnostic core driven by a fake adapter: payments, blocks, reorgs, replacements, outbox rows."""
 
+import asyncio
 import json
 import sqlite3
 
@@ -412,3 +413,20 @@ async def test_a_version_3_store_is_migrated_and_its_invoices_read_and_judge_as_
         assert await store.watch_keys("fake") == [b"\x00"]
     finally:
         await store.close()
+
+
+async def test_invoices_created_together_are_all_watched_and_all_logged(core, caplog):
+    """Group commit runs concurrent creates (and a follower's cursor write) in one transaction: each keeps its
+    own addresses and log lines, so every address handed out is watched and a payment to it is seen."""
+    processor, chain, _ = core
+    with caplog.at_level("INFO", logger="watcherd.processor"):
+        created = await asyncio.gather(*(processor.create_invoice("fake", 1_000 + n) for n in range(8)),
+                                       processor.set_cursor("fake", Cursor(100, "h100")))
+    invoices = created[:8]
+    keys = [chain.derive(n)[1] for n in range(8)]
+    assert set(keys) <= chain.watchlist.keys
+    assert sorted(r.getMessage() for r in caplog.records if "unpaid -> unpaid" in r.getMessage()) == sorted(
+        f"invoice {i['id']} unpaid -> unpaid" for i in invoices)
+    await processor.block_connected("fake", block(101, [tx(f"t{n}", key, 1_000 + n, spent=(f"o{n}".encode(),))
+                                                        for n, key in enumerate(keys)]))
+    assert {(await processor.invoice_json(i["id"]))["status"] for i in invoices} == {"processing"}

@@ -15,7 +15,8 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
 from functools import partial
@@ -54,6 +55,20 @@ class EventRecord:
     row: InvoiceRow  # the invoice as stored now (manual status, what a compatible API was asked)
 
 
+@dataclass(slots=True)
+class _Pending:
+    """What one open transaction does once it commits: its log lines and counters, the addresses it handed out
+    (watched from then on), the invoices it gave an event (their pages re-read). Group commit runs several
+    transactions at once, each in its own task, so each keeps its own (a ContextVar), never the Processor's."""
+
+    effects: list[Callable[[], object]] = field(default_factory=list)
+    new_keys: list[tuple[str, bytes]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+_PENDING: ContextVar[_Pending] = ContextVar("watcherd_pending")
+
+
 # Called for every event, inside its transaction: what it writes (a registered webhook's delivery) commits with
 # the event or not at all.
 EventListener = Callable[[Store, EventRecord], Awaitable[None]]
@@ -74,11 +89,9 @@ class Processor:
         self.final_heights: dict[str, int] = {}  # chains with finality: the node's last finalized height
         self.known_assets: dict[str, dict[str, int]] = {}  # chains no longer configured render with these
         self.natives: dict[str, str] = {}  # each chain's own coin
-        self._new_keys: list[tuple[str, bytes]] = []  # addresses handed out in the open transaction
         self._unused: dict[str, int] = {}  # per chain: issued addresses in a row that never received funds
-        self._effects: list[Callable[[], object]] = []  # log lines and counters of the open transaction
         self.live = Live()  # payment pages watching an invoice
-        self._touched: set[str] = set()  # invoices given an event since the last wake-up
+        self._touched: set[str] = set()  # invoices given a committed event since the last wake-up
         self.event_listeners: list[EventListener] = []  # the compatible APIs' webhooks and notification URLs
 
     def sink(self, chain_name: str) -> LedgerSink:
@@ -252,16 +265,11 @@ class Processor:
         index, self._unused[method.chain] = await self.store.allocate_address_index(method.chain)
         address, key = await chain.address(index)
         await self.store.activate(method, address, key, index, now)
-        self._new_keys.append((method.chain, key))
+        _PENDING.get().new_keys.append((method.chain, key))
         return replace(method, activated_at=now, address=address, watch_key=key, derivation_index=index)
 
     def _after_activation(self, chain_name: str | None, invoice_id: str) -> None:
-        """After the commit: the new address is watched from now on; warn when the gap limit is near."""
-        new, self._new_keys = self._new_keys, []
-        for name, key in new:
-            if name in self.chains:  # (a reload may have removed it meanwhile)
-                self.chains[name].watchlist.keys.add(key)
-                metrics.WATCHED_ADDRESSES.labels(name).set(len(self.chains[name].watchlist.keys))
+        """After the commit (which made the new address watched): warn when the gap limit is near."""
         self.wake_outbox()
         if chain_name is None:
             return
@@ -464,9 +472,10 @@ class Processor:
                                  json.loads(previous)["invoice"] if previous else None, updated)
             for listener in self.event_listeners:
                 await listener(self.store, record)
-        self._touched.add(invoice_id)
-        self._effects.append(partial(metrics.EVENTS.labels(label, type_).inc))
-        self._effects.append(partial(
+        pending = _PENDING.get()
+        pending.touched.add(invoice_id)
+        pending.effects.append(partial(metrics.EVENTS.labels(label, type_).inc))
+        pending.effects.append(partial(
             log.info, "invoice %s %s -> %s%s", invoice_id, invoice.status, assessment.status,
             f" ({exception})" if exception else "",
             extra={"invoice_id": invoice_id, "chain": label, "event_id": event_id},
@@ -544,7 +553,7 @@ class Processor:
             )
             touched.add(method.invoice_id)
             await self.store.mark_address_used(chain.name, method.derivation_index)
-            self._effects.append(partial(
+            _PENDING.get().effects.append(partial(
                 log.info, "payment %s:%d of %d to invoice %s%s", tx.txid, output.vout, output.amount,
                 method.invoice_id, f" in block {block.height}" if block else " (unconfirmed)",
                 extra={"chain": chain.name, "txid": tx.txid, "invoice_id": method.invoice_id},
@@ -596,11 +605,19 @@ class Processor:
     async def _transaction(self) -> AsyncIterator[None]:
         """A store transaction whose log lines and counters take effect only once it committed: a block retried
         after a failed commit must not report its payments twice, nor once for nothing."""
-        async with self.store.transaction():
-            self._effects, self._new_keys = [], []
-            yield
-            effects = self._effects
-        for effect in effects:
+        pending = _Pending()
+        token = _PENDING.set(pending)
+        try:
+            async with self.store.transaction():
+                yield
+        finally:
+            _PENDING.reset(token)
+        for name, key in pending.new_keys:  # watched before the answer that hands the address out
+            if name in self.chains:  # (a reload may have removed it meanwhile)
+                self.chains[name].watchlist.keys.add(key)
+                metrics.WATCHED_ADDRESSES.labels(name).set(len(self.chains[name].watchlist.keys))
+        self._touched |= pending.touched
+        for effect in pending.effects:
             effect()
 
     @asynccontextmanager
