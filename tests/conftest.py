@@ -3,6 +3,8 @@
 Sections, each self-contained so more can be added (the daemon fixture goes in its own section):
 
 * timing: TIMEOUT_FACTOR, `scaled`, `wait_for`, `async_wait_for`
+* store: `store_location`, a fresh store for each backend (a SQLite file; an empty database on a session-scoped
+  real PostgreSQL, `postgres_server`, its params marked `nodes`)
 * nodes: session-scoped real nodes (`bsv_node`, `ltc_node`) on free loopback ports in temp dirs, started once,
   stopped by pid at session end even when tests fail. Tests may mine and pay freely on them, so never assert
   absolute heights or balances: compare before/after.
@@ -79,7 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
 
-NODE_FIXTURES = {"bsv_node", "ltc_node", "eth_node", "xmr_node", "daemon_factory"}
+NODE_FIXTURES = {"bsv_node", "ltc_node", "eth_node", "xmr_node", "daemon_factory", "postgres_server"}
 # modules that start nodes, build wheels or run whole programs without going through those fixtures
 NODE_MODULES = {"test_devnet", "test_packaging", "test_bench_runs"}
 
@@ -94,6 +96,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---- store backends ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL 15 on a free loopback port, stopped by pid at session end. Its directory is made
+    outside pytest's (private to root) temp tree: the server runs as the postgres user."""
+    import shutil
+    import tempfile
+
+    from testkit.postgres import PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="watcherd-pg-"))
+    server = PostgresServer(root)
+    try:
+        server.start(timeout=scaled(START_TIMEOUT))
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# the store-level tests run on both: "postgres" needs the real server, hence `nodes`
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.nodes)]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where `Store.open` finds a fresh, empty store: a SQLite file, or a new database on `postgres_server`."""
+    if request.param == "sqlite":
+        return tmp_path / "w.sqlite3"
+    return str(request.getfixturevalue("postgres_server").new_database())
 
 
 # ---- nodes -------------------------------------------------------------------------------------------

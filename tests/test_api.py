@@ -14,8 +14,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-async def client(tmp_path):
-    store = await Store.open(tmp_path / "w.sqlite3")
+async def client(store_location):
+    store = await Store.open(store_location)
     processor = Processor(store, {"btc": FakeChain("btc")}, ["webhook"])
     await processor.start()
     await processor.set_cursor("btc", Cursor(1, "h1"))

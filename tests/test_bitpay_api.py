@@ -22,8 +22,8 @@ BASIC = {"Authorization": "Basic " + base64.b64encode(KEY.encode()).decode()}
 
 
 @pytest.fixture
-async def env(tmp_path):
-    store = await Store.open(tmp_path / "w.sqlite3")
+async def env(store_location):
+    store = await Store.open(store_location)
     chain = FakeChain("btc", confirmations=1)
     processor = Processor(store, {"btc": chain}, [])
     await processor.start()

@@ -365,8 +365,8 @@ class Clock:
 
 
 @pytest.fixture
-async def ledger(tmp_path):
-    store = await Store.open(tmp_path / "w.sqlite3")
+async def ledger(store_location):
+    store = await Store.open(store_location)
     chain = FakeChain("btc", confirmations=2)
     processor = Processor(store, {"btc": chain}, ["webhook"], clock=Clock())
     await processor.start()
@@ -553,9 +553,9 @@ async def test_qr_svg_route_serves_the_payment_uri(ledger) -> None:
 
 
 @pytest.fixture
-async def two_coins(tmp_path):
+async def two_coins(store_location):
     """The real ledger with two fake coin chains: BTC (1 confirmation) and LTC (2), 8 decimals each."""
-    store = await Store.open(tmp_path / "w.sqlite3")
+    store = await Store.open(store_location)
     chains = {}
     for name, asset, confirmations in (("btc", "BTC", 1), ("ltc", "LTC", 2)):
         chain = FakeChain(name, confirmations=confirmations)

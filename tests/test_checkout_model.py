@@ -39,8 +39,8 @@ class Book:
 
 
 @pytest.fixture
-async def shop(tmp_path):
-    store = await Store.open(tmp_path / "w.sqlite3")
+async def shop(store_location):
+    store = await Store.open(store_location)
     chains = {"btc": coin_chain("btc", "BTC", 8, 2), "xmr": coin_chain("xmr", "XMR", 12, 10)}
     clock = Clock()
     processor = Processor(store, chains, ["webhook"], clock=clock, public_url="https://pay.example")
@@ -161,9 +161,9 @@ async def test_the_jpy_has_no_minor_unit_and_an_expired_invoice_gets_no_new_addr
         await processor.activate_method(invoice["id"], "btc")
 
 
-async def test_a_token_with_the_same_symbol_on_two_chains_is_priced_with_each_chains_decimals(tmp_path):
+async def test_a_token_with_the_same_symbol_on_two_chains_is_priced_with_each_chains_decimals(store_location):
     """USDC has 6 decimals on Ethereum and 18 on BSC: each method's amount uses its own chain's."""
-    store = await Store.open(tmp_path / "w.sqlite3")
+    store = await Store.open(store_location)
     chains = {"bsc": coin_chain("bsc", "BNB", 18, 1), "eth": coin_chain("eth", "ETH", 18, 1)}
     chains["bsc"].assets["USDC"], chains["eth"].assets["USDC"] = 18, 6
     processor = Processor(store, chains, [])

@@ -35,8 +35,8 @@ class Rates:
 
 
 @pytest.fixture
-async def env(tmp_path):
-    store = await Store.open(tmp_path / "w.sqlite3")
+async def env(store_location):
+    store = await Store.open(store_location)
     chain = FakeChain("btc", confirmations=1)
     processor = Processor(store, {"btc": chain}, [])
     await processor.start()
@@ -226,9 +226,9 @@ async def test_webhook_crud_and_redelivery(env):
     assert (await client.get(path, headers=GF)).status == 404
 
 
-async def test_hook_sender_signs_and_retries(tmp_path):
+async def test_hook_sender_signs_and_retries(store_location):
     """BTCPay-Sig is the HMAC of the exact body with the hook's secret; a 500 is retried with the same body."""
-    store = await Store.open(tmp_path / "w.sqlite3")
+    store = await Store.open(store_location)
     received: list[tuple[bytes, str]] = []
     answers = [500, 200]
 

@@ -1,23 +1,39 @@
 """Group commit (store/db.py `Database.transaction`): units of work that queue up while one runs share its
-database transaction, each in its own savepoint; each returns only once that transaction is committed."""
+database transaction, each in its own savepoint; each returns only once that transaction is committed. On both
+backends."""
 
 import asyncio
 import sqlite3
 
 import pytest
 
-from watcherd.exceptions import StoreError
+from watcherd.exceptions import StoreError, StoreUnavailable
 from watcherd.store import Store
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = await Store.open(tmp_path / "w.sqlite3")
-    statements: list[str] = []
-    await store._db._execute(store._db._conn.set_trace_callback, statements.append)
-    store.statements = statements  # type: ignore[attr-defined]
+async def store(store_location, monkeypatch):
+    store = await Store.open(store_location)
+    calls: list[str] = []  # what the transaction logic asked of the backend
+    for name in ("begin", "commit", "rollback", "savepoint", "rollback_to", "release"):
+        method = getattr(store._backend, name)
+
+        def recording(*args, _name=name, _method=method):
+            calls.append(_name)
+            return _method(*args)
+
+        monkeypatch.setattr(store._backend, name, recording)
+    store.calls = calls  # type: ignore[attr-defined]
     yield store
+    monkeypatch.undo()
     await store.close()
+
+
+def store_failure(store: Store) -> Exception:
+    """What the backend raises when the database cannot commit: a full disk, a connection cut."""
+    if store.dialect == "postgres":
+        return StoreUnavailable("store postgresql://...: ConnectionResetError")
+    return sqlite3.OperationalError("database or disk is full")
 
 
 async def add_chain(store: Store, name: str, fail: bool = False, seen: list[str] | None = None) -> None:
@@ -41,8 +57,8 @@ async def test_units_queued_together_commit_once_and_a_failing_one_takes_back_on
     assert [type(r) for r in results] == [type(None)] * 3 + [ValueError] + [type(None)] * 4
     assert await chains(store) == ["c0", "c1", "c2", "c4", "c5", "c6", "c7"]
     assert sorted(seen) == ["c0", "c1", "c2", "c4", "c5", "c6", "c7"], "a unit returned before its commit"
-    assert store.statements.count("BEGIN IMMEDIATE") == 1 and store.statements.count("COMMIT") == 1
-    assert store.statements.count("ROLLBACK TO unit") == 1
+    assert store.calls.count("begin") == 1 and store.calls.count("commit") == 1
+    assert store.calls.count("rollback_to") == 1
 
 
 async def test_a_failing_first_unit_rolls_back_alone_and_the_queue_goes_on(store):
@@ -56,36 +72,36 @@ async def test_max_batch_1_is_one_transaction_per_unit(store):
     store.max_batch = 1
     await asyncio.gather(*(add_chain(store, f"c{i}") for i in range(5)))
     assert await chains(store) == [f"c{i}" for i in range(5)]
-    assert store.statements.count("BEGIN IMMEDIATE") == 5 and "SAVEPOINT unit" not in store.statements
+    assert store.calls.count("begin") == 5 and "savepoint" not in store.calls
 
 
 async def test_a_failed_commit_fails_every_unit_of_the_batch_and_nothing_is_kept(store, monkeypatch):
-    execute = store._db.execute
+    commit = store._backend.commit
+    failure = store_failure(store)
 
-    def failing_commit(sql, *args):
-        if sql == "COMMIT":
-            raise sqlite3.OperationalError("database or disk is full")
-        return execute(sql, *args)
+    async def failing_commit():
+        raise failure
 
-    monkeypatch.setattr(store._db, "execute", failing_commit)
+    monkeypatch.setattr(store._backend, "commit", failing_commit)
     results = await asyncio.gather(*(add_chain(store, f"c{i}") for i in range(4)), return_exceptions=True)
-    assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
-    monkeypatch.setattr(store._db, "execute", execute)
+    assert all(r is failure for r in results), results
+    monkeypatch.setattr(store._backend, "commit", commit)
     assert await chains(store) == []
     await add_chain(store, "after")  # the connection is usable again: no transaction left open
     assert await chains(store) == ["after"]
 
 
 async def test_a_unit_whose_transaction_the_database_ended_fails_with_the_batch(store):
-    """SQLite rolls the whole transaction back by itself on some errors (a full disk): a later unit failing
-    that way must not let the earlier units of its batch believe they were committed."""
+    """SQLite rolls the whole transaction back by itself on some errors (a full disk), a PostgreSQL transaction
+    ends with its connection: a later unit failing that way must not let the earlier units of its batch believe
+    they were committed."""
 
     async def breaks_everything() -> None:
         async with store.transaction():
             await store._write("INSERT INTO chains (name) VALUES (?)", ("broken",))
-            await store._db.execute("ROLLBACK")  # as SQLite does after SQLITE_FULL
-            raise sqlite3.OperationalError("database or disk is full")
+            await store._backend.rollback()  # as SQLite does after SQLITE_FULL
+            raise store_failure(store)
 
     results = await asyncio.gather(add_chain(store, "c0"), breaks_everything(), return_exceptions=True)
-    assert isinstance(results[0], StoreError) and isinstance(results[1], sqlite3.OperationalError), results
+    assert isinstance(results[0], StoreError) and isinstance(results[1], sqlite3.OperationalError | StoreError)
     assert await chains(store) == []

@@ -35,8 +35,8 @@ def test_signature_recipe_matches_the_readme():
 
 
 @pytest.fixture
-async def core(tmp_path):
-    store = await Store.open(tmp_path / "w.sqlite3")
+async def core(store_location):
+    store = await Store.open(store_location)
     chain = FakeChain(confirmations=1)
     processor = Processor(store, {"fake": chain}, ["webhook"])
     await processor.start()
@@ -170,10 +170,10 @@ async def test_an_event_rolled_back_never_goes_out(core):
     assert [e["type"] for e in await processor.store.events_for(invoice["id"])] == ["invoice.created"]
 
 
-async def test_a_task_cancelled_while_its_transaction_begins_leaves_none_open(tmp_path):
+async def test_a_task_cancelled_while_its_transaction_begins_leaves_none_open(store_location):
     """Shutdown cancels the store probe, a follower or a sender at any await, including the BEGIN itself (which
     still runs on the connection's thread). The next transaction must start, not find one already open."""
-    store = await Store.open(tmp_path / "w.sqlite3")
+    store = await Store.open(store_location)
     try:
         for _ in range(50):  # the cancel lands at a different point each time; the BEGIN is the usual one
             probe = asyncio.create_task(store.writable())

@@ -22,9 +22,9 @@ class Clock:
         return self.now
 
 
-async def open_core(tmp_path, confirmations):
+async def open_core(store_location, confirmations):
     """A ledger on a fresh store with one fake chain whose cursor is at block 100, and a clock to move."""
-    store = await Store.open(tmp_path / "w.sqlite3")
+    store = await Store.open(store_location)
     chain = FakeChain(confirmations=confirmations)
     clock = Clock()
     processor = Processor(store, {"fake": chain}, ["webhook"], clock=clock)
@@ -34,8 +34,8 @@ async def open_core(tmp_path, confirmations):
 
 
 @pytest.fixture
-async def core(tmp_path):
-    processor, chain, clock = await open_core(tmp_path, confirmations=2)
+async def core(store_location):
+    processor, chain, clock = await open_core(store_location, confirmations=2)
     yield processor, chain, clock
     await processor.store.close()
 
@@ -196,10 +196,10 @@ async def test_token_invoice_and_wrong_asset_is_recorded_not_counted(core):
     assert (shown["status"], shown["exception"], shown["amount_received"]) == ("paid", "wrong_asset", "5")
 
 
-async def test_finality_chain_confirms_at_the_final_height_not_a_depth(tmp_path):
+async def test_finality_chain_confirms_at_the_final_height_not_a_depth(store_location):
     """On a chain with finality (Ethereum's `finalized`), a payment is confirmed only once the final height
     covers its block: however deep it already is, a stalled finality keeps the invoice processing."""
-    store = await Store.open(tmp_path / "w.sqlite3")
+    store = await Store.open(store_location)
     chain = FakeChain(confirmations=FINALITY)
     processor = Processor(store, {"fake": chain}, [])
     await processor.start()

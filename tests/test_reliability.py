@@ -20,8 +20,8 @@ from watcherd.store import KEEP_BLOCKS
 
 
 @pytest.fixture
-async def core(tmp_path):
-    processor, chain, clock = await open_core(tmp_path, confirmations=1)
+async def core(store_location):
+    processor, chain, clock = await open_core(store_location, confirmations=1)
     yield processor, chain, clock
     await processor.store.close()
 

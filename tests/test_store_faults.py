@@ -34,6 +34,7 @@ from testkit.receiver import WebhookReceiver
 from watcherd.core.types import Cursor
 from watcherd.delivery.mqtt import MqttPublisher
 from watcherd.delivery.webhook import WebhookSender
+from watcherd.exceptions import StoreUnavailable
 from watcherd.ledger import Processor
 from watcherd.store import Store
 
@@ -44,7 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class FailingWrites:
-    """While on, every store write fails as SQLite does on a full disk (the transaction then rolls back)."""
+    """While on, every store write fails as SQLite does on a full disk, or PostgreSQL when its connection is cut
+    (the transaction then rolls back)."""
 
     def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch):
         self.on = False
@@ -54,6 +56,8 @@ class FailingWrites:
         async def failing_write(sql: str, params: Any = ()) -> int:
             if self.on:
                 self.refused += 1
+                if store.dialect == "postgres":
+                    raise StoreUnavailable("store postgresql://...: ConnectionResetError")
                 raise sqlite3.OperationalError("database or disk is full")
             return await write(sql, params)
 
@@ -61,8 +65,8 @@ class FailingWrites:
 
 
 @pytest.fixture
-async def ledger(tmp_path, monkeypatch):
-    store = await Store.open(tmp_path / "w.sqlite3")
+async def ledger(store_location, monkeypatch):
+    store = await Store.open(store_location)
     processor = Processor(store, {"fake": FakeChain(confirmations=1)}, ["webhook", "mqtt"])
     await processor.start()
     await processor.set_cursor("fake", Cursor(1, "h1"))

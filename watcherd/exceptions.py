@@ -39,6 +39,10 @@ class StoreError(WatcherdError):
     """The database refused an operation."""
 
 
+class StoreUnavailable(StoreError):
+    """The database server could not be reached or dropped the connection (PostgreSQL down, failing over)."""
+
+
 # What a store call raises when the database cannot do its work (disk full, read-only, locked, gone).
 STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
 

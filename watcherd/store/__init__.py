@@ -1,12 +1,14 @@
-"""aiosqlite storage: the schema, its migrations, and the only place with SQL.
+"""Storage, SQLite (aiosqlite, the default) or PostgreSQL (asyncpg): the schema, its migrations, and the only
+place with SQL.
 
 Every change that has consequences (payments, invoice status, the chain cursor, outbox rows) happens inside
 `Store.transaction()`, so a crash leaves either all of a block's effects or none of them. Amounts are stored
 as TEXT holding the integer: SQLite's INTEGER is signed 64-bit and wei overflows it.
 
-`db` owns the connection and transactions, `schema` the migration scripts, `rows` the dataclasses handed out;
-`chains`, `invoices`, `payments`, `outbox` and `hooks` each hold one family of queries, and `Store` is all of them over
-one connection.
+`db` owns transactions (group commit) over a `backend` (`sqlite`, `postgres`), `schema` and `schema_postgres` the
+migration scripts, `rows` the dataclasses handed out, `copy` moves a SQLite store into PostgreSQL; `chains`,
+`invoices`, `payments`, `outbox` and `hooks` each hold one family of queries, in SQL both databases read the same,
+and `Store` is all of them over one database.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ KEEP_BLOCKS = 1000
 
 class ChainQueries(Database):
     async def ensure_chain(self, chain: str) -> None:
-        await self._write("INSERT OR IGNORE INTO chains (name) VALUES (?)", (chain,))
+        await self._write("INSERT INTO chains (name) VALUES (?) ON CONFLICT DO NOTHING", (chain,))
 
     async def cursor(self, chain: str) -> Cursor | None:
         row = await self._one("SELECT cursor_height, cursor_hash FROM chains WHERE name = ?", (chain,))
@@ -27,7 +27,8 @@ class ChainQueries(Database):
             (cursor.height, cursor.hash, chain),
         )
         await self._write(
-            "INSERT OR REPLACE INTO blocks (chain, height, hash) VALUES (?, ?, ?)",
+            """INSERT INTO blocks (chain, height, hash) VALUES (?, ?, ?)
+               ON CONFLICT (chain, height) DO UPDATE SET hash = excluded.hash""",
             (chain, cursor.height, cursor.hash),
         )
         await self._write(
@@ -38,8 +39,10 @@ class ChainQueries(Database):
     async def record_assets(self, chain: str, assets: dict[str, int], native: str) -> None:
         """The decimals of each asset the chain offers, as configured now, and which is the chain's own coin."""
         for asset, decimals in assets.items():
-            await self._write("INSERT OR REPLACE INTO assets (chain, asset, decimals, native) VALUES (?, ?, ?, ?)",
-                              (chain, asset, decimals, int(asset == native)))
+            await self._write(
+                """INSERT INTO assets (chain, asset, decimals, native) VALUES (?, ?, ?, ?) ON CONFLICT (chain, asset)
+                   DO UPDATE SET decimals = excluded.decimals, native = excluded.native""",
+                (chain, asset, decimals, int(asset == native)))
 
     async def known_assets(self) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
         """For every chain ever configured: asset -> decimals, and its own coin."""
@@ -58,7 +61,7 @@ class ChainQueries(Database):
     async def allocate_address_index(self, chain: str) -> tuple[int, int]:
         """The chain's next derivation index, taken; and how many of the newest issued addresses in a row,
         this one included, have never received anything, in one statement."""
-        row = await self._one(
+        row = await self._returning(
             """UPDATE chains SET next_address_index = next_address_index + 1 WHERE name = ?
                RETURNING next_address_index - 1, next_address_index - 1 - last_used_index""", (chain,))
         if row is None:
@@ -67,5 +70,6 @@ class ChainQueries(Database):
 
     async def mark_address_used(self, chain: str, derivation_index: int) -> None:
         await self._write(
-            "UPDATE chains SET last_used_index = MAX(last_used_index, ?) WHERE name = ?", (derivation_index, chain)
+            "UPDATE chains SET last_used_index = ? WHERE name = ? AND last_used_index < ?",
+            (derivation_index, chain, derivation_index),
         )

@@ -115,8 +115,8 @@ class HookQueries(Database):
     async def invoices_awaiting_delivery(self, status: str, api: str, type_: str) -> list[str]:
         """Invoices in `status` made through the compatible `api` that have no delivery of `type_` yet."""
         rows = await self._all(
-            """SELECT i.id FROM invoices i WHERE i.status = ? AND json_extract(i.compat, '$.api') = ?
-                 AND json_extract(i.compat, '$.notificationURL') IS NOT NULL
+            f"""SELECT i.id FROM invoices i WHERE i.status = ? AND {self._json_text("i.compat", "api")} = ?
+                 AND {self._json_text("i.compat", "notificationURL")} IS NOT NULL
                  AND NOT EXISTS (SELECT 1 FROM hook_deliveries h WHERE h.invoice_id = i.id AND h.type = ?)""",
             (status, api, type_),
         )

@@ -26,12 +26,12 @@ class InvoiceQueries(Database):
                 json.dumps(inv.compat),
             ),
         )
-        for m in methods:
+        for position, m in enumerate(methods):
             await self._write(
                 """INSERT INTO methods (invoice_id, chain, asset, rate, amount, confirmations_required, activated_at,
-                       address, watch_key, derivation_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       address, watch_key, derivation_index, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (inv.id, m.chain, m.asset, str(m.rate), str(m.amount), m.confirmations_required, m.activated_at,
-                 m.address, m.watch_key, m.derivation_index),
+                 m.address, m.watch_key, m.derivation_index, position),
             )
 
     async def activate(self, method: MethodRow, address: str, watch_key: bytes, index: int, now: int) -> None:
@@ -47,7 +47,9 @@ class InvoiceQueries(Database):
     async def methods_of(self, invoice_ids: Sequence[str]) -> dict[str, list[MethodRow]]:
         """Each invoice's methods, in the order they were offered."""
         found: dict[str, list[MethodRow]] = {}
-        for r in await self._all_in("SELECT * FROM methods WHERE invoice_id IN ({keys}) ORDER BY rowid", invoice_ids):
+        rows = await self._all_in("SELECT * FROM methods WHERE invoice_id IN ({keys}) ORDER BY invoice_id, position",
+                                  invoice_ids)
+        for r in rows:
             found.setdefault(r["invoice_id"], []).append(method_from_row(r))
         return found
 

@@ -15,10 +15,13 @@ class OutboxQueries(Database):
         self, event_id: str, invoice_id: str, chain: str, type_: str, created_at: int, payload: str,
         transports: Iterable[str], now: float,
     ) -> int:
-        seq = await self._write(
-            "INSERT INTO events (id, invoice_id, chain, type, created_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+        row = await self._returning(
+            """INSERT INTO events (id, invoice_id, chain, type, created_at, payload) VALUES (?, ?, ?, ?, ?, ?)
+               RETURNING seq""",
             (event_id, invoice_id, chain, type_, created_at, payload),
         )
+        assert row is not None  # an INSERT ... RETURNING answers its row
+        seq = int(row[0])
         for transport in transports:
             await self._write(
                 """INSERT INTO deliveries (event_seq, transport, invoice_id, next_attempt_at)

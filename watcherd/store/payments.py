@@ -39,9 +39,9 @@ class PaymentQueries(Database):
                    block_hash, replaced, output_key, method_asset)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)
                ON CONFLICT (chain, txid, vout) DO UPDATE SET replaced = 0,
-                   block_height = COALESCE(excluded.block_height, block_height),
-                   block_hash = COALESCE(excluded.block_hash, block_hash),
-                   output_key = COALESCE(excluded.output_key, output_key)""",
+                   block_height = COALESCE(excluded.block_height, payments.block_height),
+                   block_hash = COALESCE(excluded.block_hash, payments.block_hash),
+                   output_key = COALESCE(excluded.output_key, payments.output_key)""",
             (chain, txid, vout, invoice_id, asset, str(amount), now, block_height, block_hash, output_key,
              method_asset or asset),
         )
@@ -108,7 +108,8 @@ class PaymentQueries(Database):
 
     # A payment is confirmed at `tip` when its block is at or below the invoice's threshold height: the tip
     # less its required confirmations (plus one), or on a chain with finality (required 0) the final height.
-    _THRESHOLD = "CASE m.confirmations_required WHEN 0 THEN :final ELSE :tip - m.confirmations_required + 1 END"
+    _THRESHOLD = ("CASE m.confirmations_required WHEN 0 THEN CAST(:final AS BIGINT)"
+                  " ELSE CAST(:tip AS BIGINT) - m.confirmations_required + 1 END")
     _METHOD = "JOIN methods m ON m.invoice_id = p.invoice_id AND m.chain = p.chain AND m.asset = p.method_asset"
 
     async def invoices_gaining_confirmation(self, chain: str, tip: int, final: int) -> list[str]:
@@ -136,7 +137,8 @@ class PaymentQueries(Database):
     async def add_spends(self, chain: str, txid: str, outpoints: Iterable[bytes]) -> None:
         for outpoint in outpoints:
             await self._write(
-                "INSERT OR IGNORE INTO spends (chain, outpoint, txid) VALUES (?, ?, ?)", (chain, outpoint, txid)
+                "INSERT INTO spends (chain, outpoint, txid) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (chain, outpoint, txid),
             )
 
     async def spends(self, chain: str) -> list[tuple[bytes, str]]:

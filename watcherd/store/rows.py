@@ -1,16 +1,16 @@
 """What the store hands out: frozen dataclasses for invoices, payments and due deliveries, and the mappers from
-SQLite rows to them (amounts come back from TEXT as ints, statuses as `Status`)."""
+database rows to them (amounts come back from TEXT as ints, statuses as `Status`)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from watcherd.core.invoices import Payment, Status, Terms
+from watcherd.store.backend import Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ class Delivery:
     created_at: int
 
 
-def invoice_from_row(row: sqlite3.Row) -> InvoiceRow:
+def invoice_from_row(row: Row) -> InvoiceRow:
     return InvoiceRow(
         id=row["id"],
         currency=row["currency"],
@@ -128,7 +128,7 @@ def invoice_from_row(row: sqlite3.Row) -> InvoiceRow:
     )
 
 
-def method_from_row(row: sqlite3.Row) -> MethodRow:
+def method_from_row(row: Row) -> MethodRow:
     return MethodRow(
         invoice_id=row["invoice_id"],
         chain=row["chain"],
@@ -143,7 +143,7 @@ def method_from_row(row: sqlite3.Row) -> MethodRow:
     )
 
 
-def payment_from_row(row: sqlite3.Row) -> PaymentRow:
+def payment_from_row(row: Row) -> PaymentRow:
     return PaymentRow(
         invoice_id=row["invoice_id"],
         payment=Payment(

@@ -210,4 +210,10 @@ SCHEMA = [
     CREATE INDEX hook_deliveries_hook ON hook_deliveries (hook_id, seq);
     CREATE INDEX hook_deliveries_invoice ON hook_deliveries (url, invoice_id, seq);
     """,
+    # version 6: the order an invoice's methods were offered in, as a column: it was SQLite's rowid, which
+    # PostgreSQL has no equivalent of (schema_postgres.py starts at this version)
+    """
+    ALTER TABLE methods ADD COLUMN position INTEGER NOT NULL DEFAULT 0;
+    UPDATE methods SET position = rowid;
+    """,
 ]
