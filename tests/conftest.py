@@ -210,8 +210,8 @@ def daemon_factory(tmp_path: Path, receiver: Any) -> Iterator[Callable[..., Any]
 
     started: list[Daemon] = []
 
-    def make(chains: str, name: str = "d") -> Daemon:
-        daemon = Daemon(tmp_path / name, chains, receiver.url)
+    def make(chains: str, name: str = "d", **options: Any) -> Daemon:
+        daemon = Daemon(tmp_path / name, chains, receiver.url, **options)
         started.append(daemon)
         return daemon.start()
 

@@ -19,6 +19,7 @@ WATCH_ONLY = ("watcherd is watch-only: configure the account's xpub/zpub (Monero
 MNEMONIC = " ".join(["abandon"] * 11 + ["about"])
 ZPUB = "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs"  # noqa: E501
 TOKEN = "tok-0123456789abcdef"
+STORE_REQUIRED = 'is required (or url = "postgresql://user@host:5432/database" for PostgreSQL)'
 SECRET = "whsec-0123456789abcdef"
 
 MINIMAL = f"""
@@ -146,7 +147,7 @@ poll_interval_seconds = 0
 """
     found = problems(write(tmp_path, text))
     assert found == {
-        "store.path": "is required",
+        "store.path": STORE_REQUIRED,
         "api.listen": "must be host:port, e.g. 127.0.0.1:8420 or [::1]:8420",
         "log.level": "must be one of: debug, info, warning, error",
         "webhook.url": "must be an http:// or https:// URL",
@@ -466,7 +467,7 @@ def test_toml_syntax_error(tmp_path):
 
 def test_tables_must_be_tables(tmp_path):
     found = problems(write(tmp_path, f'store = "x"\nchains = 3\n[api]\ntoken = "{TOKEN}"\n'))
-    assert found == {"store": "must be a table", "chains": "must be a table", "store.path": "is required"}
+    assert found == {"store": "must be a table", "chains": "must be a table", "store.path": STORE_REQUIRED}
 
 
 async def test_node_down_after_seconds_bounds_how_long_a_failing_node_is_retried(tmp_path):

@@ -81,6 +81,84 @@ def check_config(config_path: str) -> None:
     click.echo(f"{config_path}: OK ({len(config.chains)} chain(s): {', '.join(config.chains) or 'none'})")
 
 
+@main.command()
+@config_option
+@click.pass_obj
+def migrate(config_path: str) -> None:
+    """Bring the store's schema up to date (`run` does it too) and print its version."""
+    from watcherd.exceptions import StoreError
+    from watcherd.store import Store
+
+    config = _load(config_path)
+
+    async def migrated() -> tuple[int, int]:
+        store = await Store.open(config.store.location, migrate=False, **config.store.postgres_options())
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        before, after = asyncio.run(migrated())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    done = f"migrated from version {before}" if before != after else "already up to date"
+    click.echo(f"store {config.store.shown}: schema version {after} ({done})")
+
+
+@main.group("store")
+def store_group() -> None:
+    """Moving the store between backends."""
+
+
+@store_group.command("copy")
+@click.option("--from", "source", required=True, metavar="PATH",
+              type=click.Path(exists=True, dir_okay=False, readable=True), help="The SQLite store of a stopped "
+              "instance")
+@click.option("--to", "target", required=True, metavar="URL", help="An empty PostgreSQL database: "
+              "postgresql://user@host:5432/database (the schema is applied first)")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False), help="Holds the database password")
+@click.option("--ssl", type=click.Choice(["disable", "prefer", "require", "verify-full"]), default="prefer",
+              show_default=True)
+@click.option("--ssl-root-cert", type=click.Path(exists=True, dir_okay=False))
+def store_copy(source: str, target: str, password_file: str | None, ssl: str, ssl_root_cert: str | None) -> None:
+    """Copy a stopped instance's SQLite store into an empty PostgreSQL database; verified by per-table counts."""
+    from pathlib import Path
+
+    from watcherd.exceptions import StoreError
+    from watcherd.store import Store
+    from watcherd.store.copy import copy_store
+    from watcherd.store.db import is_postgres_url
+    from watcherd.store.postgres import redact
+
+    if not is_postgres_url(target):
+        raise click.BadParameter("must be a postgresql:// URL", param_hint="--to")
+    password = None
+    if password_file is not None:
+        password = Path(password_file).read_text(encoding="utf-8").removesuffix("\n")
+
+    async def copied() -> dict[str, int]:
+        sqlite = await Store.open(source)
+        try:
+            postgres = await Store.open(target, password=password, ssl=ssl, ssl_root_cert=ssl_root_cert)
+            try:
+                # the source's write lock, held throughout: nothing changes it while it is read
+                async with sqlite.transaction():
+                    return await copy_store(sqlite, postgres)
+            finally:
+                await postgres.close()
+        finally:
+            await sqlite.close()
+
+    try:
+        counts = asyncio.run(copied())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"copied {source} into {redact(target)}:")
+    for table, rows in counts.items():
+        click.echo(f"  {table:<16} {rows:>9} row(s), counted on both sides")
+
+
 def _api(config_path: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     config = _load(config_path)
     request = urllib.request.Request(

@@ -90,7 +90,7 @@ class Daemon:
         # a SIGHUP only asks: the reload loop (started with the other tasks) applies it, one at a time, so one
         # arriving during startup waits for it and two in a row never interleave
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
-        store = await Store.open(self.config.store.path)
+        store = await Store.open(self.config.store.location, **self.config.store.postgres_options())
         store.max_batch = self.config.store.max_batch
         transports = [t for t, on in (("webhook", self.config.webhook), ("mqtt", self.config.mqtt)) if on]
         self.processor = Processor(store, self.chains, transports, public_url=self.config.api.public_url)
@@ -330,12 +330,12 @@ class Daemon:
             writable = await self.processor.store.writable()
             if writable != self.store_writable:
                 if writable:
-                    log.info("store %s is writable again", self.config.store.path)
+                    log.info("store %s is writable again", self.config.store.shown)
                     for chain in self.chains.values():  # a chain backing off after a failed commit goes on now
                         chain.retry_now()
                 else:
-                    log.error("store %s cannot be written (disk full? read-only?): nothing advances until it can",
-                              self.config.store.path)
+                    log.error("store %s cannot be written (disk full? read-only? database down?): nothing advances "
+                              "until it can", self.config.store.shown)
             self.store_writable = writable
             metrics.STORE_WRITABLE.set(1 if writable else 0)
             await asyncio.sleep(STORE_PROBE_SECONDS)

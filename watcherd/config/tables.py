@@ -11,18 +11,45 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from watcherd.config.reader import Table, host_port, is_http_url
 from watcherd.core.currencies import MINOR_UNITS
 from watcherd.rates.config import DEFAULT_CURRENCIES, DEFAULT_SOURCES, SOURCE_URLS, RatesConfig
 
+STORE_SSL_MODES = ("disable", "prefer", "require", "verify-full")
+
 
 @dataclass(frozen=True)
 class StoreConfig:
-    path: Path
+    path: Path | None = None  # the SQLite file; or
+    url: str | None = None  # postgresql://user@host:port/database (never with the password in it)
     retention_days: int = 90  # events (and their deliveries) of settled invoices older than this are pruned; 0: never
     max_batch: int = 64  # concurrent transactions committed together at most (1: one commit each)
+    password: str | None = field(default=None, repr=False)  # PostgreSQL's, from password_file
+    ssl: str = "prefer"  # one of STORE_SSL_MODES
+    ssl_root_cert: Path | None = None
+    pool_size: int = 10  # PostgreSQL connections for reads (plus one for writes)
+    timeout_seconds: float = 10.0  # a PostgreSQL connect or statement taking longer fails
+
+    @property
+    def location(self) -> str | Path:
+        """What `Store.open` takes: the file or the URL."""
+        return self.url if self.url is not None else self.path or Path()
+
+    @property
+    def shown(self) -> str:
+        """For logs and messages (the URL never holds a password: refused when read)."""
+        return str(self.location)
+
+    def postgres_options(self) -> dict[str, Any]:
+        """The keyword options of `Store.open` for a PostgreSQL URL (none for SQLite)."""
+        if self.url is None:
+            return {}
+        return {"password": self.password, "ssl": self.ssl,
+                "ssl_root_cert": None if self.ssl_root_cert is None else str(self.ssl_root_cert),
+                "pool_size": self.pool_size, "timeout_seconds": self.timeout_seconds}
 
 
 @dataclass(frozen=True)
@@ -93,11 +120,57 @@ class LogConfig:
 
 
 def parse_store(t: Table) -> StoreConfig:
-    store = StoreConfig(path=t.path("path"),
+    path = t.optional_path("path")
+    url = t.optional_text("url")
+    if path is not None and url is not None:
+        t.problem("url", "set path (SQLite) or url (PostgreSQL), not both")
+    elif path is None and url is None and not t.present("path") and not t.present("url"):
+        t.problem("path", 'is required (or url = "postgresql://user@host:5432/database" for PostgreSQL)')
+    if url is not None:
+        url = _store_url(t, url)
+    postgres_only = ("password", "password_file", "ssl", "ssl_root_cert", "pool_size", "timeout_seconds")
+    if url is None and path is not None:
+        for key in postgres_only:
+            if t.present(key):
+                t.problem(key, "is for PostgreSQL (url), not a SQLite path")
+    password = t.secret("password", required=False)
+    ssl = t.choice("ssl", STORE_SSL_MODES, default="prefer")
+    root_cert = t.optional_path("ssl_root_cert")
+    if root_cert is not None:
+        if ssl not in ("require", "verify-full"):
+            t.problem("ssl_root_cert", 'is used only with ssl = "require" or "verify-full"')
+        elif not root_cert.is_file():
+            t.problem("ssl_root_cert", f"{root_cert} is not a readable file")
+    store = StoreConfig(path=path, url=url, password=password, ssl=ssl, ssl_root_cert=root_cert,
+                        pool_size=t.integer("pool_size", 10, lambda x: 1 <= x <= 1000, "an integer from 1 to 1000"),
+                        timeout_seconds=t.number("timeout_seconds", 10.0, lambda x: 0 < x <= 600,
+                                                 "a number of seconds above 0, at most 600"),
                         retention_days=t.integer("retention_days", 90, lambda x: x >= 0, "an integer ≥ 0 (0: keep)"),
                         max_batch=t.integer("max_batch", 64, lambda x: 1 <= x <= 10_000, "an integer from 1 to 10000"))
     t.finish()
     return store
+
+
+def _store_url(t: Table, url: str) -> str | None:
+    """A postgresql:// URL naming a host and a database; the password goes in password_file, never here (it
+    would show wherever the URL is shown), and options in their own keys."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError:
+        t.problem("url", "is not a valid URL")
+        return None
+    if parts.scheme not in ("postgresql", "postgres"):
+        t.problem("url", 'must be a PostgreSQL URL, e.g. "postgresql://watcherd@127.0.0.1:5432/watcherd"')
+    elif parts.password is not None:
+        t.problem("url", "must not hold the password: put it in password_file")
+    elif not parts.hostname or not parts.username or parts.path.strip("/") == "":
+        t.problem("url", "must name a user, a host and a database: postgresql://user@host:5432/database")
+    elif parts.query or parts.fragment:
+        t.problem("url", "must not carry options: use the ssl, ssl_root_cert, pool_size and timeout_seconds keys")
+    else:
+        return url
+    return None
 
 
 def parse_api(t: Table) -> ApiConfig:

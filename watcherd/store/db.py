@@ -84,6 +84,12 @@ class Database:
     async def schema_version(self) -> int:
         return await self._backend.schema_version()
 
+    async def migrate(self) -> tuple[int, int]:
+        """Apply what migrations are missing (a store opened with `migrate=False`); the versions before and
+        after. A store newer than this code is refused (StoreError)."""
+        before = await self._backend.schema_version()
+        return before, await self._backend.migrate()
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Self]:
         """One atomic unit of work, never interleaved with another.
