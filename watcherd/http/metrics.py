@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from watcherd import metrics
+from watcherd.exceptions import STORE_ERRORS
 from watcherd.store import Store
+
+log = logging.getLogger("watcherd.metrics")
 
 
 async def refresh_from_store(store: Store, transports: tuple[str, ...], now: float) -> None:
@@ -27,7 +31,12 @@ async def refresh_from_store(store: Store, transports: tuple[str, ...], now: flo
 
 def make_app(store: Store, transports: tuple[str, ...]) -> web.Application:
     async def scrape(request: web.Request) -> web.Response:
-        await refresh_from_store(store, transports, time.time())
+        try:
+            await refresh_from_store(store, transports, time.time())
+        except STORE_ERRORS as exc:
+            # a database that is away (PostgreSQL restarting) must not take the scrape down with it: the store
+            # gauges keep their last values, and watcherd_store_writable says why
+            log.debug("metrics from the store are stale: %s", exc)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()

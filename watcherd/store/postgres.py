@@ -98,7 +98,8 @@ class PostgresBackend:
         connect: dict[str, Any] = {"dsn": url, "password": password, "ssl": _ssl(ssl, ssl_root_cert),
                                    "timeout": timeout_seconds, "command_timeout": timeout_seconds}
         try:
-            pool = await asyncpg.create_pool(min_size=1, max_size=pool_size, **connect)
+            # min_size 0: no background reconnect loop logging tracebacks while the server is away
+            pool = await asyncpg.create_pool(min_size=0, max_size=pool_size, **connect)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise StoreUnavailable(f"cannot open store {redact(url)}: {_describe(exc)}") from exc
         backend = cls(url, connect, pool)
