@@ -117,7 +117,8 @@ class HookQueries(Database):
         rows = await self._all(
             f"""SELECT i.id FROM invoices i WHERE i.status = ? AND {self._json_text("i.compat", "api")} = ?
                  AND {self._json_text("i.compat", "notificationURL")} IS NOT NULL
-                 AND NOT EXISTS (SELECT 1 FROM hook_deliveries h WHERE h.invoice_id = i.id AND h.type = ?)""",
+                 AND NOT EXISTS (SELECT 1 FROM hook_deliveries h WHERE h.invoice_id = i.id AND h.type = ?)
+               ORDER BY i.id""",
             (status, api, type_),
         )
         return [r[0] for r in rows]

@@ -116,7 +116,8 @@ class InvoiceQueries(Database):
         rows = await self._all(
             """SELECT i.id, m.address, m.watch_key FROM methods m JOIN invoices i ON i.id = m.invoice_id
                WHERE m.chain = :chain AND m.asset = :asset AND m.activated_at IS NOT NULL
-               AND (i.status IN ('unpaid', 'processing') OR (i.status = 'expired' AND i.expires_at >= :since))""",
+               AND (i.status IN ('unpaid', 'processing') OR (i.status = 'expired' AND i.expires_at >= :since))
+               ORDER BY i.id""",
             {"chain": chain, "asset": asset, "since": expired_since},
         )
         return [(r[0], r[1], bytes(r[2])) for r in rows]
@@ -126,7 +127,7 @@ class InvoiceQueries(Database):
         rows = await self._all(
             """SELECT i.id, m.chain FROM invoices i
                LEFT JOIN methods m ON m.invoice_id = i.id AND m.activated_at IS NOT NULL
-               WHERE i.status = ? AND i.expires_at <= ?""",
+               WHERE i.status = ? AND i.expires_at <= ? ORDER BY i.expires_at, i.id""",
             (Status.UNPAID.value, now),
         )
         due: dict[str, list[str]] = {}

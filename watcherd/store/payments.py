@@ -77,7 +77,7 @@ class PaymentQueries(Database):
     async def replace_tx(self, chain: str, txid: str) -> list[str]:
         """Mark every payment of `txid` replaced; returns the invoices concerned."""
         rows = await self._all(
-            "SELECT DISTINCT invoice_id FROM payments WHERE chain = ? AND txid = ? AND replaced = 0",
+            "SELECT DISTINCT invoice_id FROM payments WHERE chain = ? AND txid = ? AND replaced = 0 ORDER BY 1",
             (chain, txid),
         )
         await self._write(
@@ -90,7 +90,8 @@ class PaymentQueries(Database):
     async def unconfirm_block(self, chain: str, block_hash: str) -> list[str]:
         """A block left the main chain: its payments go back to unconfirmed."""
         rows = await self._all(
-            "SELECT DISTINCT invoice_id FROM payments WHERE chain = ? AND block_hash = ?", (chain, block_hash)
+            "SELECT DISTINCT invoice_id FROM payments WHERE chain = ? AND block_hash = ? ORDER BY 1",
+            (chain, block_hash),
         )
         await self._write(
             """UPDATE payments SET block_height = NULL, block_hash = NULL, confirmed_at = NULL
@@ -101,7 +102,7 @@ class PaymentQueries(Database):
 
     async def unconfirmed_txids(self, chain: str) -> list[str]:
         rows = await self._all(
-            "SELECT DISTINCT txid FROM payments WHERE chain = ? AND block_height IS NULL AND replaced = 0",
+            "SELECT DISTINCT txid FROM payments WHERE chain = ? AND block_height IS NULL AND replaced = 0 ORDER BY 1",
             (chain,),
         )
         return [r[0] for r in rows]
@@ -117,7 +118,7 @@ class PaymentQueries(Database):
         rows = await self._all(
             f"""SELECT DISTINCT p.invoice_id FROM payments p {self._METHOD}
                 WHERE p.chain = :chain AND p.confirmed_at IS NULL AND p.replaced = 0
-                  AND p.block_height IS NOT NULL AND p.block_height <= {self._THRESHOLD}""",
+                  AND p.block_height IS NOT NULL AND p.block_height <= {self._THRESHOLD} ORDER BY 1""",
             {"chain": chain, "tip": tip, "final": final},
         )
         return [r[0] for r in rows]
@@ -129,7 +130,7 @@ class PaymentQueries(Database):
         rows = await self._all(
             f"""SELECT DISTINCT p.invoice_id FROM payments p {self._METHOD}
                 WHERE p.chain = :chain AND p.block_height > :lowest AND p.confirmed_at IS NOT NULL
-                  AND p.block_height > {self._THRESHOLD}""",
+                  AND p.block_height > {self._THRESHOLD} ORDER BY 1""",
             {"chain": chain, "tip": tip, "final": final, "lowest": min(tip, final) - deepest - 1},
         )
         return [r[0] for r in rows]
