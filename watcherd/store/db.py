@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -24,6 +24,24 @@ _WRITING: ContextVar[object | None] = ContextVar("watcherd_store_writing", defau
 
 def is_postgres_url(location: str | Path) -> bool:
     return str(location).startswith(("postgresql://", "postgres://"))
+
+
+async def _to_the_end(work: Awaitable[None]) -> None:
+    """Await `work` to its end even when the caller is cancelled meanwhile (the cancellation is raised after).
+    `asyncio.shield` alone would return at once and let the caller release the lock while the connection is
+    still busy with it: the next unit's BEGIN would then run before (or, on PostgreSQL, beside) this COMMIT."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class _Batch:
@@ -43,6 +61,7 @@ class Database:
         self._lock = asyncio.Lock()
         self._batch: _Batch | None = None  # the open database transaction and its units
         self._queued = 0  # units waiting for the lock: they will join the open batch
+        self._flushes: set[asyncio.Future[None]] = set()  # commits of a batch left open by a cancelled waiter
 
     @property
     def dialect(self) -> str:
@@ -102,8 +121,16 @@ class Database:
         self._queued += 1
         try:
             await self._lock.acquire()
-        finally:
+        except BaseException:
             self._queued -= 1
+            if self._queued == 0 and self._batch is not None and not self._lock.locked():
+                # the last unit of the open batch left it open for us, and we gave up waiting (cancelled): its
+                # units wait for a commit that only a unit holding the lock makes, so make one
+                flush = asyncio.ensure_future(self._flush())
+                self._flushes.add(flush)
+                flush.add_done_callback(self._flushes.discard)
+            raise
+        self._queued -= 1
         try:
             batch = self._batch
             if batch is None:
@@ -116,7 +143,7 @@ class Database:
             try:
                 yield self
             except BaseException:
-                await asyncio.shield(self._undo_unit(batch, first))
+                await _to_the_end(self._undo_unit(batch, first))
                 raise
             else:
                 if not first:
@@ -125,11 +152,18 @@ class Database:
             finally:
                 _WRITING.reset(token)
         finally:
-            if self._batch is not None and (self._queued == 0 or self._batch.units >= self.max_batch):
-                # shielded: a shutdown cancelling the caller must not leave a commit half-acknowledged
-                await asyncio.shield(self._commit())
-            self._lock.release()
+            try:
+                if self._batch is not None and (self._queued == 0 or self._batch.units >= self.max_batch):
+                    # to the end: a shutdown cancelling the caller must not leave a commit half-acknowledged
+                    await _to_the_end(self._commit())
+            finally:
+                self._lock.release()
         await asyncio.shield(batch.committed)
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            if self._batch is not None:
+                await _to_the_end(self._commit())
 
     async def _begin(self) -> None:
         try:
@@ -137,7 +171,7 @@ class Database:
         except asyncio.CancelledError:
             # the BEGIN may already be on its way and run anyway: undo it behind it, or the next transaction
             # would find one still open
-            await asyncio.shield(self._backend.rollback())
+            await _to_the_end(self._backend.rollback())
             raise
 
     async def _undo_unit(self, batch: _Batch, first: bool) -> None:
