@@ -21,7 +21,7 @@ from testkit.bitcoin_node import BITCOIN_CHAINS, Node
 from testkit.configs import bitcoin_table, ethereum_table, monero_table, toml_value
 from testkit.eth_node import EthNode
 from testkit.monero_node import MoneroNode, new_keys, primary_address
-from testkit.process import port_free
+from testkit.process import free_ports, port_free
 
 # chain name -> node kind
 CHAIN_KINDS = {**BITCOIN_CHAINS, "eth": EthNode.kind, "xmr": MoneroNode.kind}
@@ -110,10 +110,44 @@ class Devnet:
                 self._save_state()
 
     def down(self) -> None:
-        """Stop every node this devnet started, each by its own pid."""
+        """Stop every node this devnet started, each by its own pid (and its PostgreSQL, if it has one)."""
         for name in self.chains():
             self.node(name).stop()
         self._save_state()
+        postgres = self.postgres()
+        if postgres is not None:
+            postgres.stop()
+
+    # ---- PostgreSQL (scripts/devnet up --postgres) -------------------------------------------------------
+
+    def postgres(self) -> Any:
+        """The devnet's PostgreSQL server as `postgres_up` left it (None: it has none)."""
+        from testkit.postgres import PostgresServer
+
+        known = self._load_state().get("postgres")
+        if known is None:
+            return None
+        return PostgresServer(self.root / "postgres", known["port"], die_with_parent=False, pid=known.get("pid"))
+
+    def postgres_up(self) -> str:
+        """Start (or find running) the devnet's PostgreSQL, on the port it had before; the URL of its watcherd
+        database."""
+        from testkit.postgres import PostgresServer
+
+        server = self.postgres()
+        if server is None:
+            server = PostgresServer(self.root / "postgres", die_with_parent=False)
+        if not server.running():
+            if not port_free(server.port):
+                server.port = free_ports(1)[0]
+            server.start()
+        state = self._load_state()
+        state["postgres"] = {"port": server.port, "pid": server.pid}
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_path.write_text(json.dumps(state, indent=2) + "\n")
+        if not server.has_database("watcherd"):
+            server.new_database(name="watcherd")
+        return server.url("watcherd")
 
     # ---- operator keys and daemon config ------------------------------------------------------------------
 
@@ -182,6 +216,7 @@ class Devnet:
         webhook_secret: str | None,
         confirmations: int = 2,
         poll_interval_seconds: float = 0.5,
+        store_url: str | None = None,
     ) -> Path:
         """Write a watcherd TOML config watching every running node of this devnet."""
         q = toml_value
@@ -189,7 +224,7 @@ class Devnet:
             "# Written by testkit.devnet for the local regtest devnet. Holds only public keys (and, for Monero,",
             "# the private VIEW key, which can see payments but never spend them).",
             "[store]",
-            f"path = {q(str(store_path))}",
+            f"url = {q(store_url)}" if store_url else f"path = {q(str(store_path))}",
             "",
             "[api]",
             f"listen = {q(f'127.0.0.1:{api_port}')}",

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from testkit.process import START_TIMEOUT, _die_with_parent, free_ports, pid_alive, wait_pid_gone
+from testkit.process import START_TIMEOUT, _die_with_parent, free_ports, pid_alive, pid_cmdline, wait_pid_gone
 
 BIN_DIR = Path(os.environ.get("WATCHERD_POSTGRES_BIN") or "/usr/lib/postgresql/15/bin")
 STOP_TIMEOUT = 20.0
@@ -28,19 +28,25 @@ def available() -> bool:
 
 
 class PostgresServer:
-    def __init__(self, root: Path, port: int | None = None, *, die_with_parent: bool = True):
+    def __init__(self, root: Path, port: int | None = None, *, die_with_parent: bool = True, pid: int | None = None):
+        """`pid`: a server an earlier process started (the devnet's), found again by its state file."""
         self.root = root
         self.data = root / "data"
         self.log = root / "postgres.log"
         self.port = port or free_ports(1)[0]
         self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
+        self._pid = pid
         self._counter = itertools.count(1)
         self._user = "postgres" if os.geteuid() == 0 else None  # root: run as postgres, else as ourselves
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._proc.pid if self._proc is not None else self._pid
+
+    def _owns(self, pid: int) -> bool:
+        """Still our server: alive, and its command line names our data directory (a reused pid is not)."""
+        return pid_alive(pid) and str(self.data) in pid_cmdline(pid)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -78,6 +84,7 @@ class PostgresServer:
             ready = subprocess.run([str(BIN_DIR / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
                                    capture_output=True)
             if ready.returncode == 0:
+                self._pid = self._proc.pid
                 return self
             if time.monotonic() > deadline:
                 self.stop()
@@ -88,7 +95,14 @@ class PostgresServer:
         """Fast shutdown (SIGINT: sessions are cut, nothing waits for them), by the server's own pid."""
         proc, self._proc = self._proc, None
         if proc is None:
+            pid, self._pid = self._pid, None
+            if pid is not None and self._owns(pid):
+                os.kill(pid, signal.SIGINT)
+                if not wait_pid_gone(pid, timeout):
+                    os.kill(pid, signal.SIGKILL)
+                    wait_pid_gone(pid, 10)
             return
+        self._pid = None
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
@@ -100,17 +114,22 @@ class PostgresServer:
         wait_pid_gone(proc.pid, 5)
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and pid_alive(self._proc.pid)
+        if self._proc is not None:
+            return self._proc.poll() is None and pid_alive(self._proc.pid)
+        return self._pid is not None and self._owns(self._pid)
 
     def sql(self, statement: str, database: str = "postgres") -> str:
         return self._run(str(BIN_DIR / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
                          "-p", str(self.port), "-U", "postgres", "-d", database, "-c", statement)
 
-    def new_database(self, prefix: str = "watcherd") -> str:
-        """A new empty database; its URL."""
-        name = f"{prefix}_{os.getpid()}_{next(self._counter)}"
+    def new_database(self, prefix: str = "watcherd", name: str | None = None) -> str:
+        """A new empty database (`name`, or a fresh one); its URL."""
+        name = name or f"{prefix}_{os.getpid()}_{next(self._counter)}"
         self.sql(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.url(name)
+
+    def has_database(self, name: str) -> bool:
+        return self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip() == "1"
 
     def tail(self, lines: int = 30) -> str:
         try:
