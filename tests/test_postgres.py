@@ -236,6 +236,8 @@ def test_the_daemon_on_postgres_pays_and_survives_the_database_restarting(bsv_no
         assert refused.value.code == 503
         refused.value.close()
         bsv_node.mine(1)  # a block while the database is away: followed once it is back
+        time.sleep(6)  # longer than the supervisor's and the probes' periods: nothing gives up meanwhile
+        assert daemon.alive() and not ready(daemon)
     finally:
         postgres_server.start()
     deadline = time.monotonic() + 30

@@ -65,8 +65,12 @@ class Daemon:
 
     async def readiness(self) -> dict[str, Any]:
         chains = {}
+        try:
+            cursors = {name: await self.processor.store.cursor(name) for name in self.chains}
+        except STORE_ERRORS:
+            cursors = {}  # the database is away (PostgreSQL restarting): not ready, and say so without an error
         for name, chain in self.chains.items():
-            cursor = await self.processor.store.cursor(name)
+            cursor = cursors.get(name)
             node_tip = chain.node_tip
             lag = None if node_tip is None or cursor is None else max(0, node_tip - cursor.height)
             connected = chain.connected
@@ -74,7 +78,7 @@ class Daemon:
                 "connected": connected, "node_tip": node_tip, "processed_height": cursor.height if cursor else None,
                 "lag": lag, "ready": connected and lag is not None and lag <= READY_LAG_BLOCKS,
             }
-        writable = self.store_writable
+        writable = self.store_writable and (bool(cursors) or not self.chains)
         shown: dict[str, Any] = {"ready": writable and all(c["ready"] for c in chains.values()),
                                  "store_writable": writable, "chains": chains}
         if self.rates is not None:
@@ -260,8 +264,13 @@ class Daemon:
 
     async def _status(self) -> str:
         parts = []
+        try:
+            cursors = {name: await self.processor.store.cursor(name) for name in self.chains}
+            pending = sum(count for _, count, _ in await self.processor.store.pending_deliveries())
+        except STORE_ERRORS:  # the supervisor must outlive a database that is away
+            return "store unavailable"
         for name, chain in self.chains.items():
-            cursor = await self.processor.store.cursor(name)
+            cursor = cursors[name]
             tip = chain.node_tip
             if not chain.connected:
                 parts.append(f"{name}: node unreachable")
@@ -269,7 +278,6 @@ class Daemon:
                 parts.append(f"{name}: syncing")
             else:
                 parts.append(f"{name}: height {cursor.height}, lag {max(0, tip - cursor.height)}")
-        pending = sum(count for _, count, _ in await self.processor.store.pending_deliveries())
         return "; ".join(parts + [f"{pending} notification(s) pending"])
 
     async def _supervise(self) -> None:
