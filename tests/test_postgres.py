@@ -251,3 +251,25 @@ def test_the_daemon_on_postgres_pays_and_survives_the_database_restarting(bsv_no
     daemon.wait_status(later["id"], "paid", timeout=30)
     wait_delivered(receiver, later["id"], ["unpaid", "processing", "paid"], timeout=30)
     assert daemon.metric("watcherd_processed_height", chain="btc") == bsv_node.tip()[0]
+
+
+async def test_the_json_kept_for_the_compatible_apis_is_searched_alike_on_both_backends(store_location):
+    """BitPay's `complete` notifications find their invoices by fields of the JSON kept in `compat`: the one
+    query that reads JSON, spelled per dialect."""
+    from watcherd.core.invoices import Status
+    from watcherd.store import InvoiceRow
+
+    store = await Store.open(store_location)
+    try:
+        async with store.transaction():
+            for invoice_id, compat in (("a", {"api": "bitpay", "notificationURL": "https://shop/ipn"}),
+                                       ("b", {"api": "bitpay"}), ("c", {"api": "greenfield"}),
+                                       ("d", {"api": "bitpay", "notificationURL": "https://shop/ipn"})):
+                await store.insert_invoice(InvoiceRow(
+                    id=invoice_id, currency="BTC", amount=1, tolerance_percent=Decimal(0), status=Status.PAID,
+                    exception=None, order_id=None, metadata={}, created_at=1, expires_at=2, cancelled_at=None,
+                    paid_at=1, updated_at=1, compat=compat), [])
+            await store.add_hook_delivery("del_1", None, "https://shop/ipn", "d", "complete", "{}", 1)
+        assert await store.invoices_awaiting_delivery("paid", "bitpay", "complete") == ["a"]
+    finally:
+        await store.close()

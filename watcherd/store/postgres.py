@@ -24,7 +24,10 @@ from watcherd.store.backend import Params, Row
 from watcherd.store.schema import SCHEMA
 from watcherd.store.schema_postgres import POSTGRES_SCHEMA
 
-SSL_MODES = ("disable", "prefer", "require", "verify-full")
+# the server cannot be reached, dropped the connection, is shutting down or starting, or cancelled the statement
+# (timeout_seconds): what the daemon treats as "the store is down for now"
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 # held while migrating: two instances starting together must not both apply a migration
 _MIGRATION_LOCK = 0x77617463  # "watc"
 # a translated SQL text per family query: a handful of distinct texts, so the cache never evicts in practice
@@ -100,7 +103,7 @@ class PostgresBackend:
         try:
             # min_size 0: no background reconnect loop logging tracebacks while the server is away
             pool = await asyncpg.create_pool(min_size=0, max_size=pool_size, **connect)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot open store {redact(url)}: {_describe(exc)}") from exc
         backend = cls(url, connect, pool)
         try:
@@ -121,8 +124,10 @@ class PostgresBackend:
     async def _translated(self) -> AsyncIterator[None]:
         try:
             yield
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"store {redact(self._url)}: {_describe(exc)}") from exc
+        except asyncpg.PostgresError as exc:  # the server refused this statement (a constraint, say)
+            raise StoreError(f"store {redact(self._url)}: {_describe(exc)}") from exc
 
     async def _writer(self) -> asyncpg.Connection:
         """The writer connection, opened anew if the last one died with its server."""
