@@ -70,32 +70,14 @@ class Database:
     @classmethod
     async def open(cls, location: str | Path, *, migrate: bool = True, **postgres: Any) -> Self:
         """A SQLite file (a path) or a PostgreSQL database (a postgresql:// URL; `postgres` are the keyword
-        options of `PostgresBackend.open`), its schema brought up to date (`migrate`) or refused if newer."""
-        backend: Backend
+        options of `PostgresBackend.open`), its schema brought up to date (`migrate`), a newer one refused."""
         if is_postgres_url(location):
             from watcherd.store.postgres import PostgresBackend
 
-            backend = await PostgresBackend.open(str(location), **postgres)
-        else:
-            from watcherd.store.sqlite import SqliteBackend
+            return cls(await PostgresBackend.open(str(location), migrate=migrate, **postgres))
+        from watcherd.store.sqlite import SqliteBackend
 
-            sqlite = await SqliteBackend.open(location)
-            try:
-                await (sqlite.migrate() if migrate else sqlite.schema_version())
-                await sqlite.open_reader()
-            except BaseException as exc:
-                await sqlite.close()  # its worker thread would keep the process alive
-                if isinstance(exc, SqliteBackend.errors):
-                    raise StoreError(f"cannot open store {location}: {exc}") from exc
-                raise
-            return cls(sqlite)
-        try:
-            if migrate:
-                await backend.migrate()
-        except BaseException:
-            await backend.close()
-            raise
-        return cls(backend)
+        return cls(await SqliteBackend.open(location, migrate=migrate))
 
     async def close(self) -> None:
         await self._backend.close()

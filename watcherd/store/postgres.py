@@ -94,10 +94,10 @@ class PostgresBackend:
         self._conn: asyncpg.Connection | None = None
 
     @classmethod
-    async def open(cls, url: str, *, password: str | None = None, ssl: str = "prefer",
+    async def open(cls, url: str, *, migrate: bool = True, password: str | None = None, ssl: str = "prefer",
                    ssl_root_cert: str | None = None, pool_size: int = 10, timeout_seconds: float = 10.0) -> Self:
         """`pool_size` connections for reads, plus the writer; `timeout_seconds` bounds each connect and each
-        statement."""
+        statement; the schema brought up to date first (`migrate`)."""
         connect: dict[str, Any] = {"dsn": url, "password": password, "ssl": _ssl(ssl, ssl_root_cert),
                                    "timeout": timeout_seconds, "command_timeout": timeout_seconds}
         try:
@@ -108,6 +108,8 @@ class PostgresBackend:
         backend = cls(url, connect, pool)
         try:
             await backend._writer()
+            if migrate:
+                await backend.migrate()
         except BaseException:
             await backend.close()
             raise

@@ -42,18 +42,25 @@ class SqliteBackend:
         self._path = path
 
     @classmethod
-    async def open(cls, path: str | Path) -> Self:
-        """Connected, not migrated (`migrate` then `open_reader`)."""
+    async def open(cls, path: str | Path, *, migrate: bool = True) -> Self:
+        """Both connections, the schema brought up to date first (`migrate`)."""
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            return cls(await _connect(str(path), read_only=False), str(path))
+            backend = cls(await _connect(str(path), read_only=False), str(path))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
-
-    async def open_reader(self) -> None:
-        if self._path != ":memory:":
-            self._reader = await _connect(self._path, read_only=True)
+        try:
+            if migrate:
+                await backend.migrate()
+            if backend._path != ":memory:":
+                backend._reader = await _connect(backend._path, read_only=True)
+        except BaseException as exc:
+            await backend.close()  # its worker thread would keep the process alive
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise
+        return backend
 
     async def close(self) -> None:
         if self._reader is not self._db:
