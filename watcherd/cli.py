@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from watcherd.config import Config, load
-from watcherd.exceptions import ConfigError
+from watcherd.exceptions import STORE_ERRORS, ConfigError
 
 DEFAULT_CONFIG = "/etc/watcherd/watcherd.toml"
 
@@ -86,7 +86,6 @@ def check_config(config_path: str) -> None:
 @click.pass_obj
 def migrate(config_path: str) -> None:
     """Bring the store's schema up to date (`run` does it too) and print its version."""
-    from watcherd.exceptions import StoreError
     from watcherd.store import Store
 
     config = _load(config_path)
@@ -100,7 +99,7 @@ def migrate(config_path: str) -> None:
 
     try:
         before, after = asyncio.run(migrated())
-    except StoreError as exc:
+    except STORE_ERRORS as exc:  # unreachable, refused, locked by a running instance
         raise click.ClickException(str(exc)) from None
     done = f"migrated from version {before}" if before != after else "already up to date"
     click.echo(f"store {config.store.shown}: schema version {after} ({done})")
@@ -125,7 +124,6 @@ def store_copy(source: str, target: str, password_file: str | None, ssl: str, ss
     """Copy a stopped instance's SQLite store into an empty PostgreSQL database; verified by per-table counts."""
     from pathlib import Path
 
-    from watcherd.exceptions import StoreError
     from watcherd.store import Store
     from watcherd.store.copy import copy_store
     from watcherd.store.db import is_postgres_url
@@ -152,7 +150,7 @@ def store_copy(source: str, target: str, password_file: str | None, ssl: str, ss
 
     try:
         counts = asyncio.run(copied())
-    except StoreError as exc:
+    except STORE_ERRORS as exc:  # unreachable, refused, locked by a running instance
         raise click.ClickException(str(exc)) from None
     click.echo(f"copied {source} into {redact(target)}:")
     for table, rows in counts.items():
