@@ -321,34 +321,21 @@ async def list_invoices(request: web.Request) -> web.Response:
     if unknown:
         raise invalid("status", f"unknown status {sorted(unknown)[0]!r}; one of New, Processing, Settled, Expired, "
                                 "Invalid")
-    order_ids = _query_list(request, "orderId")
-    text = (request.query.get("textSearch") or "").lower()
+    wanted = [native for native, shown in gf.STATUS.items() if shown in statuses]
     start, end = _query_int(request, "startDate"), _query_int(request, "endDate")
-    skip = max(0, _query_int(request, "skip") or 0)
     take = _query_int(request, "take")
-    take = MAX_TAKE if take is None else max(0, min(take, MAX_TAKE))
+    rows = await processor.store.invoices(
+        statuses=wanted, order_ids=_query_list(request, "orderId"), created_from=start, created_to=end,
+        text=request.query.get("textSearch") or None, offset=max(0, _query_int(request, "skip") or 0),
+        limit=MAX_TAKE if take is None else max(0, min(take, MAX_TAKE)),
+    )
+    natives = await processor.invoice_jsons([row.id for row in rows])
     with_methods = request.query.get("includePaymentMethods", "").lower() == "true"
-    rows = await processor.store.invoices(limit=100_000)
     shown: list[dict[str, Any]] = []
     for row in rows:
-        if order_ids and row.order_id not in order_ids:
-            continue
-        if statuses and gf.STATUS[row.status.value] not in statuses:
-            continue
-        if start is not None and row.created_at < start or end is not None and row.created_at > end:
-            continue
-        if text and text not in json.dumps([row.id, row.order_id, row.metadata]).lower():
-            continue
-        if skip:
-            skip -= 1
-            continue
-        if len(shown) >= take:
-            break
-        native = await processor.invoice_json(row.id)
-        assert native is not None
-        item = gf.invoice(native, row, config.store_id)
+        item = gf.invoice(natives[row.id], row, config.store_id)
         if with_methods:
-            item["paymentMethods"] = gf.payment_methods(native)
+            item["paymentMethods"] = gf.payment_methods(natives[row.id])
         shown.append(item)
     return web.json_response(shown)
 

@@ -79,14 +79,29 @@ class InvoiceQueries(Database):
 
     async def invoices(
         self, *, status: str | None = None, chain: str | None = None, order_id: str | None = None,
-        limit: int = 100, before: str | None = None,
+        limit: int = 100, before: str | None = None, statuses: Sequence[str] = (), order_ids: Sequence[str] = (),
+        created_from: int | None = None, created_to: int | None = None, text: str | None = None, offset: int = 0,
     ) -> list[InvoiceRow]:
+        """Newest first. `statuses` / `order_ids`: any of them; `created_from` / `created_to`: unix seconds, both
+        ends included; `text`: a case-insensitive substring of the id, the order id or the metadata JSON."""
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("status", status), ("order_id", order_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        for column, values in (("status", statuses), ("order_id", order_ids)):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+        for bound, value in ((">=", created_from), ("<=", created_to)):
+            if value is not None:
+                where.append(f"created_at {bound} ?")
+                params.append(value)
+        if text:
+            escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("lower(id || ' ' || coalesce(order_id, '') || ' ' || metadata) LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
         if chain is not None:
             where.append("EXISTS (SELECT 1 FROM methods m WHERE m.invoice_id = invoices.id AND m.chain = ?)")
             params.append(chain)
@@ -96,8 +111,8 @@ class InvoiceQueries(Database):
         sql = "SELECT * FROM invoices"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        return [invoice_from_row(r) for r in await self._all(sql, (*params, limit))]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        return [invoice_from_row(r) for r in await self._all(sql, (*params, limit, offset))]
 
     async def watch_keys(self, chain: str) -> list[bytes]:
         """Every address ever issued on the chain: late payments to old invoices must still be seen."""
