@@ -152,6 +152,9 @@ class BlockRecorder:
     def __init__(self):
         self.blocks: list[ChainBlock] = []
 
+    async def refresh_watchlist(self) -> None:
+        pass
+
     async def block_connected(self, block: ChainBlock) -> None:
         self.blocks.append(block)
 

@@ -90,6 +90,11 @@ class Processor:
         self.known_assets: dict[str, dict[str, int]] = {}  # chains no longer configured render with these
         self.natives: dict[str, str] = {}  # each chain's own coin
         self._unused: dict[str, int] = {}  # per chain: issued addresses in a row that never received funds
+        self._key_floor: dict[str, int] = {}  # per chain: the derivation indexes below it are all watched
+        # several instances on one store (leases.py): lease name -> (instance, token) this one works under, checked
+        # inside each of that work's transactions; and the chains another instance follows -> caught up there
+        self.fences: dict[str, tuple[str, int]] = {}
+        self.elsewhere: dict[str, bool] = {}
         self.live = Live()  # payment pages watching an invoice
         self._touched: set[str] = set()  # invoices given a committed event since the last wake-up
         self.event_listeners: list[EventListener] = []  # the compatible APIs' webhooks and notification URLs
@@ -121,7 +126,7 @@ class Processor:
         async with self._transaction():
             await self.store.ensure_chain(name)
             await self.store.record_assets(name, chain.assets, chain.asset)
-        chain.watchlist.keys.update(await self.store.watch_keys(name))
+        await self.watch_new_keys(name)
         self.known_assets[name] = dict(chain.assets)
         self.natives[name] = chain.asset
         for outpoint, txid in await self.store.spends(name):
@@ -129,6 +134,24 @@ class Processor:
         cursor = await self.store.cursor(name)
         self.tips[name] = cursor.height if cursor else 0
         metrics.WATCHED_ADDRESSES.labels(name).set(len(chain.watchlist.keys))
+
+    async def watch_new_keys(self, name: str) -> None:
+        """Watch the addresses handed out since the last look, by this instance or another one on the store:
+        before a block or a pool diff is matched, and every second while another instance shares the store."""
+        chain = self.chains[name]
+        rows = await self.store.keys_from(name, self._key_floor.get(name, 0))
+        if rows:
+            chain.watchlist.keys.update(key for _, key in rows)
+            # derivation indexes commit in order (the chain's counter row is locked until its transaction ends)
+            self._key_floor[name] = max(index for index, _ in rows) + 1
+            metrics.WATCHED_ADDRESSES.labels(name).set(len(chain.watchlist.keys))
+
+    async def wake_pages_since(self, seq: int | None) -> int:
+        """Wake the pages watching invoices that were given an event after `seq` (by another instance on the
+        store: this one's own commits wake them at once); the last event's seq, to pass next time."""
+        last, invoice_ids = await self.store.events_after(seq)
+        self.live.touch(set(invoice_ids))
+        return last
 
     # --- invoices -----------------------------------------------------------------------------------
 
@@ -367,10 +390,11 @@ class Processor:
         below the chain's final height)."""
         if row.payment.block_height is None or not row.payment.counts:
             return False
-        if row.chain not in self.chains or (row.confirmations_required == FINALITY
-                                            and row.chain not in self.final_heights):
-            # nobody follows that chain (it left the config), or its final height is not known yet (a restart):
-            # it cannot be judged now, so it stays as last judged; a reorg there resets it when followed again
+        if row.chain not in self.chains or row.chain in self.elsewhere or (
+                row.confirmations_required == FINALITY and row.chain not in self.final_heights):
+            # nobody follows that chain (it left the config), another instance does, or its final height is not
+            # known yet (a restart): it cannot be judged here and now, so it stays as last judged; a reorg there
+            # resets it when followed again
             return row.confirmed_at is not None
         if row.confirmations_required == FINALITY:
             return row.payment.block_height <= self.final_heights[row.chain]
@@ -488,6 +512,8 @@ class Processor:
         chain = self.chains.get(chain_name)
         if chain is None:
             return True
+        if chain_name in self.elsewhere:  # as its follower said when it last renewed its lease
+            return self.elsewhere[chain_name]
         return chain.connected and (chain.node_tip is None or self.tips.get(chain_name, -1) >= chain.node_tip)
 
     async def expire_due(self) -> int:
@@ -496,7 +522,7 @@ class Processor:
         due = [i for i, chains in await self.store.expiring(int(self.clock()))
                if all(self.caught_up(chain) for chain in chains)]
         if due:
-            async with self._transaction():
+            async with self._transaction(fence="outbox"):
                 for invoice_id in due:
                     await self._reassess(invoice_id)
             self.wake_outbox()
@@ -510,14 +536,14 @@ class Processor:
         events = spends = 0
         if retention_seconds is not None:
             while True:
-                async with self._transaction():
+                async with self._transaction(fence="outbox"):
                     pruned = await self.store.prune_events(int(self.clock()) - retention_seconds)
                 events += pruned
                 if not pruned:
                     break
         for name, chain in list(self.chains.items()):
             while True:
-                async with self._transaction():
+                async with self._transaction(fence="outbox"):
                     gone = await self.store.prune_spends(name, self.tips.get(name, 0) - KEEP_BLOCKS)
                 for outpoint, txid in gone:
                     if chain.watchlist.spends.get(outpoint) == txid:
@@ -594,7 +620,7 @@ class Processor:
     async def tx_seen(self, chain_name: str, tx: ChainTx) -> None:
         """A transaction entered the mempool."""
         chain = self.chains[chain_name]
-        async with self._transaction():
+        async with self._transaction(fence=f"chain:{chain_name}"):
             touched = await self._apply_tx(chain, tx, None)
             for invoice_id in touched:
                 await self._reassess(invoice_id)
@@ -602,13 +628,16 @@ class Processor:
         self.wake_outbox()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
+    async def _transaction(self, fence: str | None = None) -> AsyncIterator[None]:
         """A store transaction whose log lines and counters take effect only once it committed: a block retried
-        after a failed commit must not report its payments twice, nor once for nothing."""
+        after a failed commit must not report its payments twice, nor once for nothing. `fence`: the lease the
+        work runs under, if it runs under one; the transaction commits only while this instance holds it."""
         pending = _Pending()
         token = _PENDING.set(pending)
         try:
             async with self.store.transaction():
+                if fence is not None and fence in self.fences:
+                    await self.store.fence(fence, *self.fences[fence])
                 yield
         finally:
             _PENDING.reset(token)
@@ -634,7 +663,7 @@ class Processor:
     async def block_connected(self, chain_name: str, block: ChainBlock) -> None:
         """A block joined the main chain on top of the cursor: record it and advance the cursor with it."""
         chain = self.chains[chain_name]
-        async with self._tentative_tip(chain_name), self._transaction():
+        async with self._tentative_tip(chain_name), self._transaction(fence=f"chain:{chain_name}"):
             touched: set[str] = set()
             for tx in block.txs:
                 touched |= await self._apply_tx(chain, tx, block)
@@ -651,7 +680,7 @@ class Processor:
 
     async def block_disconnected(self, chain_name: str, height: int, block_hash: str, parent: Cursor) -> None:
         """The block at the cursor left the main chain: undo it and move the cursor to its parent."""
-        async with self._tentative_tip(chain_name), self._transaction():
+        async with self._tentative_tip(chain_name), self._transaction(fence=f"chain:{chain_name}"):
             touched = await self.store.unconfirm_block(chain_name, block_hash)
             await self.store.set_cursor(chain_name, parent)
             self.tips[chain_name] = parent.height
@@ -667,7 +696,7 @@ class Processor:
 
     async def set_cursor(self, chain_name: str, cursor: Cursor) -> None:
         """Where a chain starts on its very first run (nothing was issued before it)."""
-        async with self._transaction():
+        async with self._transaction(fence=f"chain:{chain_name}"):
             await self.store.set_cursor(chain_name, cursor)
         self.tips[chain_name] = cursor.height
 
@@ -678,7 +707,7 @@ class Processor:
         dropped = [t for t in await self.store.unconfirmed_txids(chain_name) if t not in mempool]
         if not dropped:
             return
-        async with self._transaction():
+        async with self._transaction(fence=f"chain:{chain_name}"):
             touched: set[str] = set()
             for txid in dropped:
                 log.warning("payment tx %s left the mempool unmined", txid, extra={"chain": chain_name, "txid": txid})
@@ -721,6 +750,9 @@ class LedgerSink:
 
     async def unconfirmed_txids(self) -> list[str]:
         return await self._store.unconfirmed_txids(self.chain)
+
+    async def refresh_watchlist(self) -> None:
+        await self._ledger.watch_new_keys(self.chain)
 
     def set_final_height(self, height: int) -> None:
         self._ledger.final_heights[self.chain] = height

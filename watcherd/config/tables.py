@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -23,6 +24,8 @@ class StoreConfig:
     path: Path
     retention_days: int = 90  # events (and their deliveries) of settled invoices older than this are pruned; 0: never
     max_batch: int = 64  # concurrent transactions committed together at most (1: one commit each)
+    instance: str = "watcherd"  # this instance's name in the leases (default: the host name); unique per store
+    lease_seconds: float = 6.0  # a lease not renewed for this long is taken over by another instance
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class WebhookConfig:
 # Greenfield's speedPolicy names and the confirmations each asks for (never fewer than the chain's own).
 SPEED_POLICIES = {"HighSpeed": 0, "MediumSpeed": 1, "LowMediumSpeed": 2, "LowSpeed": 6}
 _STORE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,15 @@ class LogConfig:
 
 
 def parse_store(t: Table) -> StoreConfig:
+    instance = t.text("instance", default=socket.gethostname() or "watcherd")
+    if not _INSTANCE.fullmatch(instance):
+        t.problem("instance", "must be 1 to 64 letters, digits, '.', '-' or '_'")
     store = StoreConfig(path=t.path("path"),
                         retention_days=t.integer("retention_days", 90, lambda x: x >= 0, "an integer ≥ 0 (0: keep)"),
-                        max_batch=t.integer("max_batch", 64, lambda x: 1 <= x <= 10_000, "an integer from 1 to 10000"))
+                        max_batch=t.integer("max_batch", 64, lambda x: 1 <= x <= 10_000, "an integer from 1 to 10000"),
+                        instance=instance,
+                        lease_seconds=t.number("lease_seconds", 6.0, lambda x: 1 <= x <= 600,
+                                               "a number of seconds from 1 to 600"))
     t.finish()
     return store
 

@@ -1,5 +1,5 @@
 """The connections every query family shares: opening (PRAGMAs, migrations), serialized transactions, and the
-three primitives the families build on (`_one`, `_all`, `_write`).
+the primitives the families build on (`_one`, `_all`, `_write`, `_changed`).
 
 Two connections: the writer, used only by the task inside `transaction()`, and a read-only one for everybody
 else. In WAL mode the reader sees the last committed state, never the rows of a transaction still open: the
@@ -211,6 +211,13 @@ class Database:
             raise StoreError("write outside a transaction")
         async with self._db.execute(sql, tuple(params)) as cur:
             return cur.lastrowid or 0
+
+    async def _changed(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Like `_write`, and how many rows the statement changed."""
+        if _WRITING.get() is not self:
+            raise StoreError("write outside a transaction")
+        async with self._db.execute(sql, tuple(params)) as cur:
+            return cur.rowcount
 
     async def writable(self) -> bool:
         try:

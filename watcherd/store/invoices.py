@@ -94,10 +94,10 @@ class InvoiceQueries(Database):
             if values:
                 where.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params.extend(values)
-        for bound, value in ((">=", created_from), ("<=", created_to)):
-            if value is not None:
+        for bound, time in ((">=", created_from), ("<=", created_to)):
+            if time is not None:
                 where.append(f"created_at {bound} ?")
-                params.append(value)
+                params.append(time)
         if text:
             escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("lower(id || ' ' || coalesce(order_id, '') || ' ' || metadata) LIKE ? ESCAPE '\\'")
@@ -114,10 +114,12 @@ class InvoiceQueries(Database):
         sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
         return [invoice_from_row(r) for r in await self._all(sql, (*params, limit, offset))]
 
-    async def watch_keys(self, chain: str) -> list[bytes]:
-        """Every address ever issued on the chain: late payments to old invoices must still be seen."""
-        rows = await self._all("SELECT watch_key FROM methods WHERE chain = ? AND watch_key IS NOT NULL", (chain,))
-        return [bytes(r[0]) for r in rows]
+    async def keys_from(self, chain: str, index: int) -> list[tuple[int, bytes]]:
+        """(derivation index, watch key) of the chain's addresses issued at `index` or later."""
+        rows = await self._all(
+            """SELECT derivation_index, watch_key FROM methods
+               WHERE chain = ? AND derivation_index >= ? AND watch_key IS NOT NULL""", (chain, index))
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
     async def method_by_key(self, chain: str, watch_key: bytes) -> MethodRow | None:
         row = await self._one("SELECT * FROM methods WHERE chain = ? AND watch_key = ?", (chain, watch_key))
