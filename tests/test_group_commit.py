@@ -89,3 +89,28 @@ async def test_a_unit_whose_transaction_the_database_ended_fails_with_the_batch(
     results = await asyncio.gather(add_chain(store, "c0"), breaks_everything(), return_exceptions=True)
     assert isinstance(results[0], StoreError) and isinstance(results[1], sqlite3.OperationalError), results
     assert await chains(store) == []
+
+
+async def test_a_unit_cancelled_while_queued_does_not_leave_the_batch_uncommitted(store):
+    """A finished unit leaves the commit to the one queued behind it; if that one is cancelled before it runs
+    (a shutdown cancels every task at once), the batch is still committed and the first unit returns."""
+    inside = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def first() -> None:
+        async with store.transaction():
+            await store._write("INSERT INTO chains (name) VALUES ('first')")
+            inside.set()
+            await go_on.wait()
+
+    a = asyncio.create_task(first())
+    await inside.wait()
+    b = asyncio.create_task(add_chain(store, "queued"))
+    await asyncio.sleep(0)  # b waits for the lock
+    go_on.set()
+    await asyncio.sleep(0)  # a's unit ends, hands the lock (and the commit) to b
+    b.cancel()
+    await asyncio.wait_for(a, 2)
+    assert await chains(store) == ["first"]
+    with pytest.raises(asyncio.CancelledError):
+        await b

@@ -55,6 +55,7 @@ class Database:
         self._lock = asyncio.Lock()
         self._batch: _Batch | None = None  # the open database transaction and its units
         self._queued = 0  # units waiting for the lock: they will join the open batch
+        self._orphan: asyncio.Future[None] | None = None  # a commit nobody was left to make (see transaction)
 
     @classmethod
     async def open(cls, path: str | Path) -> Self:
@@ -111,8 +112,13 @@ class Database:
         self._queued += 1
         try:
             await self._lock.acquire()
-        finally:
+        except BaseException:
             self._queued -= 1
+            if self._queued == 0 and self._batch is not None and not self._lock.locked():
+                # a unit that ended left the commit to us: do it, or it would wait for ever
+                self._orphan = asyncio.ensure_future(self._commit_left())
+            raise
+        self._queued -= 1
         try:
             batch = self._batch
             if batch is None:
@@ -139,6 +145,13 @@ class Database:
                 await asyncio.shield(self._commit())
             self._lock.release()
         await asyncio.shield(batch.committed)
+
+    async def _commit_left(self) -> None:
+        """Commit the open batch whose last queued unit was cancelled before it ran (unless a unit that ran
+        meanwhile committed it)."""
+        async with self._lock:
+            if self._batch is not None:
+                await self._commit()
 
     async def _begin(self) -> None:
         try:
