@@ -620,6 +620,11 @@ class Processor:
     async def tx_seen(self, chain_name: str, tx: ChainTx) -> None:
         """A transaction entered the mempool."""
         chain = self.chains[chain_name]
+        if tx.received and not chain.watchlist.conflicts(tx.txid, tx.spent) and {
+                o.vout for o in tx.received} <= await self.store.counting_outputs(chain_name, tx.txid):
+            # seen before and still counting: nothing would change. A node announces a block's transactions
+            # again once it connects the block; taking each again would hold up the payments behind them
+            return
         async with self._transaction(fence=f"chain:{chain_name}"):
             touched = await self._apply_tx(chain, tx, None)
             for invoice_id in touched:
