@@ -5,9 +5,10 @@ node from testkit, ZMQ rawtx + hashblock), measured end to end. Two targets:
   while a background load of 100 tx/s runs through the same node. A thread sends the load (paced; transactions
   funded by the node's wallet, paying a P2PKH script nobody watches) and mines a block every 2 s so the pool
   stays small. Meanwhile, one payment at a time: an invoice is created through the API (not timed), then t0,
-  `sendtoaddress` to its address, and the arrival of its webhook at the receiver. The figure is an upper bound of what the daemon
-  adds: it includes the wallet's signing (which waits for the load's sends) and the node's relay. The same run
-  measures a series on the idle node first, as the baseline, and prints the load rate actually achieved.
+  `sendtoaddress` to its address, and the arrival of its webhook at the receiver. The figure is an upper bound
+  of what the daemon adds: it includes the wallet's signing (which waits for the load's sends) and the node's
+  relay. The same run measures a series on the idle node first, as the baseline, and prints the load rate
+  actually achieved.
 * Failover: two daemons on one SQLite store (`instance = "a"` / `"b"`) and one chain table. The one holding
   `chain:btc` is killed with SIGKILL, a block with a payment to an invoice is mined, and the time until the other
   one's /readyz shows it holds `chain:btc` with that block processed is the failover time (<= 10 s). The default
