@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from watcherd.chains.monero.adapter import decode_tx
-from watcherd.chains.monero.crypto import Scanner, SubaddressDeriver, scalar_base
+from watcherd.chains.monero.crypto import SubaddressDeriver, scalar_base
 from watcherd.chains.monero.rpc import TX_BATCH
+from watcherd.chains.monero.scan import Scanner
 
 TARGET_TX_PER_S = 4_000
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"

@@ -72,19 +72,20 @@ def wait_delivered(receiver: Any, invoice_id: str, statuses: list[str], timeout:
 
 class Daemon:
     def __init__(self, workdir: Path, chains: str, webhook_url: str | None = None, extra: str = "",
-                 env: dict[str, str] | None = None, log_format: str = "plain", store_url: str | None = None):
-        """`extra`: more TOML tables (e.g. [mqtt]); `env`: extra environment for the process; `store_url`: a
-        PostgreSQL database instead of a SQLite file in `workdir`."""
+                 env: dict[str, str] | None = None, log_format: str = "plain", store: str | None = None):
+        """`extra`: more TOML tables (e.g. [mqtt]); `env`: extra environment for the process; `store`: the
+        [store] table's keys (default: a SQLite file in `workdir`)."""
         self.env = {**os.environ, **(env or {})}
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.metrics_port = free_port()
         self.config_path = workdir / "watcherd.toml"
+        default_store = f'path = "{workdir / "watcherd.sqlite3"}"'
         webhook = f'[webhook]\nurl = "{webhook_url}"\nsecret = "{WEBHOOK_SECRET}"\n' if webhook_url else ""
         self.config_path.write_text(
-            (f'[store]\nurl = "{store_url}"\n' if store_url else f'[store]\npath = "{workdir / "watcherd.sqlite3"}"\n')
-            + f'[api]\nlisten = "127.0.0.1:{self.port}"\ntoken = "{TOKEN}"\n'
+            f'[store]\n{store or default_store}\n'
+            f'[api]\nlisten = "127.0.0.1:{self.port}"\ntoken = "{TOKEN}"\n'
             f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n'
             f'{webhook}{extra}[log]\nlevel = "debug"\nformat = "{log_format}"\n{chains}'
         )

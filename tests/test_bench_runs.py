@@ -46,4 +46,15 @@ def test_bench_quick_runs_and_reports_scan_tx_throughput():
         assert re.search(rf"^create: {mode}: [\d,]+ invoices/s, p50 [\d.]+ ms, p99 [\d.]+ ms .*the backlog after it at "
                          r"[\d,]+ events/s$", done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^(PASS|FAIL): webhook delivery >= 1,000 events/s$", done.stdout, re.MULTILINE), done.stdout
+    # the node section ran a real bitcoind and the real daemon: payment -> webhook with and without a background
+    # load (its achieved rate printed), and a kill -9 of the instance following the chain taken over by the other
+    node = r"p50 [\d.]+ ms, p99 [\d.]+ ms, max [\d.]+ ms \([1-9]\d* payments"
+    assert re.search(rf"^node: payment sent -> invoice.processing webhook 2xx, idle node \(baseline\): {node}\)$",
+                     done.stdout, re.MULTILINE), done.stdout
+    assert re.search(rf"^node: payment sent -> invoice.processing webhook 2xx: {node}.*, background load \d+ tx/s "
+                     r"measured", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^(PASS|FAIL): detection p99 <= 50 ms under 100 tx/s$", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^failover: leader killed -> the other instance processed the next block: [\d.]+ s "
+                     r"\(lease_seconds = \d+", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^(PASS|FAIL): failover <= 10 s$", done.stdout, re.MULTILINE), done.stdout
     assert "BROKEN" not in done.stdout

@@ -491,3 +491,18 @@ async def test_node_down_after_seconds_bounds_how_long_a_failing_node_is_retried
         finally:
             await adapter.close()
     assert 0.5 < time.monotonic() - started < 2.5
+
+
+def test_store_instance_and_lease(tmp_path):
+    """The instance name defaults to the host name; a name that could not be shown plainly, or a lease too
+    short or too long, is refused."""
+    import socket
+
+    config = load(write(tmp_path, MINIMAL))
+    assert (config.store.instance, config.store.lease_seconds) == (socket.gethostname(), 6.0)
+    config = load(write(tmp_path, MINIMAL.replace('path = "watcherd.sqlite3"',
+                                                  'path = "watcherd.sqlite3"\ninstance = "pay-1"\nlease_seconds = 2')))
+    assert (config.store.instance, config.store.lease_seconds) == ("pay-1", 2.0)
+    found = problems(write(tmp_path, MINIMAL.replace(
+        'path = "watcherd.sqlite3"', 'path = "watcherd.sqlite3"\ninstance = "pay 1"\nlease_seconds = 0.5')))
+    assert "letters, digits" in found["store.instance"] and "1 to 600" in found["store.lease_seconds"]

@@ -172,6 +172,34 @@ async def test_invoice_flow_and_webhook_bodies(env):
         assert body["isRedelivery"] is False and body["originalDeliveryId"] == body["deliveryId"] == d["id"]
 
 
+async def test_list_filters_are_answered_by_the_store(env):
+    """orderId and status take several values, the date range includes both ends, textSearch is a plain
+    case-insensitive substring (a '%' or '_' in it is no wildcard), skip/take page newest first."""
+    client, processor, _ = env
+    made = {}
+    for n, (order, note) in enumerate([("A", "Tea"), ("B", "50%_off"), ("C", "abc"), ("D", "5000off"),
+                                       ("E", "a_c")]):
+        processor.clock = lambda n=n: 1_700_000_000 + n
+        made[order] = (await ok(await client.post(f"{BASE}/invoices", headers=GF, json={
+            "amount": "10", "currency": "USD", "metadata": {"orderId": order, "note": note}})))["id"]
+    await ok(await client.post(f"{BASE}/invoices/{made['C']}/status", json={"status": "Invalid"}, headers=GF))
+
+    async def listed(query):
+        return [i["metadata"]["orderId"] for i in await ok(await client.get(f"{BASE}/invoices?{query}", headers=GF))]
+
+    assert await listed("") == ["E", "D", "C", "B", "A"]
+    assert await listed("orderId=A&orderId=C") == ["C", "A"]
+    assert await listed("status=Invalid") == ["C"]
+    assert await listed("status=New&status=Invalid") == ["E", "D", "C", "B", "A"]
+    assert await listed(f"startDate={1_700_000_001}&endDate={1_700_000_003}") == ["D", "C", "B"]
+    assert await listed("textSearch=TEA") == ["A"]
+    assert await listed("textSearch=50%25") == ["B"]  # not 5000off
+    assert await listed("textSearch=a_c") == ["E"]  # not abc
+    assert await listed(f"textSearch={made['D'][4:12]}") == ["D"]  # the invoice id
+    assert await listed("skip=1&take=2") == ["D", "C"]
+    assert await listed("skip=5") == []
+
+
 async def test_mark_status_and_partial(env):
     """Marked by hand: Settled with `Marked` and an InvoiceSettled event saying manuallyMarked."""
     client, processor, chain = env

@@ -131,3 +131,28 @@ async def test_units_cancelled_anywhere_never_leave_the_store_stuck_or_a_returne
         assert not stuck, f"round {round_}: units wait for ever"
         assert returned <= set(await chains(store)), "a unit returned but its write is not committed"
     assert await store.writable()
+
+
+async def test_a_unit_cancelled_while_queued_does_not_leave_the_batch_uncommitted(store):
+    """A finished unit leaves the commit to the one queued behind it; if that one is cancelled before it runs
+    (a shutdown cancels every task at once), the batch is still committed and the first unit returns."""
+    inside = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def first() -> None:
+        async with store.transaction():
+            await store._write("INSERT INTO chains (name) VALUES ('first')")
+            inside.set()
+            await go_on.wait()
+
+    a = asyncio.create_task(first())
+    await inside.wait()
+    b = asyncio.create_task(add_chain(store, "queued"))
+    await asyncio.sleep(0)  # b waits for the lock
+    go_on.set()
+    await asyncio.sleep(0)  # a's unit ends, hands the lock (and the commit) to b
+    b.cancel()
+    await asyncio.wait_for(a, 2)
+    assert await chains(store) == ["first"]
+    with pytest.raises(asyncio.CancelledError):
+        await b

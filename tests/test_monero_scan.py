@@ -1,4 +1,4 @@
-"""View-key scanning (watcherd.chains.monero.crypto + the adapter's output rules) on real regtest transactions.
+"""View-key scanning (watcherd.chains.monero.scan + the adapter's output rules) on real regtest transactions.
 
 tests/vectors/monero_regtest.json holds real transactions paid by monero-wallet-rpc to a throwaway wallet and
 what that wallet's own view-only monero-wallet-rpc found in them (see make_monero_regtest.py).
@@ -21,13 +21,12 @@ from watcherd.chains.monero.crypto import (
     H_POINT,
     IDENTITY,
     SubaddressDeriver,
-    commitment_ok,
     decode_address,
     encode_address,
     hash_to_scalar,
-    parse_tx_json,
     scalar_base,
 )
+from watcherd.chains.monero.scan import commitment_ok, parse_tx_json
 from watcherd.core.types import ChainBlock, Cursor
 from watcherd.exceptions import NodeProtocolError
 
@@ -151,6 +150,9 @@ class FakeBlockRpc:
 class BlockRecorder:
     def __init__(self):
         self.blocks: list[ChainBlock] = []
+
+    async def refresh_watchlist(self) -> None:
+        pass
 
     async def block_connected(self, block: ChainBlock) -> None:
         self.blocks.append(block)

@@ -180,7 +180,7 @@ def test_a_copied_store_goes_on_on_postgres_paid_invoices_and_pending_deliveries
     assert counts["deliveries"] == counts["events"]
 
     receiver.fail_with = None
-    after = Daemon(tmp_path / "postgres", chains, receiver.url, store_url=url).start()
+    after = Daemon(tmp_path / "postgres", chains, receiver.url, store=f'url = "{url}"').start()
     try:
         assert after.invoice(paid["id"])["status"] == "paid"
         events = wait_delivered(receiver, paid["id"], ["unpaid", "processing", "paid"], timeout=40)
@@ -213,7 +213,8 @@ def test_the_daemon_on_postgres_pays_and_survives_the_database_restarting(bsv_no
     """End to end on PostgreSQL: a payment seen in the mempool, confirmed, delivered. Then PostgreSQL stops:
     /readyz says not ready, the metrics still answer, an invoice create fails cleanly; once it is back, without
     a restart of the daemon, invoices are created again and paid."""
-    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1), store_url=postgres_server.new_database())
+    url = postgres_server.new_database()
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1), store=f'url = "{url}"')
     invoice = daemon.create_invoice("btc", "0.015")
     bsv_node.pay(invoice["address"], Decimal("0.015"))
     daemon.wait_status(invoice["id"], "processing", timeout=5)

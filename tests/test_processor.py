@@ -410,7 +410,7 @@ async def test_a_version_3_store_is_migrated_and_its_invoices_read_and_judge_as_
             await processor._reassess("inv_1")
         assert [e["id"] for e in await store.events_for("inv_1")] == ["evt_1"]  # nothing new to say
         assert (await store.invoice_by_idempotency_key("k1")).id == "inv_1"
-        assert await store.watch_keys("fake") == [b"\x00"]
+        assert [key for _, key in await store.keys_from("fake", 0)] == [b"\x00"]
     finally:
         await store.close()
 
@@ -430,3 +430,22 @@ async def test_invoices_created_together_are_all_watched_and_all_logged(core, ca
     await processor.block_connected("fake", block(101, [tx(f"t{n}", key, 1_000 + n, spent=(f"o{n}".encode(),))
                                                         for n, key in enumerate(keys)]))
     assert {(await processor.invoice_json(i["id"]))["status"] for i in invoices} == {"processing"}
+
+
+async def test_a_payment_announced_again_changes_nothing_and_costs_no_transaction(core, caplog):
+    """Nodes announce a block's transactions again once they connect it: a payment already recorded (and
+    counting) is not taken again; one that was replaced and comes back still counts again."""
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1_000)
+    key = chain.derive(0)[1]
+    seen = tx("t1", key, 1_000)
+    await processor.tx_seen("fake", seen)
+    await processor.block_connected("fake", block(101, [seen]))
+    await processor.block_connected("fake", block(102, []))
+    with caplog.at_level("INFO", logger="watcherd.processor"):
+        await processor.tx_seen("fake", seen)
+    assert not [r for r in caplog.records if "payment t1" in r.getMessage()]
+    shown = await processor.invoice_json(inv["id"])
+    assert shown["status"] == "paid" and shown["payments"][0]["confirmations"] == 2
+    assert [e["type"] for e in await processor.store.events_for(inv["id"])] == [
+        "invoice.created", "invoice.processing", "invoice.paid"]

@@ -157,6 +157,41 @@ def store_copy(source: str, target: str, password_file: str | None, ssl: str, ss
         click.echo(f"  {table:<16} {rows:>9} row(s), counted on both sides")
 
 
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(config_path: str, as_json: bool) -> None:
+    """What the running daemon follows, how far, and which instance holds each lease; exit 1 when not ready."""
+    config = _load(config_path)
+    try:
+        with urllib.request.urlopen(f"http://{config.api.listen}/readyz", timeout=30) as response:
+            report = json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 503: not ready, and the same report says why
+        with exc:
+            report = json.loads(exc.read() or b"{}")
+    except urllib.error.URLError as exc:
+        raise click.ClickException(f"cannot reach the daemon's API at {config.api.listen}: {exc.reason}") from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"instance {report.get('instance')}: {'ready' if report.get('ready') else 'NOT READY'}, "
+                   f"store {'writable' if report.get('store_writable') else 'NOT WRITABLE'}")
+        for name, chain in report.get("chains", {}).items():
+            if "followed_by" in chain:
+                where = f"followed by instance {chain['followed_by']}"
+            else:
+                where = (f"height {chain['processed_height']}, node {chain['node_tip']}, lag {chain['lag']}"
+                         if chain.get("connected") else "node unreachable")
+            click.echo(f"  {name}: {where}{'' if chain.get('ready') else ' (not ready)'}")
+        for name, lease in report.get("leases", {}).items():
+            state = "held here" if lease["mine"] else f"held by {lease['holder']}"
+            expiry = f"renewed, {lease['expires_in']} s left" if lease["expires_in"] > 0 else "expired"
+            click.echo(f"  lease {name}: {state} (token {lease['token']}, {expiry})")
+    if not report.get("ready"):
+        sys.exit(1)
+
+
 def _api(config_path: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     config = _load(config_path)
     request = urllib.request.Request(

@@ -35,6 +35,7 @@ from watcherd.exceptions import STORE_ERRORS, ConfigError
 from watcherd.http import bitpay, greenfield
 from watcherd.http import metrics as metrics_http
 from watcherd.http.api import make_app
+from watcherd.leases import Leaseholder, watch_others
 from watcherd.ledger import Processor
 from watcherd.rates import RateBook
 from watcherd.store import Store
@@ -54,6 +55,8 @@ class Daemon:
         self.stop = asyncio.Event()
         self.chains: dict[str, ChainAdapter] = {name: make_adapter(c) for name, c in config.chains.items()}
         self._followers: dict[str, asyncio.Task[None]] = {}
+        self._senders: list[WebhookSender | MqttPublisher | HookSender] = []
+        self._sending: asyncio.Event | None = None  # set to stop the senders started when the outbox lease came
         self._group: asyncio.TaskGroup | None = None
         self.webhooks: WebhookSender | None = None
         self.mqtt: MqttPublisher | None = None
@@ -64,12 +67,16 @@ class Daemon:
         self._reload_requested = asyncio.Event()
 
     async def readiness(self) -> dict[str, Any]:
-        chains = {}
+        chains: dict[str, dict[str, Any]] = {}
         try:
             cursors = {name: await self.processor.store.cursor(name) for name in self.chains}
         except STORE_ERRORS:
             cursors = {}  # the database is away (PostgreSQL restarting): not ready, and say so without an error
         for name, chain in self.chains.items():
+            if name in self.processor.elsewhere:  # followed by another instance: ready as it last said
+                chains[name] = {"followed_by": self.leases.holder(f"chain:{name}"),
+                                "ready": self.processor.elsewhere[name]}
+                continue
             cursor = cursors.get(name)
             node_tip = chain.node_tip
             lag = None if node_tip is None or cursor is None else max(0, node_tip - cursor.height)
@@ -80,7 +87,8 @@ class Daemon:
             }
         writable = self.store_writable and (bool(cursors) or not self.chains)
         shown: dict[str, Any] = {"ready": writable and all(c["ready"] for c in chains.values()),
-                                 "store_writable": writable, "chains": chains}
+                                 "store_writable": writable, "chains": chains, "instance": self.leases.instance,
+                                 "leases": self.leases.shown()}
         if self.rates is not None:
             # shown, not judged: without fresh rates only priced invoices wait (503), everything else works
             shown["rates_stale"] = self.rates.status()["stale"]
@@ -98,6 +106,8 @@ class Daemon:
         store.max_batch = self.config.store.max_batch
         transports = [t for t, on in (("webhook", self.config.webhook), ("mqtt", self.config.mqtt)) if on]
         self.processor = Processor(store, self.chains, transports, public_url=self.config.api.public_url)
+        self.leases = Leaseholder(store, self.config.store.instance, self.config.store.lease_seconds,
+                                  self._lease_gained, self._lease_lost, self._lease_caught_up)
         await self.processor.start()
         settle_heap()
         self._new_rates()
@@ -124,8 +134,7 @@ class Daemon:
         if self.config.mqtt is not None:
             self.mqtt = MqttPublisher(store, self.config.mqtt, self.processor.outbox_listener(),
                                       self.processor.invoice_json)
-        senders: list[WebhookSender | MqttPublisher | HookSender] = [
-            s for s in (self.webhooks, self.mqtt, self.hooks) if s is not None]
+        self._senders = [s for s in (self.webhooks, self.mqtt, self.hooks) if s is not None]
         try:
             await web.TCPSite(runner, self.config.api.host, self.config.api.port).start()
             if self.config.metrics is not None:
@@ -135,9 +144,11 @@ class Daemon:
                      ", ".join(self.chains) or "none")
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                for name in self.chains:
-                    self._start_follower(name)
-                background = [group.create_task(self._expire_loop(), name="expiry"),
+                # followers and senders start as their leases come (at the first tick when alone on the store)
+                await self.leases.tick(self._wanted_leases())
+                background = [group.create_task(self.leases.run(self._wanted_leases), name="leases"),
+                              group.create_task(watch_others(self.leases, self.processor), name="cluster"),
+                              group.create_task(self._expire_loop(), name="expiry"),
                               group.create_task(self._supervise(), name="supervisor"),
                               group.create_task(self._reload_loop(), name="reload"),
                               group.create_task(self._probe_store(), name="store-probe"),
@@ -146,17 +157,18 @@ class Daemon:
                 self._run_rates()
                 if self.config.greenfield is not None:
                     background.append(group.create_task(self._complete_loop(), name="bitpay-complete"))
-                deliveries = [group.create_task(s.run(self.stop), name=s.transport) for s in senders]
                 sdnotify.notify("READY=1", f"STATUS={await self._status()}")
                 await self.stop.wait()
                 sdnotify.notify("STOPPING=1", "STATUS=stopping: draining notifications")
                 log.info("stopping: no new work; draining notifications for up to %.0f s", DRAIN_SECONDS)
                 for task in [*self._followers.values(), *background, *filter(None, [self._rates_task])]:
                     task.cancel()
-                for task in deliveries:
-                    await task
-            deadline = time.time() + DRAIN_SECONDS
-            await asyncio.gather(*(s.drain(deadline) for s in senders))
+                if self._sending is not None:
+                    self._sending.set()  # the senders finish what they are sending and return
+            if self.leases.holds("outbox"):
+                deadline = time.time() + DRAIN_SECONDS
+                await asyncio.gather(*(s.drain(deadline) for s in self._senders))
+            await self.leases.release_all()
         finally:
             await runner.cleanup()
             await metrics_runner.cleanup()
@@ -170,6 +182,50 @@ class Daemon:
         assert self._group is not None
         self._followers[name] = self._group.create_task(self.chains[name].run(self.processor.sink(name)),
                                                         name=f"chain:{name}")
+
+    async def _stop_follower(self, name: str) -> None:
+        """Cancel the chain's follower and close its node connections; a fresh adapter (the same watched set)
+        takes its place, so a later start begins from the durable cursor with nothing left from before."""
+        follower = self._followers.pop(name, None)
+        if follower is None:
+            return
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        previous = self.chains[name]
+        with contextlib.suppress(Exception):
+            await previous.close()
+        if name in self.config.chains:
+            adapter = make_adapter(self.config.chains[name])
+            adapter.watchlist = previous.watchlist  # an invoice created meanwhile adds its address to it
+            self.chains[name] = adapter
+
+    def _wanted_leases(self) -> list[str]:
+        return [*(f"chain:{name}" for name in self.chains), "outbox"]
+
+    async def _lease_gained(self, lease: str, token: int) -> None:
+        self.processor.fences[lease] = (self.leases.instance, token)
+        if lease == "outbox":
+            assert self._group is not None
+            self._sending = asyncio.Event()
+            for sender in self._senders:
+                self._group.create_task(sender.run(self._sending), name=sender.transport)
+            return
+        name = lease.removeprefix("chain:")
+        self.processor.elsewhere.pop(name, None)
+        await self._load_chain(name)  # what another instance committed while it followed the chain
+        self._start_follower(name)
+
+    async def _lease_lost(self, lease: str) -> None:
+        if lease == "outbox":
+            if self._sending is not None:
+                self._sending.set()
+            return
+        await self._stop_follower(lease.removeprefix("chain:"))
+
+    def _lease_caught_up(self, lease: str) -> bool:
+        name = lease.removeprefix("chain:")
+        return lease != "outbox" and name in self._followers and self.processor.caught_up(name)
 
     def _on_stop_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -200,14 +256,8 @@ class Daemon:
             if old.chains.get(name) == new.chains.get(name):
                 continue
             previous = self.chains.get(name)
-            follower = self._followers.pop(name, None)
-            if follower is not None:
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
-                with contextlib.suppress(Exception):
-                    await self.chains[name].close()
-                del self.chains[name]
+            await self._stop_follower(name)
+            self.chains.pop(name, None)
             if name in new.chains:
                 adapter = make_adapter(new.chains[name])
                 if previous is not None:
@@ -215,7 +265,8 @@ class Daemon:
                     adapter.watchlist = previous.watchlist
                 self.chains[name] = adapter
                 await self._load_chain(name)
-                self._start_follower(name)
+                if self.leases.holds(f"chain:{name}"):
+                    self._start_follower(name)  # a new chain starts when its lease comes
             log.info("chain %s %s", name, "reconfigured" if name in new.chains else "removed",
                      extra={"chain": name})
         self.config = dataclasses.replace(new, store=old.store, api=old.api, metrics=old.metrics,
@@ -272,7 +323,9 @@ class Daemon:
         for name, chain in self.chains.items():
             cursor = cursors[name]
             tip = chain.node_tip
-            if not chain.connected:
+            if name in self.processor.elsewhere:
+                parts.append(f"{name}: followed by {self.leases.holder(f'chain:{name}')}")
+            elif not chain.connected:
                 parts.append(f"{name}: node unreachable")
             elif cursor is None or tip is None:
                 parts.append(f"{name}: syncing")
@@ -304,7 +357,8 @@ class Daemon:
     async def _expire_loop(self) -> None:
         while True:
             try:
-                await self.processor.expire_due()
+                if self.leases.holds("outbox"):
+                    await self.processor.expire_due()
             except STORE_ERRORS as exc:
                 log.debug("expiry waits for the store: %s", exc)
             await asyncio.sleep(1.0)
@@ -313,7 +367,8 @@ class Daemon:
         """BitPay's `complete` (payments 6 deep) is no watcherd event: look for it every 2 s."""
         while True:
             try:
-                await notify_completed(self.processor)
+                if self.leases.holds("outbox"):
+                    await notify_completed(self.processor)
             except STORE_ERRORS as exc:
                 log.debug("BitPay completion waits for the store: %s", exc)
             await asyncio.sleep(2.0)
@@ -323,6 +378,9 @@ class Daemon:
         await asyncio.sleep(PRUNE_FIRST_SECONDS)
         while True:
             try:
+                if not self.leases.holds("outbox"):
+                    await asyncio.sleep(60)
+                    continue
                 events, spends = await self.processor.prune(self.config.store.retention_days * 86400 or None)
                 if events or spends:
                     log.info("pruned %d event(s) of settled invoices and %d spent outpoint(s) of buried payments",

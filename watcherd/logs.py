@@ -1,6 +1,6 @@
 """Structured logs: plain text for a terminal, JSON lines for a log pipeline.
 
-Context travels in `extra` (chain, invoice_id, txid, event_id) so it is a field in JSON, not prose to parse.
+Context travels in `extra` (chain, invoice_id, txid, event_id, lease) so it is a field in JSON, not prose to parse.
 Secrets are never passed to a logger in the first place.
 """
 
@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-CONTEXT_FIELDS = ("chain", "invoice_id", "txid", "event_id")
+CONTEXT_FIELDS = ("chain", "invoice_id", "txid", "event_id", "lease")
 
 
 class JsonFormatter(logging.Formatter):

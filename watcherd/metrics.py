@@ -46,6 +46,8 @@ DETECTION_LATENCY = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 STORE_WRITABLE = Gauge("watcherd_store_writable", "1 when the store took the last probe write")
+LEASE_HELD = Gauge("watcherd_lease_held", "1 while this instance holds the lease (chain:<name>, outbox)", ["lease"])
+LEASE_TAKEOVERS = Counter("watcherd_lease_takeovers_total", "Times this instance took the lease", ["lease"])
 LOOP_LAG = Histogram(
     "watcherd_event_loop_lag_seconds", "How late the event loop ran a timer: CPU work on the loop stalls everything",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),

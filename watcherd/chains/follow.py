@@ -129,6 +129,7 @@ class Follower:
 
     async def connect_next(self, sink: ChainSink, cursor: Cursor) -> Cursor | None:
         started = time.monotonic()
+        await sink.refresh_watchlist()
         block = await self.next_block(sink, cursor)
         if block is None:
             return None
@@ -161,6 +162,7 @@ class Follower:
         new = [t for t in txids if t not in self._pool_seen]
         if not new:
             return
+        await sink.refresh_watchlist()
         read = await self.pool_txs(new)
         for tx in read.values():
             if tx is not None:

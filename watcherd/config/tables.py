@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -32,6 +33,8 @@ class StoreConfig:
     ssl_root_cert: Path | None = None
     pool_size: int = 10  # PostgreSQL connections for reads (plus one for writes)
     timeout_seconds: float = 10.0  # a PostgreSQL connect or statement taking longer fails
+    instance: str = "watcherd"  # this instance's name in the leases (default: the host name); unique per store
+    lease_seconds: float = 6.0  # a lease not renewed for this long is taken over by another instance
 
     @property
     def location(self) -> str | Path:
@@ -100,6 +103,7 @@ class WebhookConfig:
 # Greenfield's speedPolicy names and the confirmations each asks for (never fewer than the chain's own).
 SPEED_POLICIES = {"HighSpeed": 0, "MediumSpeed": 1, "LowMediumSpeed": 2, "LowSpeed": 6}
 _STORE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,9 @@ class LogConfig:
 
 
 def parse_store(t: Table) -> StoreConfig:
+    instance = t.text("instance", default=socket.gethostname() or "watcherd")
+    if not _INSTANCE.fullmatch(instance):
+        t.problem("instance", "must be 1 to 64 letters, digits, '.', '-' or '_'")
     path = t.optional_path("path")
     url = t.optional_text("url")
     if path is not None and url is not None:
@@ -146,7 +153,10 @@ def parse_store(t: Table) -> StoreConfig:
                         timeout_seconds=t.number("timeout_seconds", 10.0, lambda x: 0 < x <= 600,
                                                  "a number of seconds above 0, at most 600"),
                         retention_days=t.integer("retention_days", 90, lambda x: x >= 0, "an integer ≥ 0 (0: keep)"),
-                        max_batch=t.integer("max_batch", 64, lambda x: 1 <= x <= 10_000, "an integer from 1 to 10000"))
+                        max_batch=t.integer("max_batch", 64, lambda x: 1 <= x <= 10_000, "an integer from 1 to 10000"),
+                        instance=instance,
+                        lease_seconds=t.number("lease_seconds", 6.0, lambda x: 1 <= x <= 600,
+                                               "a number of seconds from 1 to 600"))
     t.finish()
     return store
 

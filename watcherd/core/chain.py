@@ -45,6 +45,10 @@ class ChainSink(Protocol):
 
     async def unconfirmed_txids(self) -> list[str]: ...
 
+    async def refresh_watchlist(self) -> None:
+        """Watch the addresses handed out since (by any instance on the store): before matching a block or a
+        pool diff, so that nothing paid to them is missed."""
+
     def set_final_height(self, height: int) -> None:
         """Chains with finality: payments at or below `height` are confirmed (applied at the next block)."""
 

@@ -333,8 +333,9 @@ async def list_invoices(request: web.Request) -> web.Response:
         status=status, chain=request.query.get("chain"), order_id=request.query.get("order_id"),
         limit=limit, before=request.query.get("before"),
     )
-    invoices = [await processor.invoice_json(r.id) for r in rows]
-    return web.json_response({"invoices": invoices, "next": rows[-1].id if len(rows) == limit else None})
+    shown = await processor.invoice_jsons([r.id for r in rows])
+    return web.json_response({"invoices": [shown[r.id] for r in rows],
+                              "next": rows[-1].id if len(rows) == limit else None})
 
 
 async def cancel_invoice(request: web.Request) -> web.Response:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import secrets
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -25,29 +24,28 @@ from watcherd.config.tables import SPEED_POLICIES
 from watcherd.core.invoices import Status
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.http import api
+from watcherd.http.greenfield_common import (
+    CONFIG,
+    MAX_TAKE,
+    PERMISSIONS,
+    PROCESSOR,
+    Handler,
+    invalid,
+    problem,
+    read_body,
+)
+from watcherd.http.greenfield_hooks import (
+    create_hook,
+    delete_hook,
+    delivery_request,
+    list_deliveries,
+    list_hooks,
+    redeliver,
+    show_delivery,
+    show_hook,
+    update_hook,
+)
 from watcherd.ledger import Processor
-
-CONFIG: web.AppKey[GreenfieldConfig] = web.AppKey("greenfield", GreenfieldConfig)
-PROCESSOR = api.PROCESSOR
-MAX_TAKE = 1000
-PERMISSIONS = ("btcpay.store.canviewinvoices", "btcpay.store.cancreateinvoice", "btcpay.store.canviewstoresettings",
-               "btcpay.store.canmodifyinvoices", "btcpay.store.webhooks.canmodifywebhooks")
-EVENT_TYPES = ("InvoiceCreated", "InvoiceReceivedPayment", "InvoiceProcessing", "InvoiceExpired", "InvoiceSettled",
-               "InvoiceInvalid", "InvoicePaymentSettled")
-
-
-def problem(status: int, code: str, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
-           409: web.HTTPConflict, 503: web.HTTPServiceUnavailable}[status]
-    return cls(text=json.dumps({"code": code, "message": message}), content_type="application/json")
-
-
-def invalid(path: str, message: str) -> web.HTTPException:
-    return web.HTTPUnprocessableEntity(text=json.dumps([{"path": path, "message": message}]),
-                                       content_type="application/json")
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(processor: Processor, config: GreenfieldConfig,
@@ -118,18 +116,6 @@ def make_app(processor: Processor, config: GreenfieldConfig,
         ]
     app.add_routes(routes)
     return app
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise invalid("", "the request body is not valid JSON") from None
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise invalid("", "the request body must be a JSON object")
-    return body
 
 
 # --- key, server, store -----------------------------------------------------------------------------
@@ -239,7 +225,7 @@ def _native_error(exc: web.HTTPException, paths: dict[str, str]) -> web.HTTPExce
 
 async def create_invoice(request: web.Request) -> web.Response:
     processor, config = request.app[PROCESSOR], request.app[CONFIG]
-    body = await _body(request)
+    body = await read_body(request)
     if body.get("amount") is None:
         raise invalid("amount", "watcherd needs an amount: top-up invoices (no amount) are not supported")
     metadata = body.get("metadata") or {}
@@ -321,34 +307,21 @@ async def list_invoices(request: web.Request) -> web.Response:
     if unknown:
         raise invalid("status", f"unknown status {sorted(unknown)[0]!r}; one of New, Processing, Settled, Expired, "
                                 "Invalid")
-    order_ids = _query_list(request, "orderId")
-    text = (request.query.get("textSearch") or "").lower()
+    wanted = [native for native, shown in gf.STATUS.items() if shown in statuses]
     start, end = _query_int(request, "startDate"), _query_int(request, "endDate")
-    skip = max(0, _query_int(request, "skip") or 0)
     take = _query_int(request, "take")
-    take = MAX_TAKE if take is None else max(0, min(take, MAX_TAKE))
+    rows = await processor.store.invoices(
+        statuses=wanted, order_ids=_query_list(request, "orderId"), created_from=start, created_to=end,
+        text=request.query.get("textSearch") or None, offset=max(0, _query_int(request, "skip") or 0),
+        limit=MAX_TAKE if take is None else max(0, min(take, MAX_TAKE)),
+    )
+    natives = await processor.invoice_jsons([row.id for row in rows])
     with_methods = request.query.get("includePaymentMethods", "").lower() == "true"
-    rows = await processor.store.invoices(limit=100_000)
     shown: list[dict[str, Any]] = []
     for row in rows:
-        if order_ids and row.order_id not in order_ids:
-            continue
-        if statuses and gf.STATUS[row.status.value] not in statuses:
-            continue
-        if start is not None and row.created_at < start or end is not None and row.created_at > end:
-            continue
-        if text and text not in json.dumps([row.id, row.order_id, row.metadata]).lower():
-            continue
-        if skip:
-            skip -= 1
-            continue
-        if len(shown) >= take:
-            break
-        native = await processor.invoice_json(row.id)
-        assert native is not None
-        item = gf.invoice(native, row, config.store_id)
+        item = gf.invoice(natives[row.id], row, config.store_id)
         if with_methods:
-            item["paymentMethods"] = gf.payment_methods(native)
+            item["paymentMethods"] = gf.payment_methods(natives[row.id])
         shown.append(item)
     return web.json_response(shown)
 
@@ -381,147 +354,13 @@ async def activate_method(request: web.Request) -> web.Response:
 async def mark_status(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     native, _ = await _invoice(request)
-    body = await _body(request)
+    body = await read_body(request)
     status = {"Settled": Status.PAID, "Invalid": Status.INVALID}.get(body.get("status") or "")
     if status is None:
         raise invalid("status", "must be Settled or Invalid")
     await processor.mark_status(native["id"], status)
     shown, row = await _invoice(request)
     return web.json_response(gf.invoice(shown, row, request.app[CONFIG].store_id))
-
-
-# --- webhooks ----------------------------------------------------------------------------------------
-
-def _hook_json(hook: dict[str, Any]) -> dict[str, Any]:
-    return {"id": hook["id"], "enabled": hook["enabled"], "automaticRedelivery": hook["automatic_redelivery"],
-            "url": hook["url"], "authorizedEvents": {"everything": hook["events"] is None,
-                                                     "specificEvents": hook["events"] or []}}
-
-
-def _hook_fields(body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
-    url = body.get("url", current["url"] if current else None)
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2000:
-        raise invalid("url", "must be an http(s) URL")
-    flags = {}
-    for name, key in (("enabled", "enabled"), ("automaticRedelivery", "automatic_redelivery")):
-        value = body.get(name)
-        if value is None:
-            value = current[key] if current else True
-        if not isinstance(value, bool):
-            raise invalid(name, "must be true or false")
-        flags[key] = value
-    events: list[str] | None = current["events"] if current else None
-    authorized = body.get("authorizedEvents")
-    if authorized is not None:
-        if not isinstance(authorized, dict):
-            raise invalid("authorizedEvents", "must be an object")
-        specific = authorized.get("specificEvents") or []
-        if not isinstance(specific, list) or not all(isinstance(e, str) for e in specific):
-            raise invalid("authorizedEvents.specificEvents", "must be a list of event types")
-        events = None if authorized.get("everything", True) is not False else specific
-    secret = body.get("secret")
-    if secret is not None and not isinstance(secret, str):
-        raise invalid("secret", "must be a string")
-    return {"url": url, "events": events, "secret": secret or None, **flags}
-
-
-async def list_hooks(request: web.Request) -> web.Response:
-    return web.json_response([_hook_json(h) for h in await request.app[PROCESSOR].store.hooks()])
-
-
-async def create_hook(request: web.Request) -> web.Response:
-    processor = request.app[PROCESSOR]
-    fields = _hook_fields(await _body(request), None)
-    secret = fields["secret"] or secrets.token_urlsafe(24)  # generated when none is sent, returned once here
-    hook_id = secrets.token_hex(11)
-    async with processor.store.transaction():
-        await processor.store.add_hook(hook_id, fields["url"], secret, enabled=fields["enabled"],
-                                       automatic_redelivery=fields["automatic_redelivery"], events=fields["events"],
-                                       now=int(processor.clock()))
-        hook = await processor.store.hook(hook_id)
-    assert hook is not None
-    return web.json_response({**_hook_json(hook), "secret": secret})
-
-
-async def _hook(request: web.Request) -> dict[str, Any]:
-    hook = await request.app[PROCESSOR].store.hook(request.match_info["webhookId"])
-    if hook is None:
-        raise problem(404, "webhook-not-found", f"no webhook {request.match_info['webhookId']!r}")
-    return hook
-
-
-async def show_hook(request: web.Request) -> web.Response:
-    return web.json_response(_hook_json(await _hook(request)))
-
-
-async def update_hook(request: web.Request) -> web.Response:
-    processor = request.app[PROCESSOR]
-    current = await _hook(request)
-    fields = _hook_fields(await _body(request), current)
-    async with processor.store.transaction():
-        await processor.store.update_hook(current["id"], fields["url"], fields["secret"] or current["secret"],
-                                          enabled=fields["enabled"],
-                                          automatic_redelivery=fields["automatic_redelivery"], events=fields["events"])
-        hook = await processor.store.hook(current["id"])
-    assert hook is not None
-    return web.json_response(_hook_json(hook))
-
-
-async def delete_hook(request: web.Request) -> web.Response:
-    processor = request.app[PROCESSOR]
-    hook = await _hook(request)
-    async with processor.store.transaction():
-        await processor.store.delete_hook(hook["id"], int(processor.clock()))
-    return web.json_response({})
-
-
-def _delivery_json(d: dict[str, Any]) -> dict[str, Any]:
-    if d["delivered_at"] is not None:
-        status = "HttpSuccess"
-    elif d["http_code"] is not None:
-        status = "HttpError"
-    else:
-        status = "Failed"  # not answered (yet): a network error, or not attempted so far
-    return {"id": d["id"], "timestamp": d["created_at"], "deliveryTime": d["last_attempt_at"] or d["created_at"],
-            "httpCode": d["http_code"], "errorMessage": d["last_error"] or "", "status": status}
-
-
-async def list_deliveries(request: web.Request) -> web.Response:
-    hook = await _hook(request)
-    rows = await request.app[PROCESSOR].store.hook_deliveries(hook["id"])
-    return web.json_response([_delivery_json(d) for d in rows])
-
-
-async def _delivery(request: web.Request) -> dict[str, Any]:
-    hook = await _hook(request)
-    delivery = await request.app[PROCESSOR].store.hook_delivery(hook["id"], request.match_info["deliveryId"])
-    if delivery is None:
-        raise problem(404, "webhookdelivery-not-found", f"no delivery {request.match_info['deliveryId']!r}")
-    return delivery
-
-
-async def show_delivery(request: web.Request) -> web.Response:
-    return web.json_response(_delivery_json(await _delivery(request)))
-
-
-async def delivery_request(request: web.Request) -> web.Response:
-    delivery = await _delivery(request)
-    return web.Response(text=delivery["body"], content_type="application/json")
-
-
-async def redeliver(request: web.Request) -> web.Response:
-    """A new delivery of the same event: its own id, `isRedelivery` true, `originalDeliveryId` the first one's."""
-    processor = request.app[PROCESSOR]
-    original = await _delivery(request)
-    first = original["original_id"] or original["id"]
-    delivery_id = gf.new_delivery_id()
-    async with processor.store.transaction():
-        await processor.store.add_hook_delivery(
-            delivery_id, original["hook_id"], original["url"], original["invoice_id"], original["type"],
-            gf.redelivery_body(original["body"], delivery_id, first), int(processor.clock()), original_id=first,
-        )
-    processor.wake_outbox()
-    return web.json_response(delivery_id)
 
 
 MODAL_SCRIPT = (Path(__file__).parent / "static" / "btcpay.js").read_text()

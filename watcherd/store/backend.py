@@ -43,8 +43,12 @@ class Backend(Protocol):
     async def rollback_to(self, name: str) -> None: ...
     async def release(self, name: str) -> None: ...
 
-    async def execute(self, sql: str, params: Params = ()) -> None:
-        """A statement on the writer, inside the open transaction."""
+    def now_sql(self) -> str:
+        """SQL for the database's clock, in unix seconds (a float): what leases expire by."""
+        ...
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """A statement on the writer, inside the open transaction; how many rows it changed."""
         ...
 
     async def fetch(self, sql: str, params: Params = (), *, writer: bool) -> list[Row]:

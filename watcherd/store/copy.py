@@ -13,7 +13,8 @@ from watcherd.exceptions import StoreError
 from watcherd.store.db import Database
 from watcherd.store.schema_postgres import IDENTITY_COLUMNS
 
-# parents before children (foreign keys)
+# parents before children (foreign keys). Not `leases`: who works what is the running instances' business, and
+# the stopped instance holds nothing
 TABLES = ("chains", "blocks", "assets", "invoices", "methods", "payments", "spends", "events", "deliveries",
           "hooks", "hook_deliveries")
 _CHUNK_PARAMETERS = 20_000  # per INSERT; PostgreSQL takes at most 65535

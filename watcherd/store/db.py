@@ -1,6 +1,6 @@
 """What every query family shares: opening a store (SQLite file or PostgreSQL URL, migrated), serialized
 transactions with group commit, and the primitives the families build on (`_one`, `_all`, `_all_in`, `_write`,
-`_returning`).
+`_changed`, `_returning`).
 
 Inside our own transaction a family reads the writer (it sees what it wrote); anywhere else it reads the committed
 state: the outbox and the API can never act on an event that a rollback then takes back."""
@@ -210,6 +210,16 @@ class Database:
     async def _write(self, sql: str, params: Params = ()) -> None:
         self._writing()
         await self._backend.execute(sql, params)
+
+    async def _changed(self, sql: str, params: Params = ()) -> int:
+        """Like `_write`, and how many rows the statement changed."""
+        self._writing()
+        return await self._backend.execute(sql, params)
+
+    @property
+    def _now(self) -> str:
+        """SQL for the store's own clock in unix seconds: instances on hosts whose clocks differ agree on it."""
+        return self._backend.now_sql()
 
     async def _returning(self, sql: str, params: Params = ()) -> Row | None:
         """A write whose RETURNING clause answers one row (or none)."""

@@ -81,14 +81,29 @@ class InvoiceQueries(Database):
 
     async def invoices(
         self, *, status: str | None = None, chain: str | None = None, order_id: str | None = None,
-        limit: int = 100, before: str | None = None,
+        limit: int = 100, before: str | None = None, statuses: Sequence[str] = (), order_ids: Sequence[str] = (),
+        created_from: int | None = None, created_to: int | None = None, text: str | None = None, offset: int = 0,
     ) -> list[InvoiceRow]:
+        """Newest first. `statuses` / `order_ids`: any of them; `created_from` / `created_to`: unix seconds, both
+        ends included; `text`: a case-insensitive substring of the id, the order id or the metadata JSON."""
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("status", status), ("order_id", order_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        for column, values in (("status", statuses), ("order_id", order_ids)):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+        for bound, time in ((">=", created_from), ("<=", created_to)):
+            if time is not None:
+                where.append(f"created_at {bound} ?")
+                params.append(time)
+        if text:
+            escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("lower(id || ' ' || coalesce(order_id, '') || ' ' || metadata) LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
         if chain is not None:
             where.append("EXISTS (SELECT 1 FROM methods m WHERE m.invoice_id = invoices.id AND m.chain = ?)")
             params.append(chain)
@@ -98,13 +113,15 @@ class InvoiceQueries(Database):
         sql = "SELECT * FROM invoices"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        return [invoice_from_row(r) for r in await self._all(sql, (*params, limit))]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        return [invoice_from_row(r) for r in await self._all(sql, (*params, limit, offset))]
 
-    async def watch_keys(self, chain: str) -> list[bytes]:
-        """Every address ever issued on the chain: late payments to old invoices must still be seen."""
-        rows = await self._all("SELECT watch_key FROM methods WHERE chain = ? AND watch_key IS NOT NULL", (chain,))
-        return [bytes(r[0]) for r in rows]
+    async def keys_from(self, chain: str, index: int) -> list[tuple[int, bytes]]:
+        """(derivation index, watch key) of the chain's addresses issued at `index` or later."""
+        rows = await self._all(
+            """SELECT derivation_index, watch_key FROM methods
+               WHERE chain = ? AND derivation_index >= ? AND watch_key IS NOT NULL""", (chain, index))
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
     async def method_by_key(self, chain: str, watch_key: bytes) -> MethodRow | None:
         row = await self._one("SELECT * FROM methods WHERE chain = ? AND watch_key = ?", (chain, watch_key))

@@ -151,6 +151,15 @@ class OutboxQueries(Database):
         )
         return len(seqs)
 
+    async def events_after(self, seq: int | None, limit: int = 1000) -> tuple[int, list[str]]:
+        """The invoices given an event after `seq` (None: none, only where the events are now), and the last
+        event's seq."""
+        if seq is None:
+            row = await self._one("SELECT MAX(seq) FROM events")
+            return (int(row[0]) if row is not None and row[0] is not None else 0), []
+        rows = await self._all("SELECT seq, invoice_id FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return (int(rows[-1][0]) if rows else seq), [r[1] for r in rows]
+
     async def previous_event_payload(self, invoice_id: str, seq: int) -> str | None:
         """The payload of the invoice's event before `seq` (None for its first, or once pruned)."""
         row = await self._one(

@@ -46,6 +46,12 @@ class PaymentQueries(Database):
              method_asset or asset),
         )
 
+    async def counting_outputs(self, chain: str, txid: str) -> set[int]:
+        """The outputs of `txid` recorded as payments that still count (not replaced)."""
+        rows = await self._all("SELECT vout FROM payments WHERE chain = ? AND txid = ? AND replaced = 0",
+                               (chain, txid))
+        return {int(r[0]) for r in rows}
+
     async def payment_with_output_key(self, chain: str, output_key: bytes) -> tuple[str, int, int | None] | None:
         """(txid, vout, block height) of the payment still counting that holds this one-time output key."""
         row = await self._one(

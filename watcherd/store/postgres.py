@@ -195,10 +195,15 @@ class PostgresBackend:
     async def release(self, name: str) -> None:
         await self.execute(f"RELEASE SAVEPOINT {name}")
 
-    async def execute(self, sql: str, params: Params = ()) -> None:
+    def now_sql(self) -> str:
+        return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
         text, args = _arguments(sql, params)
         async with self._translated():
-            await (await self._writer()).execute(text, *args)
+            status: str = await (await self._writer()).execute(text, *args)
+        count = status.rsplit(" ", 1)[-1]  # "UPDATE 3", "INSERT 0 1", "SAVEPOINT"
+        return int(count) if count.isdigit() else 0
 
     async def fetch(self, sql: str, params: Params = (), *, writer: bool) -> list[Row]:
         text, args = _arguments(sql, params)

@@ -210,7 +210,21 @@ SCHEMA = [
     CREATE INDEX hook_deliveries_hook ON hook_deliveries (hook_id, seq);
     CREATE INDEX hook_deliveries_invoice ON hook_deliveries (url, invoice_id, seq);
     """,
-    # version 6: the order an invoice's methods were offered in, as a column: it was SQLite's rowid, which
+    # version 6: several instances on one store. Each chain's follower and the outbox sender run under a lease
+    # (one holder at a time, taken over once it expires); the token grows at every takeover and each of the
+    # holder's transactions checks it, so a stalled ex-holder's late commit is refused. Instances that did not
+    # hand an address out learn it from methods_index.
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,  -- 'chain:<name>' or 'outbox'
+        holder TEXT NOT NULL,  -- the instance that holds (or last held) it
+        token INTEGER NOT NULL,  -- the fencing token
+        expires_at REAL NOT NULL,  -- unix seconds, by the store's clock
+        caught_up INTEGER NOT NULL DEFAULT 0  -- a chain's holder has processed up to its node's tip (expiry waits)
+    );
+    CREATE INDEX methods_index ON methods (chain, derivation_index);
+    """,
+    # version 7: the order an invoice's methods were offered in, as a column: it was SQLite's rowid, which
     # PostgreSQL has no equivalent of (schema_postgres.py starts at this version)
     """
     ALTER TABLE methods ADD COLUMN position INTEGER NOT NULL DEFAULT 0;

@@ -1,6 +1,6 @@
 """The PostgreSQL schema as migrations: `(version, script)` in order, the versions SQLite's (schema.py) numbers.
 
-A PostgreSQL store starts at version 6, the SQLite schema of that version written at once; a later change to
+A PostgreSQL store starts at version 7, the SQLite schema of that version written at once; a later change to
 the schema is one script appended here and one in schema.py under the same number, so that both backends are
 always at the same version and `store copy` moves rows between equal tables.
 
@@ -9,7 +9,7 @@ integer (wei overflows BIGINT); flags stay 0/1 integers so the queries read the 
 """
 
 POSTGRES_SCHEMA: list[tuple[int, str]] = [
-    (6, """
+    (7, """
     CREATE TABLE chains (
         name TEXT PRIMARY KEY,
         cursor_height BIGINT,
@@ -71,6 +71,7 @@ POSTGRES_SCHEMA: list[tuple[int, str]] = [
         UNIQUE (chain, address)
     );
     CREATE INDEX methods_key ON methods (chain, watch_key);
+    CREATE INDEX methods_index ON methods (chain, derivation_index);
     CREATE TABLE payments (
         chain TEXT NOT NULL,
         txid TEXT NOT NULL,
@@ -152,6 +153,13 @@ POSTGRES_SCHEMA: list[tuple[int, str]] = [
     CREATE INDEX hook_deliveries_pending ON hook_deliveries (delivered_at, failed_at, next_attempt_at);
     CREATE INDEX hook_deliveries_hook ON hook_deliveries (hook_id, seq);
     CREATE INDEX hook_deliveries_invoice ON hook_deliveries (url, invoice_id, seq);
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        caught_up BIGINT NOT NULL DEFAULT 0
+    );
     """),
 ]
 

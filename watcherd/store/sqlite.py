@@ -111,8 +111,12 @@ class SqliteBackend:
     async def release(self, name: str) -> None:
         await self._db.execute(f"RELEASE {name}")
 
-    async def execute(self, sql: str, params: Params = ()) -> None:
-        await self._db.execute(sql, params if isinstance(params, dict) else tuple(params))
+    def now_sql(self) -> str:
+        return "((julianday('now') - 2440587.5) * 86400.0)"  # unix seconds, to the millisecond
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self._db.execute(sql, params if isinstance(params, dict) else tuple(params)) as cursor:
+            return cursor.rowcount
 
     async def fetch(self, sql: str, params: Params = (), *, writer: bool) -> list[Row]:
         # execute and fetch in one call on the connection's thread: a task cancelled while waiting (a reload

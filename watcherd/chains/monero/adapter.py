@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from watcherd import metrics
 from watcherd.chains.follow import follow_forever
-from watcherd.chains.monero.crypto import MoneroKeyError, ParsedTx, Scanner, parse_tx_json
+from watcherd.chains.monero.crypto import MoneroKeyError
 from watcherd.chains.monero.rpc import TOO_BIG_HEIGHT, MoneroRpc
+from watcherd.chains.monero.scan import ParsedTx, Scanner, parse_tx_json
 from watcherd.chains.rpc import RpcError
 from watcherd.chains.zmqfeed import ZmqFollower
 from watcherd.core.chain import ChainSink
