@@ -41,9 +41,12 @@ def leader(daemons: dict[str, Daemon], lease: str = "chain:btc") -> str:
     raise AssertionError(f"nobody holds {lease}:\n" + "\n".join(d.log_tail(30) for d in daemons.values()))
 
 
-def test_a_killed_leader_is_taken_over_and_nothing_is_lost_or_said_twice(bsv_node, receiver, tmp_path):
+def test_a_killed_leader_is_taken_over_and_nothing_is_lost_or_said_twice(bsv_node, receiver, tmp_path,
+                                                                         store_location):
+    """On either backend: a SQLite file both instances open, or one PostgreSQL database."""
     chains = chain_table("btc", bsv_node, confirmations=1)  # the same key for both: one wallet
-    shared = f'path = "{tmp_path / "shared.sqlite3"}"\nlease_seconds = 2\n'
+    key = "url" if isinstance(store_location, str) else "path"
+    shared = f'{key} = "{store_location}"\nlease_seconds = 2\n'
     daemons = {name: Daemon(tmp_path / name, chains, receiver.url, store=f'{shared}instance = "{name}"')
                for name in ("a", "b")}
     failovers: list[float] = []
