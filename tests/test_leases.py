@@ -101,3 +101,26 @@ async def test_leaseholders_hand_over_when_one_stops_renewing(store):
     await b.release_all()  # a clean stop: a need not wait for the expiry
     await a.tick(["chain:btc"])
     assert a.held == {"chain:btc": 3}
+
+
+async def test_two_instances_judging_one_invoice_at_once_say_it_once(store_location):
+    """Two instances on one store expire the same invoices at the same moment (an ex-holder of the outbox lease
+    and its successor, say): each judges an invoice only after the other's judgement is committed (its row is
+    locked on PostgreSQL; SQLite's transactions take turns), so each invoice expires once, with one event."""
+    now = [1_700_000_000.0]
+    stores = [await Store.open(store_location) for _ in range(2)]
+    try:
+        ledgers = [Processor(store, {"fake": FakeChain(confirmations=1)}, ["webhook"], clock=lambda: now[0])
+                   for store in stores]
+        for ledger in ledgers:
+            await ledger.start()
+        invoices = [await ledgers[0].create_invoice("fake", 1_000, expires_in=60) for _ in range(20)]
+        now[0] += 61
+        for _ in range(3):
+            await asyncio.gather(*(ledger.expire_due() for ledger in ledgers))
+        for invoice in invoices:
+            types = [e["type"] for e in await stores[0].events_for(invoice["id"])]
+            assert types == ["invoice.created", "invoice.expired"], types
+    finally:
+        for store in stores:
+            await store.close()

@@ -224,7 +224,7 @@ class LedgerBase:
         just wrote them (a new invoice), instead of reading them back.
 
         Must run inside a store transaction."""
-        invoice = rows[0] if rows else await self.store.invoice(invoice_id)
+        invoice = rows[0] if rows else await self.store.invoice(invoice_id, for_update=True)
         if invoice is None:
             return None
         now = int(self.clock())

@@ -172,7 +172,7 @@ class InvoiceLedger(LedgerBase):
         """The customer picked `method`: give it its address (once; again is a no-op). KeyError for an unknown
         invoice, InvoiceError("method") for a method the invoice does not offer or an invoice no longer open."""
         async with self._transaction():
-            invoice = await self.store.invoice(invoice_id)
+            invoice = await self.store.invoice(invoice_id, for_update=True)
             if invoice is None:
                 raise KeyError(invoice_id)
             offered = {self._method_id(m.chain, m.asset): m for m in await self.store.methods_for(invoice_id)}
@@ -197,7 +197,7 @@ class InvoiceLedger(LedgerBase):
 
     async def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
         async with self._transaction():
-            invoice = await self.store.invoice(invoice_id)
+            invoice = await self.store.invoice(invoice_id, for_update=True)
             if invoice is None:
                 raise KeyError(invoice_id)
             if invoice.status not in (Status.UNPAID, Status.EXPIRED, Status.CANCELLED):
@@ -217,7 +217,7 @@ class InvoiceLedger(LedgerBase):
         if status not in (Status.PAID, Status.INVALID):
             raise InvoiceError("status", "an invoice can be marked paid or invalid only")
         async with self._transaction():
-            invoice = await self.store.invoice(invoice_id)
+            invoice = await self.store.invoice(invoice_id, for_update=True)
             if invoice is None:
                 raise KeyError(invoice_id)
             if invoice.manual_status is not status:

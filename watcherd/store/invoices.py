@@ -71,8 +71,12 @@ class InvoiceQueries(Database):
         row = await self._one("SELECT * FROM invoices WHERE idempotency_key = ?", (key,))
         return invoice_from_row(row) if row else None
 
-    async def invoice(self, invoice_id: str) -> InvoiceRow | None:
-        row = await self._one("SELECT * FROM invoices WHERE id = ?", (invoice_id,))
+    async def invoice(self, invoice_id: str, *, for_update: bool = False) -> InvoiceRow | None:
+        """`for_update`, inside a transaction: the row stays locked until it ends, so that two instances on one
+        PostgreSQL judging the same invoice at once take turns, the second reading what the first committed
+        (SQLite's transactions take turns already)."""
+        lock = " FOR UPDATE" if for_update and self.dialect == "postgres" else ""
+        row = await self._one(f"SELECT * FROM invoices WHERE id = ?{lock}", (invoice_id,))
         return invoice_from_row(row) if row else None
 
     async def invoices_by_id(self, invoice_ids: Sequence[str]) -> dict[str, InvoiceRow]:
