@@ -12,6 +12,7 @@ SIGTERM), waits for the pid to be gone, and SIGKILLs it if it is not.
 
 from __future__ import annotations
 
+import ctypes  # here, not in the child: one that switched to another user may not be able to read it
 import os
 import shutil
 import signal
@@ -118,8 +119,6 @@ def wait_pid_gone(pid: int, timeout: float) -> bool:
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel to SIGTERM it when its parent dies.
-    import ctypes
-
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 

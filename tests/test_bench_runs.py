@@ -46,6 +46,13 @@ def test_bench_quick_runs_and_reports_scan_tx_throughput():
         assert re.search(rf"^create: {mode}: [\d,]+ invoices/s, p50 [\d.]+ ms, p99 [\d.]+ ms .*the backlog after it at "
                          r"[\d,]+ events/s$", done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^(PASS|FAIL): webhook delivery >= 1,000 events/s$", done.stdout, re.MULTILINE), done.stdout
+    # and the same two modes on a real PostgreSQL, two instances sharing one database, the clients split over both
+    for mode in (r"one transaction per request \(max_batch = 1\)", r"group commit \(default\)"):
+        assert re.search(rf"^create: PostgreSQL, two instances, {mode}: [\d,]+ invoices/s, p50 [\d.]+ ms, "
+                         r"p99 [\d.]+ ms \(32 clients, 16 per instance; .*the backlog after it at [\d,]+ events/s$",
+                         done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^(PASS|FAIL): invoice creation >= 1,500/s across two instances on PostgreSQL$", done.stdout,
+                     re.MULTILINE), done.stdout
     # the node section ran a real bitcoind and the real daemon: payment -> webhook with and without a background
     # load (its achieved rate printed), and a kill -9 of the instance following the chain taken over by the other
     node = r"p50 [\d.]+ ms, p99 [\d.]+ ms, max [\d.]+ ms \([1-9]\d* payments"
