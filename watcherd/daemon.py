@@ -26,7 +26,7 @@ from watcherd import __version__, logs, metrics, sdnotify
 from watcherd.chains.registry import make_adapter
 from watcherd.compat.bitpay import BitPayNotifications, notify_completed
 from watcherd.compat.greenfield import GreenfieldHooks
-from watcherd.config import Config, load
+from watcherd.config import ChainConfig, Config, load
 from watcherd.core.chain import ChainAdapter
 from watcherd.delivery.hooks import HookSender
 from watcherd.delivery.mqtt import MqttPublisher
@@ -184,21 +184,24 @@ class Daemon:
                                                         name=f"chain:{name}")
 
     async def _stop_follower(self, name: str) -> None:
-        """Cancel the chain's follower and close its node connections; a fresh adapter (the same watched set)
-        takes its place, so a later start begins from the durable cursor with nothing left from before."""
+        """Cancel the chain's follower and close its node connections."""
         follower = self._followers.pop(name, None)
         if follower is None:
             return
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
-        previous = self.chains[name]
         with contextlib.suppress(Exception):
-            await previous.close()
-        if name in self.config.chains:
-            adapter = make_adapter(self.config.chains[name])
-            adapter.watchlist = previous.watchlist  # an invoice created meanwhile adds its address to it
-            self.chains[name] = adapter
+            await self.chains[name].close()
+
+    def _fresh_adapter(self, name: str, config: ChainConfig) -> None:
+        """A new adapter for the chain, so that its next follower starts from the durable cursor with nothing
+        left from before; the same watched set (an invoice created meanwhile adds its address to it)."""
+        previous = self.chains.get(name)
+        adapter = make_adapter(config)
+        if previous is not None:
+            adapter.watchlist = previous.watchlist
+        self.chains[name] = adapter
 
     def _wanted_leases(self) -> list[str]:
         return [*(f"chain:{name}" for name in self.chains), "outbox"]
@@ -221,7 +224,10 @@ class Daemon:
             if self._sending is not None:
                 self._sending.set()
             return
-        await self._stop_follower(lease.removeprefix("chain:"))
+        name = lease.removeprefix("chain:")
+        await self._stop_follower(name)
+        if name in self.chains and name in self.config.chains:  # still configured (a reload may remove it)
+            self._fresh_adapter(name, self.config.chains[name])
 
     def _lease_caught_up(self, lease: str) -> bool:
         name = lease.removeprefix("chain:")
@@ -255,15 +261,11 @@ class Daemon:
         for name in sorted(set(old.chains) | set(new.chains)):
             if old.chains.get(name) == new.chains.get(name):
                 continue
-            previous = self.chains.get(name)
             await self._stop_follower(name)
-            self.chains.pop(name, None)
-            if name in new.chains:
-                adapter = make_adapter(new.chains[name])
-                if previous is not None:
-                    # the same watched set: an invoice created while this reload ran adds its address to it
-                    adapter.watchlist = previous.watchlist
-                self.chains[name] = adapter
+            if name not in new.chains:
+                self.chains.pop(name, None)
+            else:
+                self._fresh_adapter(name, new.chains[name])
                 await self._load_chain(name)
                 if self.leases.holds(f"chain:{name}"):
                     self._start_follower(name)  # a new chain starts when its lease comes
