@@ -113,12 +113,14 @@ class MqttPublisher:
         invoice = event["invoice"]
         prefix = self.config.topic_prefix
         try:
-            # a priced invoice before any method is picked has no chain yet: "none"
-            await client.publish(f"{prefix}/events/{invoice['chain'] or 'none'}", delivery.payload, qos=1,
-                                 timeout=PUBLISH_TIMEOUT)
+            # the retained state first: a consumer that hears the event and then subscribes finds a state at least
+            # as new as the event
             current = await self.invoice_json(delivery.invoice_id) or invoice
             await client.publish(f"{prefix}/invoices/{delivery.invoice_id}", json.dumps(current), qos=1,
                                  retain=True, timeout=PUBLISH_TIMEOUT)
+            # a priced invoice before any method is picked has no chain yet: "none"
+            await client.publish(f"{prefix}/events/{invoice['chain'] or 'none'}", delivery.payload, qos=1,
+                                 timeout=PUBLISH_TIMEOUT)
         except aiomqtt.MqttError as exc:
             metrics.DELIVERY_FAILURES.labels(self.transport).inc()
             error, retry_at = f"MQTT: {exc}", self.clock() + retry_delay(delivery.attempts + 1)
