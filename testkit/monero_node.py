@@ -236,7 +236,8 @@ class MoneroNode:
         return self.other("get_transaction_pool_hashes").get("tx_hashes") or []
 
     def pay(self, destinations: dict[str, int] | str, amount: int | None = None) -> str:
-        """Pay piconero from the customer wallet: pay(address, amount) or pay({address: amount, ...})."""
+        """Pay piconero from the customer wallet: pay(address, amount) or pay({address: amount, ...}); returns
+        once the transaction is in monerod's pool."""
         if isinstance(destinations, str):
             assert amount is not None
             destinations = {destinations: amount}
@@ -255,5 +256,12 @@ class MoneroNode:
                 if not transient or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        return result["tx_hash"]
+        txid: str = result["tx_hash"]
+        # the wallet relays asynchronously: a block mined right after this call could miss the payment
+        deadline = time.monotonic() + 20
+        while txid not in self.pool():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"payment {txid} never reached monerod's pool")
+            time.sleep(0.05)
+        return txid
 
