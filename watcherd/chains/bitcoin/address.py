@@ -8,7 +8,9 @@ Private material is refused here, and again, for the whole file, by the config l
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 from dataclasses import dataclass
 
 from bip_utils import Base58ChecksumError, Base58Decoder, Base58Encoder, Bip32Secp256k1, Hash160
@@ -231,14 +233,16 @@ _BECH32_CONST = 1
 _BECH32M_CONST = 0x2BC830A3
 
 
+_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+# the reference code's inner loop (XOR in generator[i] for each bit i of the top five bits), done once per value
+_TOP = tuple(functools.reduce(operator.xor, (g for i, g in enumerate(_GENERATOR) if top >> i & 1), 0)
+             for top in range(32))
+
+
 def _polymod(values: list[int]) -> int:
-    generator = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
     chk = 1
     for value in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ value
-        for i in range(5):
-            chk ^= generator[i] if (top >> i) & 1 else 0
+        chk = (chk & 0x1FFFFFF) << 5 ^ value ^ _TOP[chk >> 25]
     return chk
 
 
