@@ -217,18 +217,18 @@ class LedgerBase:
 
     async def _reassess(
         self, invoice_id: str, force_type: str | None = None,
-        rows: tuple[InvoiceRow, list[MethodRow], list[PaymentRow]] | None = None,
+        new: tuple[InvoiceRow, list[MethodRow]] | None = None,
     ) -> dict[str, Any] | None:
         """Recompute one invoice from its payments; on any visible change, store it and queue an event, and
-        return the invoice as the event shows it. `rows`: the invoice, its methods and payments as the caller
-        just wrote them (a new invoice), instead of reading them back.
+        return the invoice as the event shows it. `new`: an invoice and its methods not stored yet (no payments):
+        it is inserted with its assessment.
 
         Must run inside a store transaction."""
-        invoice = rows[0] if rows else await self.store.invoice(invoice_id, for_update=True)
+        invoice = new[0] if new else await self.store.invoice(invoice_id, for_update=True)
         if invoice is None:
             return None
         now = int(self.clock())
-        payments = rows[2] if rows else await self.store.payments_for(invoice_id)
+        payments = [] if new else await self.store.payments_for(invoice_id)
         changed = False
         for row in payments:
             confirmed = self._confirmed(row)
@@ -242,7 +242,7 @@ class LedgerBase:
         valued = [replace(p.payment, confirmed=self._confirmed(p)) for p in payments]
         assessment = assess(invoice.terms, valued, 0, now)
         exception = assessment.exception.value if assessment.exception else None
-        methods = rows[1] if rows else await self.store.methods_for(invoice_id)
+        methods = new[1] if new else await self.store.methods_for(invoice_id)
         # what an event shows that can change (a picked method has its own event): the same as before version 4,
         # so an upgrade emits nothing for invoices that did not change
         digest = json.dumps([assessment.status, exception, sorted((p.txid, p.vout, p.status(0, 0)) for p in valued)])
@@ -253,13 +253,16 @@ class LedgerBase:
             paid_at = now
         elif assessment.status is not Status.PAID:
             paid_at = None
-        await self.store.update_invoice(
-            invoice_id, status=assessment.status, exception=exception, paid_at=paid_at,
-            cancelled_at=invoice.cancelled_at, digest=digest, now=now,
-        )
-        type_ = force_type or event_type(invoice.status, assessment.status)
         updated = replace(invoice, status=assessment.status, exception=exception, paid_at=paid_at, digest=digest,
                           updated_at=now)
+        if new:
+            await self.store.insert_invoice(updated, methods)
+        else:
+            await self.store.update_invoice(
+                invoice_id, status=assessment.status, exception=exception, paid_at=paid_at,
+                cancelled_at=invoice.cancelled_at, digest=digest, now=now,
+            )
+        type_ = force_type or event_type(invoice.status, assessment.status)
         body = self._render(updated, methods, payments)
         label = body["chain"] or "none"  # the event's chain: its first picked method's (metrics, MQTT topics)
         event_id = new_id("evt")

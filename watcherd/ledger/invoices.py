@@ -135,22 +135,24 @@ class InvoiceLedger(LedgerBase):
                 cancelled_at=None, paid_at=None, updated_at=now, idempotency_key=idempotency_key,
                 request_digest=request_digest, redirect_url=redirect_url, compat=compat or {},
             )
-            await self.store.insert_invoice(invoice, methods)
             methods = [replace(m, invoice_id=invoice.id) for m in methods]
             if activate:
-                methods[0] = await self._activate(methods[0], now)
-            # the rows are all here: the new invoice is rendered from them, once, for its event and the answer
-            shown = await self._reassess(invoice.id, force_type="invoice.created", rows=(invoice, methods, []))
+                methods[0] = await self._activate(methods[0], now, stored=False)
+            # the rows are all here: the new invoice is stored with its assessment, and rendered once for its event
+            # and the answer
+            shown = await self._reassess(invoice.id, force_type="invoice.created", new=(invoice, methods))
         self._after_activation(methods[0].chain if activate else None, invoice.id)
         assert shown is not None
         return shown
 
-    async def _activate(self, method: MethodRow, now: int) -> MethodRow:
-        """Give the method its address: the chain's next derivation index. Inside the caller's transaction."""
+    async def _activate(self, method: MethodRow, now: int, *, stored: bool = True) -> MethodRow:
+        """Give the method its address: the chain's next derivation index. Inside the caller's transaction.
+        `stored`: the method's row is in the store already (not: the caller inserts the returned row)."""
         chain = self.chains[method.chain]
         index, self._unused[method.chain] = await self.store.allocate_address_index(method.chain)
         address, key = await chain.address(index)
-        await self.store.activate(method, address, key, index, now)
+        if stored:
+            await self.store.activate(method, address, key, index, now)
         _PENDING.get().new_keys.append((method.chain, key))
         return replace(method, activated_at=now, address=address, watch_key=key, derivation_index=index)
 

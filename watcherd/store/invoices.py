@@ -16,14 +16,14 @@ class InvoiceQueries(Database):
         await self._write(
             """INSERT INTO invoices (id, currency, decimals, amount, tolerance_percent, status, exception, order_id,
                    metadata, redirect_url, created_at, expires_at, cancelled_at, paid_at, updated_at, idempotency_key,
-                   request_digest, compat)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   request_digest, compat, digest)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 inv.id, inv.currency, inv.decimals, str(inv.amount), str(inv.tolerance_percent), inv.status.value,
                 inv.exception,
                 inv.order_id, json.dumps(inv.metadata), inv.redirect_url, inv.created_at, inv.expires_at,
                 inv.cancelled_at, inv.paid_at, inv.updated_at, inv.idempotency_key, inv.request_digest,
-                json.dumps(inv.compat),
+                json.dumps(inv.compat), inv.digest,
             ),
         )
         for position, m in enumerate(methods):
