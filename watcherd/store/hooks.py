@@ -66,8 +66,8 @@ class HookQueries(Database):
         rows = await self._all(
             f"""SELECT {_DELIVERY} FROM hook_deliveries d
                 WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= ?
-                  AND NOT EXISTS (SELECT 1 FROM hook_deliveries o WHERE o.seq < d.seq
-                      AND o.invoice_id = d.invoice_id AND COALESCE(o.hook_id, o.url) = COALESCE(d.hook_id, d.url)
+                  AND d.seq = (SELECT MIN(o.seq) FROM hook_deliveries o WHERE o.invoice_id = d.invoice_id
+                      AND COALESCE(o.hook_id, o.url) = COALESCE(d.hook_id, d.url)
                       AND o.delivered_at IS NULL AND o.failed_at IS NULL)
                 ORDER BY d.seq LIMIT ?""",
             (now, limit),

@@ -37,9 +37,8 @@ class OutboxQueries(Database):
                FROM deliveries d JOIN events e ON e.seq = d.event_seq
                WHERE d.transport = ? AND d.delivered_at IS NULL AND d.failed_at IS NULL
                  AND d.next_attempt_at <= ?
-                 AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.transport = d.transport
-                     AND o.invoice_id = d.invoice_id AND o.event_seq < d.event_seq
-                     AND o.delivered_at IS NULL AND o.failed_at IS NULL)
+                 AND d.event_seq = (SELECT MIN(o.event_seq) FROM deliveries o WHERE o.transport = d.transport
+                     AND o.invoice_id = d.invoice_id AND o.delivered_at IS NULL AND o.failed_at IS NULL)
                ORDER BY d.event_seq LIMIT ?""",
             (transport, now, limit),
         )

@@ -161,6 +161,14 @@ POSTGRES_SCHEMA: list[tuple[int, str]] = [
         caught_up BIGINT NOT NULL DEFAULT 0
     );
     """),
+    (8, """
+    CREATE INDEX deliveries_open ON deliveries (transport, event_seq) WHERE delivered_at IS NULL AND failed_at IS NULL;
+    CREATE INDEX deliveries_open_invoice ON deliveries (transport, invoice_id, event_seq)
+        WHERE delivered_at IS NULL AND failed_at IS NULL;
+    CREATE INDEX hook_deliveries_open ON hook_deliveries (seq) WHERE delivered_at IS NULL AND failed_at IS NULL;
+    CREATE INDEX hook_deliveries_open_invoice ON hook_deliveries (invoice_id, seq)
+        WHERE delivered_at IS NULL AND failed_at IS NULL;
+    """),
 ]
 
 # the tables and their columns with an identity (serial) id: `store copy` moves the sequence past the copied ids
