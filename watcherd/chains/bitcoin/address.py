@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import operator
 from dataclasses import dataclass
 
+import coincurve
 from bip_utils import Base58ChecksumError, Base58Decoder, Base58Encoder, Bip32Secp256k1, Hash160
 from bip_utils.ecc import Secp256k1, Secp256k1PublicKey
 
@@ -131,17 +133,27 @@ class AddressDeriver:
         self.network = network
         self.depth = int(account.Depth())
         # The external (receive) chain; change (/1) is the wallet's business, not ours.
-        self._receive = account.ChildKey(0)
+        receive = account.ChildKey(0)
+        self._receive_key = receive.PublicKey().RawCompressed().ToBytes()
+        self._receive_chain_code = receive.ChainCode().ToBytes()
 
     def derive(self, index: int) -> tuple[str, bytes]:
         """(address, scriptPubKey) of `<account>/0/<index>`."""
         if not 0 <= index < _HARDENED:
             raise ValueError(f"derivation index must be 0 <= index < 2**31, got {index}")
-        pubkey = self._receive.ChildKey(index).PublicKey().RawCompressed().ToBytes()
+        pubkey = ckd_pub(self._receive_key, self._receive_chain_code, index)
         script = _script_for(pubkey, self.address_type)
         address = script_to_address(script, self.network)
         assert address is not None  # every script _script_for builds has an address form
         return address, script
+
+
+def ckd_pub(key: bytes, chain_code: bytes, index: int) -> bytes:
+    """BIP32's CKDpub for a non-hardened `index`: the child's compressed public key, in one libsecp256k1 tweak
+    (bip-utils gets there through point arithmetic in Python objects, at three times the cost per address)."""
+    digest = hmac.new(chain_code, key + index.to_bytes(4, "big"), hashlib.sha512).digest()
+    # an IL at or above the curve order, or a child at infinity (odds below 2**-127), is refused (ValueError)
+    return coincurve.PublicKey(key).add(digest[:32]).format(compressed=True)
 
 
 def _check_version_fits(version: _KeyVersion, address_type: str, network: Network) -> None:
