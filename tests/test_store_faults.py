@@ -138,6 +138,42 @@ async def test_webhook_failures_unrecordable_and_a_drain_on_a_full_store_end_cle
     assert delivery["delivered_at"] is not None and delivery["attempts"] >= 2
 
 
+async def test_webhook_pipeline_pauses_while_outcomes_are_unrecorded_and_keeps_each_invoice_in_order(ledger):
+    """Sends go out concurrently, but an invoice's next event waits for its previous one's outcome to be recorded:
+    with the store full, the heads of two invoices are sent once each, the second event of the first invoice is
+    not sent at all, and nothing is sent again; once the store recovers, everything goes out exactly once, in
+    order."""
+    processor, fault = ledger
+    now = time.time()
+    order = [("inv_a", 0), ("inv_b", 0), ("inv_a", 1)]
+    async with processor.store.transaction():
+        for invoice_id, n in order:
+            payload = json.dumps({"id": f"evt_{invoice_id}_{n}", "type": "invoice.test",
+                                  "invoice": {"id": invoice_id, "status": f"s{n}"}})
+            await processor.store.add_event(f"evt_{invoice_id}_{n}", invoice_id, "fake", "invoice.test", int(now),
+                                            payload, ["webhook"], now)
+    fault.on = True
+    with WebhookReceiver(SECRET) as receiver:
+        config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
+        sender = WebhookSender(processor.store, config, processor.outbox_listener())
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        await async_wait_for(lambda: len(receiver.events) == 2, 10, "both invoices' first events sent")
+        await asyncio.sleep(scaled(2.5))  # backoff rounds with the store still failing
+        assert sorted(e["id"] for e in receiver.events) == ["evt_inv_a_0", "evt_inv_b_0"]
+        fault.on = False
+
+        async def all_recorded() -> bool:
+            return not await pending(processor, "webhook")
+
+        await async_wait_for(all_recorded, 10, "every event sent and recorded once the store takes writes")
+        stop.set()
+        await task
+    ids = [e["id"] for e in receiver.events]
+    assert len(ids) == len(set(ids)) == 3
+    assert receiver.statuses("inv_a") == ["s0", "s1"] and receiver.statuses("inv_b") == ["s0"]
+
+
 @pytest.mark.nodes
 async def test_mqtt_publishes_while_the_store_is_full_are_recorded_later_and_never_repeated(ledger, tmp_path):
     """The same for MQTT against a real mosquitto: the publisher stays connected through the fault, publishes
