@@ -90,6 +90,21 @@ async def test_one_failing_invoice_does_not_block_others(core):
     assert first["id"] != second["id"]
 
 
+async def test_the_next_delivery_time_is_a_head_s_not_an_event_queued_behind_one(core):
+    """An invoice whose first event waits out a backoff, with a later event queued behind it: the idle wait
+    (MQTT's) must wait for the head, not spin on the queued event's past time."""
+    processor, chain = core
+    invoice = await processor.create_invoice("fake", 1000)
+    retry_at = time.time() + 3600
+    async with processor.store.transaction():
+        (head,) = await processor.store.due_deliveries("webhook", processor.clock())
+        await processor.store.mark_attempt_failed("webhook", head.event_seq, "HTTP 500", retry_at, None)
+    await processor.tx_seen("fake", ChainTx("t0", (Received(chain.derive(0)[1], 0, 1000),), (b"o0",)))
+    assert len(await processor.store.deliveries(invoice_id=invoice["id"], state="pending")) == 2
+    assert await processor.store.due_deliveries("webhook", processor.clock()) == []
+    assert await processor.store.next_delivery_time("webhook") == pytest.approx(retry_at)
+
+
 async def test_client_error_is_not_retried_but_kept_for_redelivery(core):
     processor, _ = core
     with WebhookReceiver(SECRET) as receiver:

@@ -74,12 +74,6 @@ class HookQueries(Database):
         )
         return [HookDelivery(*r) for r in rows]
 
-    async def next_hook_delivery_time(self) -> float | None:
-        row = await self._one(
-            "SELECT MIN(next_attempt_at) FROM hook_deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
-        )
-        return row[0] if row else None
-
     async def mark_hook_delivered(self, seq: int, http_code: int, now: int) -> None:
         await self._write(
             """UPDATE hook_deliveries SET delivered_at = ?, last_attempt_at = ?, attempts = attempts + 1,

@@ -45,9 +45,13 @@ class OutboxQueries(Database):
         return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     async def next_delivery_time(self, transport: str) -> float | None:
+        """When the next delivery `due_deliveries` can answer is due: the earliest of the invoices' heads (an
+        event queued behind one waiting out its backoff is not due, whatever its own time says)."""
         row = await self._one(
-            """SELECT MIN(next_attempt_at) FROM deliveries
-               WHERE transport = ? AND delivered_at IS NULL AND failed_at IS NULL""",
+            """SELECT MIN(d.next_attempt_at) FROM deliveries d
+               WHERE d.transport = ? AND d.delivered_at IS NULL AND d.failed_at IS NULL
+                 AND d.event_seq = (SELECT MIN(o.event_seq) FROM deliveries o WHERE o.transport = d.transport
+                     AND o.invoice_id = d.invoice_id AND o.delivered_at IS NULL AND o.failed_at IS NULL)""",
             (transport,),
         )
         return row[0] if row else None
