@@ -9,13 +9,15 @@ The writer is a plain sqlite3 connection shared by the event loop and one worker
 the loop: BEGIN IMMEDIATE (it may wait for another process's write lock), COMMIT and ROLLBACK (the fsync, a WAL
 checkpoint), migrations. The statements of an open transaction run on the loop itself: the write lock is ours
 by then, so they only touch the page cache, in microseconds, where a round trip to a thread and back cost more
-than the statement (a created invoice is a dozen of them, and units of a batch run one after another)."""
+than the statement (a created invoice is a dozen of them, and units of a batch run one after another). A long
+transaction (a block paying hundreds of invoices) lets the loop run every `BREATHE_SECONDS`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +30,7 @@ from watcherd.store.backend import Params, Row
 from watcherd.store.schema import SCHEMA
 
 T = TypeVar("T")
+BREATHE_SECONDS = 0.001  # the longest run of a transaction's statements on the loop without letting others run
 
 
 def _writer(path: str) -> sqlite3.Connection:
@@ -61,6 +64,7 @@ class SqliteBackend:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="watcherd-sqlite")
         self._db: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None  # ":memory:" has no second connection: reads the writer
+        self._breathed = 0.0  # when the loop last ran something else during the open transaction
 
     @classmethod
     async def open(cls, path: str | Path, *, migrate: bool = True) -> Self:
@@ -123,6 +127,14 @@ class SqliteBackend:
 
     async def begin(self) -> None:
         await self._off(self._conn.execute, "BEGIN IMMEDIATE")
+        self._breathed = time.perf_counter()
+
+    async def _breathe(self) -> None:
+        """After a statement on the loop: every few milliseconds, let the loop's other tasks run (none of them
+        can use the writer meanwhile: the transaction's lock is held)."""
+        if time.perf_counter() - self._breathed >= BREATHE_SECONDS:
+            await asyncio.sleep(0)
+            self._breathed = time.perf_counter()
 
     async def commit(self) -> None:
         await self._off(self._conn.execute, "COMMIT")
@@ -151,7 +163,9 @@ class SqliteBackend:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         if self._conn.in_transaction:
-            return self._conn.execute(sql, _params(params)).rowcount
+            count = self._conn.execute(sql, _params(params)).rowcount
+            await self._breathe()
+            return count
         return await self._off(lambda: self._conn.execute(sql, _params(params)).rowcount)
 
     async def fetch(self, sql: str, params: Params = (), *, writer: bool) -> list[Row]:
@@ -161,7 +175,9 @@ class SqliteBackend:
             # snapshot of the database
             return list(await self._reader.execute_fetchall(sql, _params(params)))
         if self._conn.in_transaction:
-            return self._conn.execute(sql, _params(params)).fetchall()
+            rows = self._conn.execute(sql, _params(params)).fetchall()
+            await self._breathe()
+            return rows
         return await self._off(lambda: self._conn.execute(sql, _params(params)).fetchall())
 
     async def probe_write(self) -> None:
