@@ -8,6 +8,8 @@ Types: SQLite INTEGER is BIGINT here, REAL is DOUBLE PRECISION, BLOB is BYTEA; a
 integer (wei overflows BIGINT); flags stay 0/1 integers so the queries read the same on both.
 """
 
+from watcherd.store.schema import SCHEMA
+
 POSTGRES_SCHEMA: list[tuple[int, str]] = [
     (7, """
     CREATE TABLE chains (
@@ -161,14 +163,7 @@ POSTGRES_SCHEMA: list[tuple[int, str]] = [
         caught_up BIGINT NOT NULL DEFAULT 0
     );
     """),
-    (8, """
-    CREATE INDEX deliveries_open ON deliveries (transport, event_seq) WHERE delivered_at IS NULL AND failed_at IS NULL;
-    CREATE INDEX deliveries_open_invoice ON deliveries (transport, invoice_id, event_seq)
-        WHERE delivered_at IS NULL AND failed_at IS NULL;
-    CREATE INDEX hook_deliveries_open ON hook_deliveries (seq) WHERE delivered_at IS NULL AND failed_at IS NULL;
-    CREATE INDEX hook_deliveries_open_invoice ON hook_deliveries (invoice_id, seq)
-        WHERE delivered_at IS NULL AND failed_at IS NULL;
-    """),
+    (8, SCHEMA[7]),  # partial indexes of the undelivered rows: the same SQL in both dialects
 ]
 
 # the tables and their columns with an identity (serial) id: `store copy` moves the sequence past the copied ids
