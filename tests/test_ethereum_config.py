@@ -99,6 +99,14 @@ def test_xpub_must_be_the_account_level_key(tmp_path):
     assert "m/44'/60'/0', depth 3" in found["chains.eth.xpub"]
 
 
+def test_a_mistyped_xpub_is_a_config_error_not_a_crash(tmp_path):
+    """One character changed: the base58 checksum fails, and check-config says so under the key."""
+    good = XPUB
+    typo = good[:-1] + ("1" if good[-1] != "1" else "2")
+    found = problems(write(tmp_path, eth(xpub=f'"{typo}"')))
+    assert "bad base58 checksum" in found["chains.eth.xpub"]
+
+
 def test_xprv_is_refused(tmp_path):
     """Watch-only: the account's private key is refused wherever it appears, and never echoed back."""
     xprv = account().PrivateKey().ToExtended()

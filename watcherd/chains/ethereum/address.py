@@ -47,10 +47,13 @@ class EthDeriver:
     """Addresses m/44'/60'/0'/0/i from the account's xpub."""
 
     def __init__(self, xpub: str):
-        from bip_utils import Bip32KeyError, Bip32Secp256k1
+        from bip_utils import Base58ChecksumError, Bip32KeyError, Bip32Secp256k1
 
         try:
             account = Bip32Secp256k1.FromExtendedKey(xpub)
+        except Base58ChecksumError:
+            raise ValueError("not an extended public key (bad base58 checksum: a character is wrong or missing)") \
+                from None
         except (ValueError, Bip32KeyError) as exc:
             raise ValueError(f"not an extended public key: {exc}") from None
         if not account.IsPublicOnly():
