@@ -386,17 +386,9 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         client(sys.argv[2:])
         return 0
-    quick = "--quick" in sys.argv
+    from bench_alone import run_alone  # scripts/ is sys.path[0]
 
-    def show(label: str, value: str) -> None:
-        print(f"{label}: {value}", flush=True)
-
-    targets, broken = section(quick, show)
-    for problem in broken:
-        print(f"BROKEN: {problem}")
-    for label, ok in targets:
-        print(f"{'PASS' if ok else 'FAIL'}: {label}")
-    return 0 if all(ok for _, ok in targets) and not broken else 1
+    return run_alone(section)
 
 
 if __name__ == "__main__":

@@ -343,15 +343,9 @@ def section(quick: bool, figure: Any) -> tuple[list[tuple[str, bool]], list[str]
 
 
 def main() -> int:
-    def show(label: str, value: str) -> None:
-        print(f"{label}: {value}", flush=True)
+    from bench_alone import run_alone  # scripts/ is sys.path[0]
 
-    targets, broken = section("--quick" in sys.argv, show)
-    for problem in broken:
-        print(f"BROKEN: {problem}")
-    for label, ok in targets:
-        print(f"{'PASS' if ok else 'FAIL'}: {label}")
-    return 0 if all(ok for _, ok in targets) and not broken else 1
+    return run_alone(section)
 
 
 if __name__ == "__main__":

@@ -662,14 +662,6 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--client"]:
         client(sys.argv[2] == "quick", {int(c) for c in sys.argv[3].split(",")})
     else:
-        quick = sys.argv[1:] == ["--quick"]
+        from bench_alone import run_alone  # scripts/ is sys.path[0]
 
-        def show(label: str, value: str) -> None:
-            print(f"{label}: {value}", flush=True)
-
-        found, problems = section(quick, show)
-        for label, ok in found:
-            show("PASS" if ok else "FAIL", label)
-        for problem in problems:
-            show("BROKEN", problem)
-        sys.exit(1 if problems else 0)
+        sys.exit(run_alone(section))
