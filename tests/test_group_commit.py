@@ -4,9 +4,15 @@ backends."""
 
 import asyncio
 import sqlite3
+import threading
+import time
+import urllib.error
+from types import SimpleNamespace
 
 import pytest
+from harness import Daemon, account_tpub
 
+from testkit.configs import bitcoin_table
 from watcherd.exceptions import StoreError, StoreUnavailable
 from watcherd.store import Store
 
@@ -156,3 +162,51 @@ async def test_a_unit_cancelled_while_queued_does_not_leave_the_batch_uncommitte
     assert await chains(store) == ["first"]
     with pytest.raises(asyncio.CancelledError):
         await b
+
+
+def test_every_invoice_answered_201_survives_a_kill_9_and_no_address_is_handed_out_twice(store_location, tmp_path):
+    """The durability promise of group commit, on the real daemon: 16 clients create invoices as fast as they can,
+    the daemon is killed (SIGKILL) in the middle; after the restart every invoice that got its 201 is there, unpaid,
+    and the invoices created then get addresses none of the earlier ones had."""
+    node = SimpleNamespace(kind="bsv", rpc_url="http://127.0.0.1:9", rpc_user="u", rpc_password="p",
+                           zmq_endpoint=None)  # never there: creating an invoice needs no node
+    chains = bitcoin_table("btc", node, xpub=account_tpub(84), address_type="p2wpkh", confirmations=1, zmq=False)
+    key = "url" if isinstance(store_location, str) else "path"
+    daemon = Daemon(tmp_path / "d", chains, store=f'{key} = "{store_location}"').start()
+    answered: list[dict] = []
+    killed = threading.Event()
+
+    def client() -> None:
+        while not killed.is_set():
+            try:
+                answered.append(daemon.create_invoice("btc", "0.001"))
+            except (OSError, urllib.error.URLError):  # the kill cut this request: not acknowledged
+                return
+
+    try:
+        clients = [threading.Thread(target=client) for _ in range(16)]
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(answered) < 300 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        daemon.kill()
+        killed.set()
+        for thread in clients:
+            thread.join(15)
+        assert len(answered) >= 300, daemon.log_tail()
+        daemon.start()
+        after = [daemon.create_invoice("btc", "0.001") for _ in range(20)]
+        def status(invoice_id: str) -> str:
+            try:
+                return daemon.invoice(invoice_id)["status"]
+            except urllib.error.HTTPError as exc:
+                return f"HTTP {exc.code}"
+
+        lost = {i["id"]: status(i["id"]) for i in answered}
+        assert {i: s for i, s in lost.items() if s != "unpaid"} == {}, f"{len(answered)} acknowledged"
+        addresses = [m["address"] for i in answered + after for m in i["payment_methods"]]
+        assert len(addresses) == len(answered) + 20 and len(set(addresses)) == len(addresses)
+    finally:
+        killed.set()
+        daemon.stop()
