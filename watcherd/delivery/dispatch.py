@@ -30,6 +30,7 @@ from watcherd.retry import sleep_unless
 from watcherd.store import Store
 
 IDLE_READ_SECONDS = 5.0  # the longest wait between reads while slots are free
+RETRYABLE_STATUS = {408, 429}  # the 4xx answers retried like a 5xx; any other 4xx rejects the event for good
 
 D = TypeVar("D")  # a transport's delivery row
 

@@ -19,13 +19,12 @@ from collections.abc import Callable, Hashable
 import aiohttp
 
 from watcherd import metrics
-from watcherd.delivery.dispatch import Attempt, Dispatcher
+from watcherd.delivery.dispatch import RETRYABLE_STATUS, Attempt, Dispatcher
 from watcherd.delivery.schedule import retry_delay
 from watcherd.store import HookDelivery, Store
 
 log = logging.getLogger("watcherd.hooks")
 
-RETRYABLE_STATUS = {408, 429}
 TRANSPORT = "hooks"  # the label in metrics
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from watcherd import metrics
-from watcherd.delivery.dispatch import Attempt, Dispatcher
+from watcherd.delivery.dispatch import RETRYABLE_STATUS, Attempt, Dispatcher
 from watcherd.delivery.schedule import retry_delay
 from watcherd.delivery.signing import sign
 from watcherd.store import Delivery, Store
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
 # named as before the package layout, so log filters on the logger name keep matching
 log = logging.getLogger("watcherd.outbox")
-
-RETRYABLE_STATUS = {408, 429}
-
 
 class WebhookSender(Dispatcher[Delivery]):
     transport = "webhook"
