@@ -119,10 +119,11 @@ class EthereumAdapter(Follower):
 
     def _transfer_call(self, tx: dict[str, Any]) -> tuple[tuple[str, bytes], int] | None:
         """A direct `transfer(recipient, amount)` call of a configured token: ((token, recipient), amount)."""
-        to = tx.get("to")
-        contract = to.lower() if isinstance(to, str) else None
         data = tx.get("input") or tx.get("data") or ""
-        if contract not in self._tokens or len(data) != 138 or bytes.fromhex(data[2:10]) != TRANSFER_SELECTOR:
+        to = tx.get("to")
+        if len(data) != 138 or not isinstance(to, str) or (contract := to.lower()) not in self._tokens:
+            return None
+        if bytes.fromhex(data[2:10]) != TRANSFER_SELECTOR:
             return None
         return (contract, bytes.fromhex(data[34:74])), int(data[74:138], 16)
 
