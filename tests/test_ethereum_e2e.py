@@ -116,7 +116,7 @@ def test_a_pending_transfer_that_reverts_when_mined_is_taken_back(eth_node, daem
     """The free "payment": transfer(invoice, due) of the invoice's token from an account holding none of it.
     Pending, its calldata makes the invoice processing; mined, it reverts (no Transfer log), and the block is
     the truth: the invoice is unpaid again with nothing received, its events (API and webhooks) say so, and
-    later blocks do not bring the credit back."""
+    neither later blocks nor a reorg of that block bring the credit back."""
     daemon = daemon_factory(eth_table("eth", eth_node, confirmations=2))
     wait_caught_up(daemon, eth_node)
     invoice = daemon.create_invoice("eth", "12.5", asset="USDC")
@@ -139,7 +139,16 @@ def test_a_pending_transfer_that_reverts_when_mined_is_taken_back(eth_node, daem
     wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "unpaid"])
     eth_node.mine(2)
     wait_caught_up(daemon, eth_node)
-    assert daemon.invoice(invoice["id"])["amount_received_atomic"] == "0"
+    reorgs = daemon.metric("watcherd_reorgs_total", chain="eth")
+    eth_node.reorg(3)  # the reverting block and the two above it, replaced by empty ones
+    eth_node.mine(1)
+    deadline = time.monotonic() + 20
+    while daemon.metric("watcherd_reorgs_total", chain="eth") == reorgs:
+        assert time.monotonic() < deadline, daemon.log_tail()
+        time.sleep(0.05)
+    wait_caught_up(daemon, eth_node)
+    shown = daemon.invoice(invoice["id"])
+    assert (shown["status"], shown["amount_received_atomic"]) == ("unpaid", "0")
     assert len(daemon.api("GET", f"/v1/invoices/{invoice['id']}/events")["events"]) == 3
 
 
