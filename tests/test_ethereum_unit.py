@@ -70,8 +70,9 @@ def _tx(txid: str, to: str | None, value: int, data: str = "0x", sender: str = "
 
 
 def test_scan_block_matches_native_tokens_and_conflicts():
-    """Native value -> vout 0; the n-th Transfer log of a configured token in a tx -> vout 1+n; unknown tokens,
-    other events and removed logs are ignored; a tx re-using a pending payment's (sender, nonce) replaces it."""
+    """Native value -> vout 0; the n-th transfer (token, recipient) of a configured token in a tx -> vout 1+n;
+    unknown tokens, other events and removed logs are ignored; a tx re-using a pending payment's (sender, nonce)
+    replaces it."""
     a = adapter()
     address, key = a.derive(0)
     other, other_key = a.derive(1)
@@ -88,7 +89,7 @@ def test_scan_block_matches_native_tokens_and_conflicts():
         _tx("0x05", "0x" + "dd" * 20, 1, sender="0x" + "bb" * 20, nonce=3),
     ]}
     logs = [
-        # an earlier Transfer in the same tx, to someone else: it makes the watched one the tx's second
+        # an earlier transfer in the same tx, to someone else: it makes the watched one the tx's second
         {**log, "logIndex": "0x2", "data": hex(1), "topics": [TRANSFER_TOPIC, word + "cc" * 20, word + "dd" * 20]},
         log,
         {**log, "address": "0x" + "ee" * 20, "logIndex": "0x5"},  # not a configured token
