@@ -21,8 +21,10 @@ ARTIFACTS = REPO_ROOT / "contracts" / "artifacts.json"
 ANVIL_CHAIN_ID = 31337
 TOKEN_SYMBOL = "USDC"
 TOKEN_DECIMALS = 6
-# The test tokens deploy_contracts() makes: symbol -> decimals
+# The test tokens deploy_contracts() makes, the ones a devnet config lists: symbol -> decimals
 TOKENS = {TOKEN_SYMBOL: TOKEN_DECIMALS, "DAI": 18}
+# and a fee-on-transfer token (contracts/FeeToken.sol, 6 decimals) that only the tests configure
+FEE_TOKEN = "FEE"
 
 
 def anvil_binary() -> Path:
@@ -144,10 +146,13 @@ class EthNode:
         block = self.rpc("eth_getBlockByNumber", "latest", False)
         return int(block["number"], 16), block["hash"]
 
-    def send(self, sender: str, to: str | None, value: int = 0, data: str = "0x") -> str:
+    def send(self, sender: str, to: str | None, value: int = 0, data: str = "0x", gas: int | None = None) -> str:
+        """`gas`: a fixed limit, for a transaction that will revert (anvil refuses to estimate one)."""
         tx: dict[str, Any] = {"from": sender, "value": hex(value), "data": data}
         if to is not None:
             tx["to"] = to
+        if gas is not None:
+            tx["gas"] = hex(gas)
         return self.rpc("eth_sendTransaction", tx)
 
     def pay(self, address: str, wei: int, account: int = 1) -> str:
@@ -159,9 +164,13 @@ class EthNode:
 
     # ---- contracts ----------------------------------------------------------------------------------------
 
+    def receipt(self, txid: str) -> dict[str, Any]:
+        return self.rpc("eth_getTransactionReceipt", txid)
+
     def deploy_contracts(self) -> dict[str, str]:
-        """Deploy TestToken ("USDC", 6 decimals; a second "DAI"-like one with 18) and Forwarder from account 0,
-        mint tokens to the paying accounts; returns name -> address. Idempotent across restarts."""
+        """Deploy TestToken ("USDC", 6 decimals; a second "DAI"-like one with 18), FeeToken ("FEE") and
+        Forwarder from account 0, mint tokens to the paying accounts 1-3 (the others hold none); returns name ->
+        address. Idempotent across restarts."""
         if self.contracts:
             return self.contracts
         artifacts = json.loads(ARTIFACTS.read_text())["contracts"]
@@ -179,19 +188,20 @@ class EthNode:
         usdc = deploy("TestToken", token_args("Test USD Coin", TOKEN_SYMBOL, TOKENS[TOKEN_SYMBOL]))
         dai = deploy("TestToken", token_args("Test Dai", "DAI", TOKENS["DAI"]))
         forwarder = deploy("Forwarder")
+        fee = deploy("FeeToken")
         self.contracts = {k: to_checksum(parse_address(v)) for k, v in
-                          {"USDC": usdc, "DAI": dai, "Forwarder": forwarder}.items()}
+                          {"USDC": usdc, "DAI": dai, "Forwarder": forwarder, FEE_TOKEN: fee}.items()}
         for account in self.accounts()[1:4]:
-            for token in (self.contracts["USDC"], self.contracts["DAI"]):
+            for token in (self.contracts["USDC"], self.contracts["DAI"], self.contracts[FEE_TOKEN]):
                 self.send(deployer, token, 0, "0x40c10f19" + _abi_word(account) + _abi_word(10**30))
         self.mine(1)
         self.contracts_path.write_text(json.dumps(self.contracts))
         return self.contracts
 
-    def pay_token(self, symbol: str, address: str, amount: int, account: int = 1) -> str:
+    def pay_token(self, symbol: str, address: str, amount: int, account: int = 1, gas: int | None = None) -> str:
         """ERC-20 transfer(address, amount) of `symbol` from a funded account; pending until mined."""
         data = "0xa9059cbb" + _abi_word(address) + _abi_word(amount)
-        return self.send(self.accounts()[account], self.contracts[symbol], 0, data)
+        return self.send(self.accounts()[account], self.contracts[symbol], 0, data, gas=gas)
 
     def pay_through_forwarder(self, address: str, wei: int, account: int = 1) -> str:
         """ETH to `address` through the Forwarder contract's internal call: no tx has `to` = address."""

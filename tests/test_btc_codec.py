@@ -478,3 +478,35 @@ def test_random_block_agrees_with_bitcoinlib(cases):
     assert [len(t.matches) for t in scanned.txs] == [
         sum(bytes(out.scriptPubKey) in watched for out in tx.vout) for tx in txs
     ]
+
+
+# --- the adapter's output rule ----------------------------------------------------------------------------
+
+
+def test_a_zero_sat_output_to_a_watched_script_is_no_payment():
+    """The decoder reports every watched output, 0 sat ones too (as the node does); the adapter reports none
+    of value 0: a transaction whose only watched output is 0 sat concerns no invoice (no payment, no
+    wrong_asset), and in one that also pays, only the paying output is received."""
+    from decimal import Decimal
+
+    from watcherd.chains.bitcoin.adapter import BitcoinAdapter
+    from watcherd.chains.bitcoin.address import network
+    from watcherd.chains.bitcoin.config import BitcoinChainConfig
+
+    zpub = ("zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2o"
+            "z2AGutZYs")
+    adapter = BitcoinAdapter(BitcoinChainConfig(
+        name="btc", coin="bitcoin", network=network("bitcoin", "mainnet"), asset="BTC",
+        rpc_url="http://127.0.0.1:1", rpc_user="u", rpc_password="p", rpc_cookie_file=None, zmq_rawtx=None,
+        zmq_hashblock=None, poll_interval_seconds=1.0, xpub=zpub, address_type="p2wpkh", confirmations=1,
+        underpaid_tolerance_percent=Decimal(0), invoice_expiry_seconds=900, start_height=None))
+    script = adapter.derive(0)[1]
+    adapter.watchlist.keys.add(script)
+    spend = CMutableTxIn(COutPoint(b"\x01" * 32, 0))
+    only_zero = CMutableTransaction([spend], [CMutableTxOut(0, CScript(script))]).serialize()
+    both = CMutableTransaction([spend], [CMutableTxOut(0, CScript(script)), CMutableTxOut(1500, CScript(script))])
+
+    assert scan_tx(only_zero, {script}).matches == [(0, 0, script)]
+    assert adapter._chain_tx(scan_tx(only_zero, {script})) is None
+    paying = adapter._chain_tx(scan_tx(both.serialize(), {script}))
+    assert paying is not None and [(r.vout, r.amount) for r in paying.received] == [(1, 1500)]

@@ -15,6 +15,8 @@ import time
 
 from harness import Daemon, eth_table, wait_delivered
 
+from testkit.eth_node import FEE_TOKEN
+
 ETH = 10**18
 USDC = 10**6
 
@@ -108,6 +110,96 @@ def test_token_exact_underpaid_and_wrong_asset(eth_node, daemon_factory, receive
     assert sorted((p["asset"], p["amount"], p["status"]) for p in flagged["payments"]) == [
         ("DAI", "5", "wrong_asset"), ("ETH", "0.01", "wrong_asset")]
     wait_delivered(receiver, exact["id"], ["unpaid", "processing", "paid"])
+
+
+def test_a_pending_transfer_that_reverts_when_mined_is_taken_back(eth_node, daemon_factory, receiver):
+    """The free "payment": transfer(invoice, due) of the invoice's token from an account holding none of it.
+    Pending, its calldata makes the invoice processing; mined, it reverts (no Transfer log), and the block is
+    the truth: the invoice is unpaid again with nothing received, its events (API and webhooks) say so, and
+    neither later blocks nor a reorg of that block bring the credit back."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=2))
+    wait_caught_up(daemon, eth_node)
+    invoice = daemon.create_invoice("eth", "12.5", asset="USDC")
+    pauper = 5  # an anvil account with ETH for gas and no USDC
+    assert int(eth_node.rpc("eth_call", {"to": eth_node.contracts["USDC"], "data": "0x70a08231" + "00" * 12
+                                         + eth_node.accounts()[pauper][2:]}, "latest"), 16) == 0  # balanceOf
+    txid = eth_node.pay_token("USDC", invoice["address"], 12_500_000, account=pauper, gas=100_000)
+    processing = daemon.wait_status(invoice["id"], "processing", timeout=10)
+    assert [(p["txid"], p["amount_atomic"], p["block_height"]) for p in processing["payments"]] == [
+        (txid, "12500000", None)]
+    eth_node.mine(1)
+    assert eth_node.receipt(txid)["status"] == "0x0" and eth_node.receipt(txid)["logs"] == []  # reverted
+    back = daemon.wait_status(invoice["id"], "unpaid", timeout=20)
+    assert (back["amount_received_atomic"], back["exception"]) == ("0", "double_spent")
+    assert [(p["txid"], p["status"]) for p in back["payments"]] == [(txid, "replaced")]
+    events = daemon.api("GET", f"/v1/invoices/{invoice['id']}/events")["events"]
+    assert [(e["type"], e["invoice"]["status"], e["invoice"]["amount_received_atomic"]) for e in events] == [
+        ("invoice.created", "unpaid", "0"), ("invoice.processing", "processing", "12500000"),
+        ("invoice.unpaid", "unpaid", "0")]
+    wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "unpaid"])
+    eth_node.mine(2)
+    wait_caught_up(daemon, eth_node)
+    reorgs = daemon.metric("watcherd_reorgs_total", chain="eth")
+    eth_node.reorg(3)  # the reverting block and the two above it, replaced by empty ones
+    eth_node.mine(1)
+    deadline = time.monotonic() + 20
+    while daemon.metric("watcherd_reorgs_total", chain="eth") == reorgs:
+        assert time.monotonic() < deadline, daemon.log_tail()
+        time.sleep(0.05)
+    wait_caught_up(daemon, eth_node)
+    shown = daemon.invoice(invoice["id"])
+    assert (shown["status"], shown["amount_received_atomic"]) == ("unpaid", "0")
+    assert len(daemon.api("GET", f"/v1/invoices/{invoice['id']}/events")["events"]) == 3
+
+
+def test_zero_value_transfers_are_no_payments(eth_node, daemon_factory, receiver):
+    """transfer(invoice, 0) of the invoice's token and of another configured token, and 0 ETH, pending and
+    mined (each logs or carries a real zero): no payment, no wrong_asset, no event, no error logged."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=1))
+    wait_caught_up(daemon, eth_node)
+    invoice = daemon.create_invoice("eth", "5", asset="USDC")
+    marker = daemon.create_invoice("eth", "1", asset="USDC")  # paid in the same block: the block was processed
+    zeros = [eth_node.pay_token("USDC", invoice["address"], 0), eth_node.pay_token("DAI", invoice["address"], 0),
+             eth_node.pay(invoice["address"], 0)]
+    eth_node.pay_token("USDC", marker["address"], USDC, account=2)
+    daemon.wait_status(marker["id"], "processing", timeout=10)
+    eth_node.mine(1)
+    daemon.wait_status(marker["id"], "paid")
+    receipts = [eth_node.receipt(txid) for txid in zeros]
+    assert [(r["status"], len(r["logs"])) for r in receipts] == [("0x1", 1), ("0x1", 1), ("0x1", 0)]
+    shown = daemon.invoice(invoice["id"])
+    assert (shown["status"], shown["exception"], shown["payments"]) == ("unpaid", None, [])
+    assert [e["type"] for e in daemon.api("GET", f"/v1/invoices/{invoice['id']}/events")["events"]] == [
+        "invoice.created"]
+    wait_delivered(receiver, marker["id"], ["unpaid", "processing", "paid"])
+    assert receiver.statuses(invoice["id"]) == ["unpaid"]
+    assert "Traceback" not in daemon.log_tail(400) and "ignored a malformed" not in daemon.log_tail(400)
+
+
+def test_a_fee_on_transfer_token_is_credited_what_arrives_once(eth_node, daemon_factory):
+    """A fee-on-transfer token that also logs its recipient's share twice (contracts/FeeToken.sol): the
+    pending transfer() is credited its calldata, the mined payment is the same payment (same id) with the
+    amount that arrived, counted once: the invoice is underpaid by the fee."""
+    fee = eth_node.contracts[FEE_TOKEN]
+    table = eth_table("eth", eth_node, confirmations=1) + (
+        f'\n[[chains.eth.tokens]]\nsymbol = "{FEE_TOKEN}"\ncontract = "{fee}"\ndecimals = 6\n')
+    daemon = daemon_factory(table)
+    wait_caught_up(daemon, eth_node)
+    invoice = daemon.create_invoice("eth", "10", asset=FEE_TOKEN)
+    txid = eth_node.pay_token(FEE_TOKEN, invoice["address"], 10 * USDC)
+    pending = daemon.wait_status(invoice["id"], "processing", timeout=10)
+    assert [(p["txid"], p["vout"], p["amount"]) for p in pending["payments"]] == [(txid, 1, "10")]
+    eth_node.mine(1)
+    recipient_logs = [entry for entry in eth_node.receipt(txid)["logs"]
+                      if entry["topics"][2][-40:] == invoice["address"][2:].lower()]
+    assert [int(entry["data"], 16) for entry in recipient_logs] == [9_900_000, 9_900_000]
+    balance = eth_node.rpc("eth_call", {"to": fee, "data": "0x70a08231" + "00" * 12 + invoice["address"][2:]},
+                           "latest")
+    assert int(balance, 16) == 9_900_000  # what arrived
+    shown = daemon.wait_status(invoice["id"], "unpaid", exception="underpaid")
+    assert [(p["txid"], p["vout"], p["amount"], p["status"]) for p in shown["payments"]] == [
+        (txid, 1, "9.9", "confirmed")]
+    assert shown["amount_received"] == "9.9"
 
 
 def test_eth_through_forwarder_found_by_balance_reconciliation(eth_node, daemon_factory):

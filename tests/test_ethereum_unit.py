@@ -20,12 +20,15 @@ from watcherd.chains.ethereum.config import EthereumChainConfig, EthToken
 ROOT = Path(__file__).resolve().parent.parent
 XPUB = "xpub6Bk2fe7f3b5M8UALtNmyLzmiB28KVyhXpN6DM3F2LbkCVJMi1p8FiwCFbTCtGKvameqXB89DapR8N9zEwfUwGKMaXhZh4rfGHPsch3tf3hM"
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+DAI = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
+WORD = "0x" + "00" * 12  # an address topic's zero padding
 
 
 def adapter() -> EthereumAdapter:
     config = EthereumChainConfig(
         name="eth", ws_url="ws://127.0.0.1:1", chain_id=1, xpub=XPUB, confirmations=12, finality=None,
-        tokens=(EthToken("USDC", TOKEN, 6),), asset="ETH", underpaid_tolerance_percent=Decimal(0),
+        tokens=(EthToken("USDC", TOKEN, 6), EthToken("DAI", DAI, 18)), asset="ETH",
+        underpaid_tolerance_percent=Decimal(0),
         invoice_expiry_seconds=900, start_height=None,
     )
     return EthereumAdapter(config, rpc=object())  # type: ignore[arg-type]
@@ -67,8 +70,9 @@ def _tx(txid: str, to: str | None, value: int, data: str = "0x", sender: str = "
 
 
 def test_scan_block_matches_native_tokens_and_conflicts():
-    """Native value -> vout 0; the n-th Transfer log of a configured token in a tx -> vout 1+n; unknown tokens,
-    other events and removed logs are ignored; a tx re-using a pending payment's (sender, nonce) replaces it."""
+    """Native value -> vout 0; the n-th transfer (token, recipient) of a configured token in a tx -> vout 1+n;
+    unknown tokens, other events and removed logs are ignored; a tx re-using a pending payment's (sender, nonce)
+    replaces it."""
     a = adapter()
     address, key = a.derive(0)
     other, other_key = a.derive(1)
@@ -85,7 +89,7 @@ def test_scan_block_matches_native_tokens_and_conflicts():
         _tx("0x05", "0x" + "dd" * 20, 1, sender="0x" + "bb" * 20, nonce=3),
     ]}
     logs = [
-        # an earlier Transfer in the same tx, to someone else: it makes the watched one the tx's second
+        # an earlier transfer in the same tx, to someone else: it makes the watched one the tx's second
         {**log, "logIndex": "0x2", "data": hex(1), "topics": [TRANSFER_TOPIC, word + "cc" * 20, word + "dd" * 20]},
         log,
         {**log, "address": "0x" + "ee" * 20, "logIndex": "0x5"},  # not a configured token
@@ -113,6 +117,77 @@ def test_pending_direct_transfer_has_the_identity_it_gets_when_mined():
                                                                               "USDC")]
     assert a._pending_tx(_tx("0x0a", "0x" + "dd" * 20, 10**18)) is None
     assert a._pending_tx(_tx("0x0b", address, 0)) is None  # a zero-value call is no payment
+
+
+def _transfer_data(recipient: str, amount: int) -> str:
+    return "0xa9059cbb" + "00" * 12 + recipient[2:].lower() + hex(amount)[2:].rjust(64, "0")
+
+
+def _transfer_log(txid: str, index: int, recipient: str, amount: int, token: str = TOKEN,
+                  sender: str = "0x" + "aa" * 20) -> dict:
+    topics = [TRANSFER_TOPIC, WORD + sender[2:].lower(), WORD + recipient[2:].lower()]
+    return {"address": token.lower(), "topics": topics, "data": hex(amount), "transactionHash": txid,
+            "logIndex": hex(index)}
+
+
+def _block(*txs: dict) -> dict:
+    return {"number": "0x10", "hash": "0xb1", "parentHash": "0xb0", "transactions": list(txs)}
+
+
+def test_one_transfer_is_one_payment_with_its_pending_identity_and_the_amount_that_arrived():
+    """A fee-on-transfer token's direct transfer() logs its fee first and the recipient's share twice: the
+    mined payment is one, with the id its pending sighting had (so the two are one payment), and the amount
+    of the recipient's first log (what arrived, not the calldata's); a zero log takes no id."""
+    a = adapter()
+    address, key = a.derive(0)
+    other, other_key = a.derive(1)
+    a.watchlist.keys.update({key, other_key})
+    call = _tx("0x01", TOKEN.lower(), 0, _transfer_data(address, 10 * 10**6))
+    pending = a._pending_tx(call)
+    assert pending is not None and [(r.vout, r.amount) for r in pending.received] == [(TOKEN_VOUT_BASE, 10 * 10**6)]
+    logs = [
+        _transfer_log("0x01", 0, other, 0),  # a zero-value "transfer" to another watched address
+        _transfer_log("0x01", 1, "0x" + "fe" * 20, 10**5),  # the fee, to the token's collector
+        _transfer_log("0x01", 2, address, 99 * 10**5),
+        _transfer_log("0x01", 3, address, 99 * 10**5),  # the same transfer logged again
+        _transfer_log("0x01", 4, other, 2 * 10**6),  # a second transfer in the same tx, to another invoice
+    ]
+    (mined,) = a.scan_block(_block(call), logs).txs
+    assert [(r.key, r.vout, r.amount, r.asset) for r in mined.received] == [
+        (key, TOKEN_VOUT_BASE, 99 * 10**5, "USDC"), (other_key, TOKEN_VOUT_BASE + 2, 2 * 10**6, "USDC")]
+
+
+def test_a_mined_transaction_carrying_a_pending_payment_is_reported_even_when_it_pays_nothing():
+    """A pending transfer() that reverts when mined leaves no Transfer log: the block still reports its
+    transaction (by the pending payment's sender and nonce), with nothing received, and says its transactions
+    are the truth about what they pay, so the ledger takes the pending payment back."""
+    a = adapter()
+    address, key = a.derive(0)
+    a.watchlist.keys.add(key)
+    call = _tx("0x01", TOKEN.lower(), 0, _transfer_data(address, 10 * 10**6))
+    pending = a._pending_tx(call)
+    assert pending is not None
+    a.watchlist.spends[pending.spent[0]] = "0x01"  # what the ledger does with a pending payment
+    unrelated = _tx("0x02", TOKEN.lower(), 0, _transfer_data("0x" + "dd" * 20, 1), nonce=8)
+    scanned = a.scan_block(_block(call, unrelated), [])
+    assert scanned.authoritative
+    assert [(tx.txid, tx.received, tx.spent) for tx in scanned.txs] == [("0x01", (), pending.spent)]
+    a.watchlist.spends.clear()
+    assert a.scan_block(_block(call), []).txs == ()  # not ours: nothing to report
+
+
+def test_zero_value_transfers_are_no_payments():
+    """transfer(invoice, 0) of the invoice's token or of another configured token, pending or mined, and a
+    zero-value ETH transaction, pay nothing: nothing is reported (so no wrong_asset either)."""
+    a = adapter()
+    address, key = a.derive(0)
+    a.watchlist.keys.add(key)
+    txs = [_tx("0x01", TOKEN.lower(), 0, _transfer_data(address, 0)),
+           _tx("0x02", DAI.lower(), 0, _transfer_data(address, 0), nonce=8),
+           _tx("0x03", address, 0, nonce=9)]
+    assert [a._pending_tx(tx) for tx in txs] == [None, None, None]
+    logs = [_transfer_log("0x01", 0, address, 0), _transfer_log("0x02", 1, address, 0, token=DAI)]
+    assert a.scan_block(_block(*txs), logs).txs == ()
 
 
 def test_wei_amounts_beyond_64_bits_survive():

@@ -24,9 +24,11 @@ from watcherd.chains.monero.crypto import (
     decode_address,
     encode_address,
     hash_to_scalar,
+    keccak256,
     scalar_base,
+    varint,
 )
-from watcherd.chains.monero.scan import commitment_ok, parse_tx_json
+from watcherd.chains.monero.scan import Scanner, commitment_ok, parse_tx_json
 from watcherd.core.types import ChainBlock, Cursor
 from watcherd.exceptions import NodeProtocolError
 
@@ -101,6 +103,31 @@ def test_forged_amount_never_pays():
         ecdh["amount"] = forged.hex()
     forged_tx = adapter()._chain_tx(parse_tx_json(entry["txid"], entry["json"]))
     assert forged_tx is None or not forged_tx.received
+
+
+def test_zero_amount_output_is_no_payment():
+    """An output to a watched subaddress that carries 0 piconero, with a commitment that opens (a real
+    zero-amount output), pays nothing: it is not reported (so it neither pays an invoice nor gives one
+    wrong_asset), and the tx's other outputs still are."""
+    entry = owned_entry()
+    parsed = parse_tx_json(entry["txid"], entry["json"])
+    honest = adapter()._chain_tx(parsed)
+    assert honest is not None and honest.received
+    zeroed = honest.received[0]
+    ecdh = entry["json"]["rct_signatures"]["ecdhInfo"][zeroed.vout]
+    encrypted = int.from_bytes(bytes.fromhex(ecdh["amount"]), "little")
+    scanner = Scanner(VIEW)
+    derivations = [d for r in (*parsed.tx_public_keys, *parsed.additional_keys) for d in scanner._derive(r)]
+    secrets = {hash_to_scalar(d + varint(zeroed.vout)) for d in derivations}
+    (shared,) = {s for s in secrets if int.from_bytes(keccak256(b"amount" + s)[:8], "little") ^ encrypted
+                 == zeroed.amount}  # the output's shared secret: the one that decrypts its amount
+    mask = hash_to_scalar(b"commitment_mask" + shared)
+    ecdh["amount"] = keccak256(b"amount" + shared)[:8].hex()  # the pad itself: encrypts 0
+    entry["json"]["rct_signatures"]["outPk"][zeroed.vout] = scalar_base(mask).hex()  # mask·G + 0·H
+    assert commitment_ok(0, mask, scalar_base(mask))
+    tx = adapter()._chain_tx(parse_tx_json(entry["txid"], entry["json"]))
+    found = tx.received if tx is not None else ()
+    assert [(r.vout, r.amount) for r in found] == [(r.vout, r.amount) for r in honest.received[1:]]
 
 
 def test_unlock_time_is_ignored():

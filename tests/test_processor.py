@@ -449,3 +449,100 @@ async def test_a_payment_announced_again_changes_nothing_and_costs_no_transactio
     assert shown["status"] == "paid" and shown["payments"][0]["confirmations"] == 2
     assert [e["type"] for e in await processor.store.events_for(inv["id"])] == [
         "invoice.created", "invoice.processing", "invoice.paid"]
+
+
+def mined(height, txs, parent=None):
+    """A block whose transactions are the truth about what they pay (an EVM block, judged from its logs)."""
+    return ChainBlock(height, f"h{height}", parent or f"h{height - 1}", tuple(txs), authoritative=True)
+
+
+def token_tx(txid, key, amount, vout=1):
+    return ChainTx(txid, (Received(key, vout, amount, "TOKEN"),) if amount is not None else (), (b"sender/7",))
+
+
+async def test_a_pending_transfer_its_mined_transaction_does_not_pay_is_taken_back(core):
+    """A transfer() seen pending (credited from its calldata) that reverts when mined pays nothing: the payment
+    is replaced, the invoice goes back to unpaid with an event, and a reorg of that block gives no credit back;
+    mined again with its log, it pays."""
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 5_000_000, asset="TOKEN")
+    key = chain.derive(0)[1]
+    await processor.tx_seen("fake", token_tx("t1", key, 5_000_000))
+    assert (await processor.invoice_json(inv["id"]))["status"] == "processing"
+    await processor.block_connected("fake", mined(101, [token_tx("t1", key, None)]))
+    shown = await processor.invoice_json(inv["id"])
+    assert (shown["status"], shown["amount_received_atomic"]) == ("unpaid", "0")
+    assert [(p["txid"], p["vout"], p["status"]) for p in shown["payments"]] == [("t1", 1, "replaced")]
+    assert await events(processor, inv["id"]) == [
+        ("invoice.created", "unpaid"), ("invoice.processing", "processing"), ("invoice.unpaid", "unpaid")]
+    await processor.block_disconnected("fake", 101, "h101", Cursor(100, "h100"))
+    assert (await processor.invoice_json(inv["id"]))["amount_received_atomic"] == "0"
+    await processor.block_connected("fake", mined(101, [token_tx("t1", key, 5_000_000)], parent="h100"))
+    await processor.block_connected("fake", mined(102, []))
+    shown = await processor.invoice_json(inv["id"])
+    assert (shown["status"], shown["exception"], shown["amount_received_atomic"]) == ("paid", None, "5000000")
+    assert len(shown["payments"]) == 1
+
+
+async def test_a_mined_amount_corrects_the_pending_one(core):
+    """A fee-on-transfer token credits less than the calldata said: the mined log's amount is the payment's
+    (the invoice is underpaid, with an event), it stays so when the tx is announced again, and after a reorg
+    of its block."""
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 5_000_000, asset="TOKEN")
+    key = chain.derive(0)[1]
+    await processor.tx_seen("fake", token_tx("t1", key, 5_000_000))
+    await processor.block_connected("fake", mined(101, [token_tx("t1", key, 4_950_000)]))
+    shown = await processor.invoice_json(inv["id"])
+    assert (shown["status"], shown["exception"], shown["amount_received_atomic"]) == (
+        "unpaid", "underpaid", "4950000")
+    assert [(p["vout"], p["amount_atomic"], p["block_height"]) for p in shown["payments"]] == [(1, "4950000", 101)]
+    await processor.tx_seen("fake", token_tx("t1", key, 5_000_000))
+    await processor.block_disconnected("fake", 101, "h101", Cursor(100, "h100"))
+    await processor.tx_seen("fake", token_tx("t1", key, 5_000_000))
+    shown = await processor.invoice_json(inv["id"])
+    assert (shown["amount_received_atomic"], shown["payments"][0]["block_height"]) == ("4950000", None)
+    assert [t for t, _ in await events(processor, inv["id"])] == [
+        "invoice.created", "invoice.processing", "invoice.unpaid"]
+
+
+async def test_only_a_block_that_is_the_truth_takes_pending_outputs_back(core):
+    """On a UTXO chain (a block not marked authoritative) a mined tx reported with nothing received, as for a
+    watched spend, leaves its recorded outputs counting: a txid fixes its outputs there."""
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 1000)
+    key = chain.derive(0)[1]
+    await processor.tx_seen("fake", tx("t1", key, 1000, spent=(b"coin",)))
+    await processor.block_connected("fake", block(101, [ChainTx("t1", (), (b"coin",))]))
+    shown = await processor.invoice_json(inv["id"])
+    assert (shown["status"], shown["payments"][0]["status"]) == ("processing", "pending")
+
+
+async def test_an_id_paid_to_another_invoice_is_not_moved_by_a_block(core, caplog):
+    """A mined output under the id a pending payment of another invoice holds is not counted for either:
+    the block says that id does not pay the first invoice, and the id is taken."""
+    processor, chain, _ = core
+    first = await processor.create_invoice("fake", 1000, asset="TOKEN")
+    second = await processor.create_invoice("fake", 1000, asset="TOKEN")
+    await processor.tx_seen("fake", token_tx("t1", chain.derive(0)[1], 1000))
+    with caplog.at_level("WARNING", logger="watcherd.processor"):
+        await processor.block_connected("fake", mined(101, [token_tx("t1", chain.derive(1)[1], 1000)]))
+    assert [(await processor.invoice_json(i["id"]))["amount_received_atomic"] for i in (first, second)] == ["0", "0"]
+    assert any("that id was a payment to invoice" in r.getMessage() for r in caplog.records)
+
+
+async def test_zero_value_outputs_are_no_payments_and_set_no_wrong_asset(core):
+    """A zero-value output of the invoice's asset or of another one, pending or mined, on any chain, records
+    no payment, raises no wrong_asset and sends no event; a non-zero one of another asset does."""
+    processor, chain, _ = core
+    inv = await processor.create_invoice("fake", 5_000_000, asset="TOKEN")
+    key = chain.derive(0)[1]
+    zero = ChainTx("z1", (Received(key, 0, 0), Received(key, 1, 0, "TOKEN")), (b"z",))
+    await processor.tx_seen("fake", zero)
+    await processor.block_connected("fake", block(101, [zero]))
+    await processor.block_connected("fake", mined(102, [ChainTx("z2", (Received(key, 0, 0),), (b"y",))]))
+    shown = await processor.invoice_json(inv["id"])
+    assert (shown["status"], shown["exception"], shown["payments"]) == ("unpaid", None, [])
+    assert await events(processor, inv["id"]) == [("invoice.created", "unpaid")]
+    await processor.block_connected("fake", block(103, [ChainTx("n1", (Received(key, 0, 1),), (b"x",))]))
+    assert (await processor.invoice_json(inv["id"]))["exception"] == "wrong_asset"

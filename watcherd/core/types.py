@@ -43,6 +43,10 @@ class ChainBlock:
     # the block's own timestamp (unix seconds), if the chain gives one: a payment we first meet in a block (we
     # were down, or the node was) counts as seen then, not when we caught up
     time: int | None = None
+    # Each of `txs` reports all it pays watched keys, and its mined amounts: a payment recorded for one of these
+    # transactions that its `received` does not name stops counting (an EVM chain, where a pending payment was
+    # read from calldata and the block's logs tell what was paid; on UTXO chains a txid fixes its outputs)
+    authoritative: bool = False
 
 
 @dataclass

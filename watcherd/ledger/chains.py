@@ -62,12 +62,28 @@ class ChainLedger(LedgerBase):
         now = int(self.clock())
         # first met in a block: seen when the chain says it was mined, not when we caught up (never later)
         seen_at = now if block is None or block.time is None else min(now, block.time)
+        authoritative = block is not None and block.authoritative
+        counting = await self.store.counting_outputs(chain.name, tx.txid) if authoritative else {}
+        paid: set[int] = set()
         for output in tx.received:
+            if output.amount <= 0:
+                continue  # a zero-value output is never a payment, on any chain
             method = await self.store.method_by_key(chain.name, output.key)
             if method is None or method.derivation_index is None:
                 continue
             if output.output_key is not None and not await self._takes_output_key(chain, tx, output, block, touched):
                 continue
+            held = counting.get(output.vout)
+            if held is not None and held[0] != method.invoice_id:
+                log.warning("ignored output %s:%d to invoice %s: that id was a payment to invoice %s", tx.txid,
+                            output.vout, method.invoice_id, held[0], extra={"chain": chain.name, "txid": tx.txid})
+                continue
+            if held is not None and held[1] != output.amount:
+                _PENDING.get().effects.append(partial(
+                    log.info, "payment %s:%d is %d as mined, not %d as seen before", tx.txid, output.vout,
+                    output.amount, held[1], extra={"chain": chain.name, "txid": tx.txid},
+                ))
+            paid.add(output.vout)
             await self.store.upsert_payment(
                 chain.name, method.invoice_id, output.asset or chain.asset, tx.txid, output.vout, output.amount,
                 seen_at, block.height if block else None, block.hash if block else None, output.output_key,
@@ -80,6 +96,11 @@ class ChainLedger(LedgerBase):
                 method.invoice_id, f" in block {block.height}" if block else " (unconfirmed)",
                 extra={"chain": chain.name, "txid": tx.txid, "invoice_id": method.invoice_id},
             ))
+        for vout in sorted(counting.keys() - paid):
+            # the block is the truth: its transaction did not pay this (reverted, or its token paid elsewhere)
+            touched.add(await self.store.replace_payment(chain.name, tx.txid, vout))
+            log.warning("payment %s:%d is not paid by its mined transaction: it no longer counts", tx.txid, vout,
+                        extra={"chain": chain.name, "txid": tx.txid})
         if tx.received and tx.spent:
             await self.store.add_spends(chain.name, tx.txid, tx.spent)
         return touched
@@ -117,7 +138,7 @@ class ChainLedger(LedgerBase):
         """A transaction entered the mempool."""
         chain = self.chains[chain_name]
         if tx.received and not chain.watchlist.conflicts(tx.txid, tx.spent) and {
-                o.vout for o in tx.received} <= await self.store.counting_outputs(chain_name, tx.txid):
+                o.vout for o in tx.received} <= (await self.store.counting_outputs(chain_name, tx.txid)).keys():
             # seen before and still counting: nothing would change. A node announces a block's transactions
             # again once it connects the block; taking each again would hold up the payments behind them
             return

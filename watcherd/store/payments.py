@@ -32,13 +32,15 @@ class PaymentQueries(Database):
         block_height: int | None = None, block_hash: str | None = None, output_key: bytes | None = None,
         method_asset: str | None = None,
     ) -> None:
-        """Record a payment (seen again, it counts again); a block puts it in that block, while a mempool
-        sighting (block_height None) never takes a mined payment out of its block."""
+        """Record a payment (seen again, it counts again); a block puts it in that block with the amount it
+        says, while a mempool sighting (block_height None) never takes a mined payment out of its block nor
+        changes its amount."""
         await self._write(
             """INSERT INTO payments (chain, txid, vout, invoice_id, asset, amount, first_seen_at, block_height,
                    block_hash, replaced, output_key, method_asset)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)
                ON CONFLICT (chain, txid, vout) DO UPDATE SET replaced = 0,
+                   amount = CASE WHEN excluded.block_hash IS NULL THEN payments.amount ELSE excluded.amount END,
                    block_height = COALESCE(excluded.block_height, payments.block_height),
                    block_hash = COALESCE(excluded.block_hash, payments.block_hash),
                    output_key = COALESCE(excluded.output_key, payments.output_key)""",
@@ -46,11 +48,13 @@ class PaymentQueries(Database):
              method_asset or asset),
         )
 
-    async def counting_outputs(self, chain: str, txid: str) -> set[int]:
-        """The outputs of `txid` recorded as payments that still count (not replaced)."""
-        rows = await self._all("SELECT vout FROM payments WHERE chain = ? AND txid = ? AND replaced = 0",
-                               (chain, txid))
-        return {int(r[0]) for r in rows}
+    async def counting_outputs(self, chain: str, txid: str) -> dict[int, tuple[str, int]]:
+        """The outputs of `txid` recorded as payments that still count (not replaced): vout -> (invoice, amount)."""
+        rows = await self._all(
+            "SELECT vout, invoice_id, amount FROM payments WHERE chain = ? AND txid = ? AND replaced = 0",
+            (chain, txid),
+        )
+        return {int(r[0]): (r[1], int(r[2])) for r in rows}
 
     async def payment_with_output_key(self, chain: str, output_key: bytes) -> tuple[str, int, int | None] | None:
         """(txid, vout, block height) of the payment still counting that holds this one-time output key."""

@@ -56,10 +56,10 @@ class BitcoinAdapter(ZmqFollower):
         return f"{self.config.network.uri_scheme}:{address}?amount={to_decimal_string(amount, self.decimals)}"
 
     def _chain_tx(self, scanned: ScannedTx) -> ChainTx | None:
-        conflicts = self.watchlist.conflicts(scanned.txid, scanned.spent)
-        if not scanned.matches and not conflicts:
+        # an output of 0 sat to a watched script pays nothing: it is no payment
+        received = tuple(Received(script, vout, value) for vout, value, script in scanned.matches if value > 0)
+        if not received and not self.watchlist.conflicts(scanned.txid, scanned.spent):
             return None
-        received = tuple(Received(script, vout, value) for vout, value, script in scanned.matches)
         return ChainTx(scanned.txid, received, tuple(o for o in scanned.spent if o != NULL_OUTPOINT))
 
     # --- the supervisor-facing loop -----------------------------------------------------------------

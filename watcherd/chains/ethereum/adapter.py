@@ -9,13 +9,18 @@ transaction's `to`). `newPendingTransactions` gives early `processing`.
 Payment identifiers, (txid, vout) unique per chain:
 
 * vout 0 (NATIVE_VOUT): the transaction's own ETH value to a watched address;
-* vout 1 + n (TOKEN_VOUT_BASE + n): the n-th Transfer log of a configured token in that transaction (counted
-  among the configured tokens' Transfer logs, in log order). A pending direct `transfer()` call is n = 0,
-  the same identity it gets once mined;
+* vout 1 + n (TOKEN_VOUT_BASE + n): the n-th transfer of a configured token in that transaction. One transfer
+  is one (token, recipient) pair: its amount is the pair's first non-zero Transfer log, and further logs of the
+  same pair in the transaction add nothing (a token that logs a transfer twice pays once). The pairs are
+  numbered in log order, except that a direct `transfer(recipient, amount)` call's own pair is n = 0 whatever
+  its token logs first: the identity its pending sighting (read from the calldata) was given;
 * txid `internal:<block hash>:<address>`, vout 0: ETH found by balance reconciliation at that block.
 
-`spent` of a transaction is its (sender, nonce): a mined or pending transaction with the same sender and
-nonce as a pending payment replaces it.
+A pending payment is a guess from the calldata; the mined block is the truth (`ChainBlock.authoritative`): its
+amount is the block's log (fee-on-transfer and rebasing tokens pay what arrives), and a mined transaction that
+pays nothing (reverted, or its token moved less or elsewhere) takes the pending payment back. Zero-value
+transfers are no payments. `spent` of a transaction is its (sender, nonce): a mined or pending transaction with
+the same sender and nonce as a pending payment replaces it.
 """
 
 from __future__ import annotations
@@ -112,58 +117,75 @@ class EthereumAdapter(Follower):
 
     # --- matching (pure, in memory) -----------------------------------------------------------------
 
+    def _transfer_call(self, tx: dict[str, Any]) -> tuple[tuple[str, bytes], int] | None:
+        """A direct `transfer(recipient, amount)` call of a configured token: ((token, recipient), amount)."""
+        data = tx.get("input") or tx.get("data") or ""
+        to = tx.get("to")
+        if len(data) != 138 or not isinstance(to, str) or (contract := to.lower()) not in self._tokens:
+            return None
+        if bytes.fromhex(data[2:10]) != TRANSFER_SELECTOR:
+            return None
+        return (contract, bytes.fromhex(data[34:74])), int(data[74:138], 16)
+
     def _pending_tx(self, tx: dict[str, Any]) -> ChainTx | None:
         """A mempool transaction: native value to a watched address, or a direct ERC-20 transfer() call."""
         received: list[Received] = []
-        to = tx.get("to")
-        key = _key(to)
+        key = _key(tx.get("to"))
         if key is not None and key in self.watchlist.keys and (value := _int(tx["value"])) > 0:
             received.append(Received(key, NATIVE_VOUT, value))
-        token = self._tokens.get(to.lower()) if isinstance(to, str) else None
-        data = tx.get("input") or tx.get("data") or ""
-        if token is not None and len(data) == 138 and bytes.fromhex(data[2:10]) == TRANSFER_SELECTOR:
-            recipient = bytes.fromhex(data[34:74])
-            if recipient in self.watchlist.keys:
-                received.append(Received(recipient, TOKEN_VOUT_BASE, int(data[74:138], 16), token[0]))
+        call = self._transfer_call(tx)
+        if call is not None and call[1] > 0 and (recipient := call[0][1]) in self.watchlist.keys:
+            received.append(Received(recipient, TOKEN_VOUT_BASE, call[1], self._tokens[call[0][0]][0]))
         spent = (_spent(tx),)
         if not received and not self.watchlist.conflicts(tx["hash"], spent):
             return None
         return ChainTx(tx["hash"], tuple(received), spent)
 
     def scan_block(self, block: dict[str, Any], logs: list[dict[str, Any]]) -> ChainBlock:
-        """The block's transactions and the configured tokens' Transfer logs, matched against the watchlist."""
+        """The block's transactions and the configured tokens' Transfer logs, matched against the watchlist.
+
+        Reported: each transaction that pays a watched address, or that carries the (sender, nonce) of a payment
+        still counting: its own (mined, so its pending outputs are judged by what it paid) or a conflict."""
         keys = self.watchlist.keys
         spends = self.watchlist.spends
         by_tx: dict[str, list[Received]] = {}
+        pairs: dict[str, dict[tuple[str, bytes], int]] = {}  # txid -> (token, recipient) -> n
         for tx in block["transactions"]:
             to = tx.get("to")
             if to is not None and (key := bytes.fromhex(to[2:])) in keys:
                 value = _int(tx["value"])
                 if value > 0:
                     by_tx.setdefault(tx["hash"], []).append(Received(key, NATIVE_VOUT, value))
-        ordinal: dict[str, int] = {}
+            if (call := self._transfer_call(tx)) is not None:
+                pairs[tx["hash"]] = {call[0]: 0}
+        credited: set[tuple[str, tuple[str, bytes]]] = set()
         for entry in sorted(logs, key=lambda e: _int(e["logIndex"])):
             topics = entry.get("topics") or []
-            token = self._tokens.get(str(entry.get("address", "")).lower())
-            if token is None or len(topics) != 3 or topics[0] != TRANSFER_TOPIC or entry.get("removed"):
+            contract = str(entry.get("address", "")).lower()
+            if contract not in self._tokens or len(topics) != 3 or topics[0] != TRANSFER_TOPIC or entry.get("removed"):
                 continue
+            amount = _int(entry["data"])
+            if amount == 0:
+                continue  # a zero-value transfer pays nothing and takes no identity
             txid = entry["transactionHash"]
-            n = ordinal.get(txid, 0)
-            ordinal[txid] = n + 1
-            recipient = bytes.fromhex(topics[2][-40:])
-            if recipient in keys:
-                by_tx.setdefault(txid, []).append(Received(recipient, TOKEN_VOUT_BASE + n, _int(entry["data"]),
-                                                           token[0]))
+            pair = (contract, bytes.fromhex(topics[2][-40:]))
+            numbered = pairs.setdefault(txid, {})
+            n = numbered.setdefault(pair, len(numbered))
+            if pair[1] in keys and (txid, pair) not in credited:
+                credited.add((txid, pair))
+                by_tx.setdefault(txid, []).append(Received(pair[1], TOKEN_VOUT_BASE + n, amount,
+                                                           self._tokens[contract][0]))
         txs = []
         for tx in block["transactions"]:
             received = by_tx.get(tx["hash"])
             if received is None and not spends:
                 continue
             spent = (_spent(tx),)
-            if received is not None or self.watchlist.conflicts(tx["hash"], spent):
+            if received is not None or spent[0] in spends:
                 txs.append(ChainTx(tx["hash"], tuple(received or ()), spent))
         timestamp = _int(block["timestamp"]) if "timestamp" in block else None
-        return ChainBlock(_int(block["number"]), block["hash"], block["parentHash"], tuple(txs), timestamp)
+        return ChainBlock(_int(block["number"]), block["hash"], block["parentHash"], tuple(txs), timestamp,
+                          authoritative=True)
 
     # --- the supervisor-facing loop -----------------------------------------------------------------
 

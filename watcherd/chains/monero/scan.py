@@ -253,7 +253,8 @@ class Scanner:
                     amount = int.from_bytes(out.encrypted_amount, "little") ^ pad
                     mask = hash_to_scalar(b"commitment_mask" + shared)
                     ok = out.commitment is not None and commitment_ok(amount, mask, out.commitment)
-                owned.append(OwnedOutput(i, out.key, spend, amount, ok))
+                if amount > 0:  # ours, but a zero-value output is no payment
+                    owned.append(OwnedOutput(i, out.key, spend, amount, ok))
                 break
         return owned
 
