@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -29,6 +30,13 @@ MONITORING_SECONDS = 86400  # payments after expiry are watched for ever; Greenf
 
 def unix(iso: str | None) -> int | None:
     return None if iso is None else int(datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+
+
+def bind_names(body: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The object with these field names bound as BTCPay's JSON binder (Newtonsoft) binds them: case-insensitively,
+    the last of two spellings winning (`orderID` is `orderId`); other fields kept as sent."""
+    canonical = {name.lower(): name for name in names}
+    return {canonical.get(key.lower(), key): value for key, value in body.items()}
 
 
 def method_id(asset: str) -> str:

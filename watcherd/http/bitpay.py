@@ -71,41 +71,49 @@ def make_app(processor: Processor, config: GreenfieldConfig,
     return app
 
 
+def _loads(text: str) -> Any:
+    """JSON with its decimals read exactly (a price of 49.9 is 49.9); NaN and Infinity are no JSON numbers."""
+    return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def create_invoice(request: web.Request) -> web.Response:
     processor, config = request.app[PROCESSOR], request.app[CONFIG]
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+        body = await request.json(loads=_loads)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise failure(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise failure(400, "the request body must be a JSON object")
-    price = body.get("price")
     try:
-        amount = Decimal(str(price)) if price is not None and not isinstance(price, bool) else None
+        fields = bitpay.bind_create(body)
+    except InvoiceError as exc:
+        raise failure(400, f"{exc.field}: {exc}") from None
+    price = fields["price"]
+    try:
+        amount = Decimal(price.strip() if isinstance(price, str) else price) \
+            if isinstance(price, (str, int, Decimal)) and not isinstance(price, bool) else None
     except InvalidOperation:
         amount = None
     if amount is None or not amount.is_finite() or amount <= 0:
         raise failure(400, "price: must be a number greater than zero")
-    currency = body.get("currency") or config.default_currency
-    speed = body.get("transactionSpeed") or {"HighSpeed": "high", "LowSpeed": "low"}.get(config.speed_policy, "medium")
-    if speed not in bitpay.SPEEDS:
-        raise failure(400, "transactionSpeed: one of high, medium, low")
-    notification_url = body.get("notificationURL") or None
-    if notification_url is not None and (not isinstance(notification_url, str)
-                                         or not notification_url.startswith(("http://", "https://"))):
+    currency = (fields["currency"] or config.default_currency).strip().upper()
+    default_speed = {"HighSpeed": "high", "LowMediumSpeed": "low-medium", "LowSpeed": "low"}.get(
+        config.speed_policy, "medium")
+    speed = bitpay.speed(fields["transactionSpeed"], default_speed)
+    notification_url = fields["notificationURL"] or None
+    if notification_url is not None and not notification_url.startswith(("http://", "https://")):
         raise failure(400, "notificationURL: must be an http(s) URL")
-    metadata = {k: body[k] for k in ("orderId", "itemDesc", "itemCode", "buyerName", "buyerEmail", "physical")
-                if body.get(k) is not None}
-    buyer = body.get("buyer")
-    if isinstance(buyer, dict):
-        metadata.setdefault("buyerName", buyer.get("name"))
-        metadata.setdefault("buyerEmail", buyer.get("email"))
-    native: dict[str, Any] = {"currency": str(currency).upper(), "amount": _money(amount, str(currency).upper()),
-                              "metadata": metadata}
-    if body.get("orderId") is not None:
-        native["order_id"] = str(body["orderId"])
-    if isinstance(body.get("redirectURL"), str) and body["redirectURL"]:
-        native["redirect_url"] = body["redirectURL"]
+    metadata = {k: fields[k] for k in ("orderId", "itemDesc", "itemCode", "physical", *bitpay.BUYER_FIELDS.values())
+                if fields[k] is not None}
+    native: dict[str, Any] = {"currency": currency, "amount": _money(amount, currency), "metadata": metadata}
+    if fields["orderId"] is not None:
+        native["order_id"] = fields["orderId"]
+    if fields["redirectURL"]:
+        native["redirect_url"] = fields["redirectURL"]
     try:
         params = api.parse_priced_request(native, processor)
         quotes = api.quote_methods(params, processor, request.app[api.RATES]())
@@ -115,8 +123,9 @@ async def create_invoice(request: web.Request) -> web.Response:
         except (ValueError, KeyError, TypeError):
             message = exc.reason
         raise failure(503 if exc.status == 503 else 400, message) from None
-    compat = {"api": "bitpay", "posData": body.get("posData"), "notificationURL": notification_url,
-              "transactionSpeed": speed, "fullNotifications": bool(body.get("fullNotifications"))}
+    compat = {"api": "bitpay", "posData": fields["posData"], "notificationURL": notification_url,
+              "transactionSpeed": speed,
+              "fullNotifications": bool(fields["fullNotifications"] or fields["extendedNotifications"])}
     try:
         del params["methods"], params["given"]
         created = await processor.create_priced_invoice(**params, quotes=quotes, confirmations=bitpay.SPEEDS[speed],
