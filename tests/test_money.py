@@ -62,16 +62,16 @@ def test_anything_but_plain_ascii_decimals_is_refused(text):
 
 
 def test_long_input_is_refused_by_its_length_and_never_quoted_whole():
-    """A megabyte of digits is refused by its length, and no error message carries more than a few dozen
-    characters of what was sent."""
+    """A megabyte of digits is refused by its length, and no error message carries more than a hundred or so
+    characters of what was sent (the quote is cut at 64)."""
     for text in ("1" * 1_000_000, "1" * 101, "0." + "0" * 99 + "1", "x" * 1_000_000, "²" * 50):
         for parse in (lambda t: to_atomic(t, 8), parse_decimal, lambda t: parse_whole(t, max_digits=9)):
             with pytest.raises(ValueError) as refused:
                 parse(text)
-            assert len(str(refused.value)) < 120, str(refused.value)
+            assert len(str(refused.value)) < 200, str(refused.value)
     with pytest.raises(ValueError, match="more than any chain can carry"):
         to_atomic("9" * 78, 0)
-    assert quoted("x" * 1000) == repr("x" * 24) + "…" and quoted("abc") == "'abc'"
+    assert quoted("x" * 1000) == repr("x" * 64) + "…" and quoted("abc") == "'abc'"
 
 
 def test_whole_numbers_have_a_digit_cap():

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 MAX_ATOMIC = 2**256 - 1  # no supported chain carries more in one amount (an EVM uint256)
 MAX_DIGITS = 100  # digits of one number from a request, before and after the point (MAX_ATOMIC has 78)
-QUOTED = 24  # characters of a request's value an error message quotes
+QUOTED = 64  # characters of a request's value an error message quotes (an invoice id has 28)
 
 
 class TooPrecise(ValueError):
