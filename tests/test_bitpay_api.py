@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from testkit.fake import FakeChain
 from tests import whmcs_v3
@@ -93,12 +95,12 @@ def test_bind_create_as_btcpay_does():
     bound = bp.bind_create({"ORDERID": 7, "orderID": 1042, "Price": "25.00", "fullnotifications": "TRUE",
                             "physical": 0, "buyerName": "Flat", "buyer": {"Name": "Nested", "email": "b@x.example",
                                                                            "locality": "Paris"},
-                            "posdata": Decimal("12.50"), "transactionSpeed": "HIGH", "unknownThing": {"x": 1}})
+                            "posdata": 12.5, "transactionSpeed": "HIGH", "unknownThing": {"x": 1}})
     assert (bound["orderId"], bound["price"], bound["fullNotifications"], bound["physical"]) == (
         "1042", "25.00", True, False)
     assert (bound["buyerName"], bound["buyerEmail"], bound["buyerCity"]) == ("Flat", "b@x.example", "Paris")
-    assert bound["posData"] == "12.50" and bound["transactionSpeed"] == "HIGH"
-    assert bp.bind_create({"posData": {"a": [1, Decimal("2.5")]}})["posData"] == {"a": [1, 2.5]}
+    assert bound["posData"] == "12.5" and bound["transactionSpeed"] == "HIGH"
+    assert bp.bind_create({"posData": {"a": [1, 2.5]}})["posData"] == {"a": [1, 2.5]}
     assert bp.speed("HIGH", "medium") == "high" and bp.speed("warp", "low") == "low"
     for bad, field in (({"orderId": {"a": 1}}, "orderId"), ({"fullNotifications": "yes"}, "fullNotifications"),
                        ({"buyer": "Ada"}, "buyer"), ({"buyer": {"email": []}}, "buyer.email"),
@@ -161,3 +163,88 @@ async def test_whmcs_v3_requests_create_and_book_once(env):
 
 def bp_block(height):
     return ChainBlock(height, f"h{height}", f"h{height - 1}", ())
+
+
+HOSTILE_PRICES = ["1e30", "Infinity", "NaN", "-5", "0x10", "٣", "²", "1_000", "9" * 60000, "0." + "0" * 60000 + "1",
+                  "", "   ", True, None, [], {"amount": 1}]
+
+
+@pytest.mark.parametrize("price", HOSTILE_PRICES, ids=lambda p: repr(p)[:12])
+async def test_hostile_prices_answer_400_in_bitpay_shape(env, price):
+    """Every price that is not a bounded plain decimal (exponents, Infinity, signs, non-ASCII digits, 60,000
+    digits, a non-number) answers 400 {"error": ...} naming the field, never 500, never echoing it at length."""
+    client, _, _ = env
+    response = await client.post("/invoices", headers=BASIC, json={"price": price, "currency": "USD"})
+    assert response.status == 400
+    body = await response.json()
+    assert list(body) == ["error"] and body["error"].startswith("price: ") and len(body["error"]) < 300
+
+
+@pytest.mark.parametrize("literal", [b"1e400", b"NaN", b"-Infinity", b"1" * 5000, b"1e-400"])
+async def test_hostile_json_numbers_answer_400(env, literal):
+    """JSON number literals Python reads as inf, NaN or an int past its digit limit answer 400, never 500."""
+    client, _, _ = env
+    response = await client.post("/invoices", headers={**BASIC, "Content-Type": "application/json"},
+                                 data=b'{"currency": "USD", "orderID": 1, "price": ' + literal + b"}")
+    assert response.status == 400 and "error" in await response.json()
+
+
+async def test_prices_round_as_btcpay_rounds_them(env):
+    """A price with more decimals than its currency (a float converted by the billing system, or 8 places as
+    BTCPay's PHP client writes them) is rounded half away from zero to the currency's minor units, as BTCPay
+    does; one that would move by 1% or more is refused, since watcherd counts in cents."""
+    client, _, _ = env
+    for sent, shown in (("33.33333333", 33.33), ("25.00000000", 25.0), (9.995, 10.0), ("12.125", 12.13)):
+        response = await client.post("/invoices", headers=BASIC, json={"price": sent, "currency": "USD"})
+        assert (response.status, (await response.json())["data"]["price"]) == (200, shown)
+    response = await client.post("/invoices", headers=BASIC, json={"price": "0.004", "currency": "USD"})
+    assert response.status == 400 and "decimals" in (await response.json())["error"]
+
+
+async def test_hostile_fields_answer_400_without_echo(env):
+    """A currency, order id or URL past its bound, a body nested deeper than the reader takes, and query strings
+    on the invoice route answer 4xx with a short message."""
+    client, _, _ = env
+    nested: list = [1]
+    for _ in range(40):
+        nested = [nested]
+    for body in ({"price": 1, "currency": "X" * 3000}, {"price": 1, "currency": "USD", "orderId": "7" * 3000},
+                 {"price": 1, "currency": "USD", "notificationURL": "https://x/" + "a" * 3000},
+                 {"price": 1, "currency": "USD", "posData": nested}):
+        response = await client.post("/invoices", headers=BASIC, json=body)
+        assert response.status == 400 and len((await response.json())["error"]) < 300
+    for query in ("skip=Infinity", "limit=1e1000000", "offset=-1&take=%F0%9F%92%A3"):
+        response = await client.get(f"/invoices/nope?{query}", headers=BASIC)
+        assert response.status == 404
+        response = await client.get(f"/invoices?{query}", headers=BASIC)
+        assert 400 <= response.status < 500 and "error" in await response.json()
+
+
+FIELDS = ["price", "PRICE", "currency", "orderId", "orderID", "posData", "buyer", "buyerName", "notificationURL",
+          "redirectURL", "transactionSpeed", "fullNotifications", "physical", "itemDesc", "extendedNotifications"]
+NUMBERS = st.one_of(st.integers(), st.floats(), st.from_regex(r"\A[-+]?[0-9\u0660-\u0669\u00b2.eE_x ]{0,40}\Z"),
+                    st.sampled_from(["1e30", "Infinity", "-0", "1" * 5000, "0." + "9" * 200, "25.00"]))
+JSON = st.recursive(st.none() | st.booleans() | NUMBERS | st.text(max_size=30),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=12)
+BODIES = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=8).map(lambda d: json.dumps(d).encode()),
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=200),
+)
+QUERIES = st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=4)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES, query=QUERIES, path=st.sampled_from(["", "/", "/nope", "/x%00y", "/%F0%9F%92%A3"]))
+async def test_no_bitpay_request_answers_5xx(env, body, query, path):
+    """Arbitrary JSON bodies (the create fields in any case, every kind of number, nesting, non-JSON bytes) and
+    query strings on every BitPay route answer below 500, errors in BitPay's shape and short."""
+    client, _, _ = env
+    for method in ("POST", "GET"):
+        response = await client.request(method, f"/invoices{path}", params=query, data=body,
+                                        headers={**BASIC, "Content-Type": "application/json"})
+        assert response.status < 500, (method, path, body[:200], await response.text())
+        if response.status >= 400:
+            error = await response.json()
+            assert list(error) == ["error"] and len(error["error"]) < 600

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from watcherd.compat.greenfield import bind_names, new_delivery_id, unix
+from watcherd.core.money import number_text
 from watcherd.exceptions import InvoiceError
 from watcherd.ledger import EventRecord, Processor
 from watcherd.store import Store
@@ -58,7 +59,7 @@ def bind_create(body: dict[str, Any]) -> dict[str, Any]:
             if bound[flat] is None:
                 bound[flat] = _text(f"buyer.{key}", buyer.get(key))
     pos_data = given.get("posData")
-    bound["posData"] = _plain(pos_data) if isinstance(pos_data, (dict, list)) else _text("posData", pos_data, None)
+    bound["posData"] = pos_data if isinstance(pos_data, (dict, list)) else _text("posData", pos_data, None)
     bound["price"] = given.get("price")
     return bound
 
@@ -68,8 +69,11 @@ def _text(name: str, value: Any, limit: int | None = MAX_TEXT) -> str | None:
         text = value
     elif isinstance(value, bool):
         text = "true" if value else "false"
-    elif isinstance(value, (int, Decimal)):
-        text = str(value)
+    elif isinstance(value, (int, float)):
+        try:
+            text = number_text(value)
+        except ValueError as exc:
+            raise InvoiceError(name, str(exc)) from None
     else:
         raise InvoiceError(name, "must be a string")
     if text is not None and limit is not None and len(text) > limit:
@@ -80,20 +84,11 @@ def _text(name: str, value: Any, limit: int | None = MAX_TEXT) -> str | None:
 def _flag(name: str, value: Any) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, (int, Decimal)):
+    if isinstance(value, (int, float)):
         return value != 0
     if isinstance(value, str) and value.strip().lower() in ("true", "false", ""):
         return {"true": True, "false": False}.get(value.strip().lower())
     raise InvoiceError(name, "must be true or false")
-
-
-def _plain(value: Any) -> Any:
-    """A JSON value read with decimals as Decimal, back to what json.dumps writes."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return float(value) if isinstance(value, Decimal) else value
 
 
 def speed(text: str | None, default: str) -> str:

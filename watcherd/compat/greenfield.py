@@ -11,11 +11,12 @@ import json
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
-from watcherd.core.money import to_decimal_string
-from watcherd.ledger import EventRecord
+from watcherd.core.currencies import minor_units
+from watcherd.core.money import MAX_DIGITS, to_decimal_string
+from watcherd.ledger import EventRecord, Processor
 from watcherd.store import InvoiceRow, Store
 
 # watcherd status -> Greenfield InvoiceStatus
@@ -37,6 +38,27 @@ def bind_names(body: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
     the last of two spellings winning (`orderID` is `orderId`); other fields kept as sent."""
     canonical = {name.lower(): name for name in names}
     return {canonical.get(key.lower(), key): value for key, value in body.items()}
+
+
+def price_decimals(processor: Processor, currency: str) -> int | None:
+    """The decimals a price in `currency` is counted in: the fiat currency's minor units, or the coin's when every
+    chain that has it agrees (None otherwise: the native parser says why)."""
+    places = minor_units(currency)
+    if places is None:
+        found = {chain.assets[currency] for chain in processor.chains.values() if currency in chain.assets}
+        places = found.pop() if len(found) == 1 else None
+    return places
+
+
+def round_price(amount: Decimal, decimals: int | None) -> Decimal | None:
+    """A price rounded to its currency's decimals as BTCPay rounds one (half away from zero: "33.33333333" USD is
+    33.33), or None when that would move it by 1% or more (BTCPay keeps more decimals then, which watcherd, counting
+    in the currency's smallest unit, cannot). `amount` comes from the bounded parser: at most MAX_DIGITS digits."""
+    if decimals is None or amount == 0:
+        return amount
+    with localcontext(prec=2 * MAX_DIGITS):
+        rounded = amount.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+        return rounded if abs(rounded - amount) * 100 < abs(amount) else None
 
 
 def method_id(asset: str) -> str:

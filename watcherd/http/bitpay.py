@@ -10,14 +10,14 @@ import binascii
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import web
 
 from watcherd.compat import bitpay
+from watcherd.compat import greenfield as gf
 from watcherd.config import GreenfieldConfig
-from watcherd.core.currencies import minor_units
+from watcherd.core.money import number_text, parse_decimal, quoted
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.http import api
 from watcherd.ledger import Processor
@@ -71,36 +71,28 @@ def make_app(processor: Processor, config: GreenfieldConfig,
     return app
 
 
-def _loads(text: str) -> Any:
-    """JSON with its decimals read exactly (a price of 49.9 is 49.9); NaN and Infinity are no JSON numbers."""
-    return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 async def create_invoice(request: web.Request) -> web.Response:
     processor, config = request.app[PROCESSOR], request.app[CONFIG]
     try:
-        body = await request.json(loads=_loads)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise failure(400, "the request body is not valid JSON") from None
+        body = await api.read_json(request)
+    except ValueError as exc:
+        raise failure(400, str(exc)) from None
     if not isinstance(body, dict):
         raise failure(400, "the request body must be a JSON object")
     try:
         fields = bitpay.bind_create(body)
     except InvoiceError as exc:
         raise failure(400, f"{exc.field}: {exc}") from None
-    price = fields["price"]
     try:
-        amount = Decimal(price.strip() if isinstance(price, str) else price) \
-            if isinstance(price, (str, int, Decimal)) and not isinstance(price, bool) else None
-    except InvalidOperation:
-        amount = None
-    if amount is None or not amount.is_finite() or amount <= 0:
-        raise failure(400, "price: must be a number greater than zero")
+        price = parse_decimal(number_text(fields["price"]))
+    except ValueError as exc:
+        raise failure(400, f"price: must be a number greater than zero, such as \"25.00\": {exc}") from None
     currency = (fields["currency"] or config.default_currency).strip().upper()
+    amount = gf.round_price(price, gf.price_decimals(processor, currency))
+    if amount is None:
+        raise failure(400, f"price: has more decimals than {quoted(currency)} has")
+    if amount <= 0:
+        raise failure(400, "price: must be a number greater than zero")
     default_speed = {"HighSpeed": "high", "LowMediumSpeed": "low-medium", "LowSpeed": "low"}.get(
         config.speed_policy, "medium")
     speed = bitpay.speed(fields["transactionSpeed"], default_speed)
@@ -109,7 +101,7 @@ async def create_invoice(request: web.Request) -> web.Response:
         raise failure(400, "notificationURL: must be an http(s) URL")
     metadata = {k: fields[k] for k in ("orderId", "itemDesc", "itemCode", "physical", *bitpay.BUYER_FIELDS.values())
                 if fields[k] is not None}
-    native: dict[str, Any] = {"currency": currency, "amount": _money(amount, currency), "metadata": metadata}
+    native: dict[str, Any] = {"currency": currency, "amount": format(amount, "f"), "metadata": metadata}
     if fields["orderId"] is not None:
         native["order_id"] = fields["orderId"]
     if fields["redirectURL"]:
@@ -133,15 +125,6 @@ async def create_invoice(request: web.Request) -> web.Response:
     except InvoiceError as exc:
         raise failure(400, f"{exc.field}: {exc}") from None
     return web.json_response({"facade": "pos/invoice", "data": bitpay.invoice(created, compat, processor.clock())})
-
-
-def _money(amount: Decimal, currency: str) -> str:
-    """The price as the native API reads it: a plain decimal string (a JSON number 49.9 is 49.9, not 49.8999...),
-    a fiat price rounded to the currency's minor units as BitPay does."""
-    places = minor_units(currency)
-    if places is not None:
-        amount = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return format(amount.normalize(), "f")
 
 
 async def show_invoice(request: web.Request) -> web.Response:
