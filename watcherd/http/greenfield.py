@@ -22,7 +22,7 @@ from watcherd.compat import greenfield as gf
 from watcherd.config import GreenfieldConfig
 from watcherd.config.tables import SPEED_POLICIES
 from watcherd.core.invoices import Status
-from watcherd.core.money import number_text, parse_decimal, parse_whole
+from watcherd.core.money import number_text, parse_decimal, parse_whole, quoted
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.http import api
 from watcherd.http.greenfield_common import (
@@ -234,7 +234,7 @@ def _native_error(exc: web.HTTPException, paths: dict[str, str]) -> web.HTTPExce
 
 async def create_invoice(request: web.Request) -> web.Response:
     processor, config = request.app[PROCESSOR], request.app[CONFIG]
-    body = await read_body(request)
+    body = gf.bind_create(await read_body(request))
     if body.get("amount") is None:
         raise invalid("amount", "watcherd needs an amount: top-up invoices (no amount) are not supported")
     metadata = body.get("metadata") or {}
@@ -256,8 +256,17 @@ async def create_invoice(request: web.Request) -> web.Response:
     tolerance = _checkout_number(checkout, "paymentTolerance")
     if tolerance is not None and not 0 <= tolerance < 100:  # 100 would settle the invoice with nothing paid
         raise invalid("checkout.paymentTolerance", "a percentage from 0 to less than 100")
+    decimals = gf.price_decimals(processor, currency.upper())
+    amount = gf.round_price(Decimal(_amount_text(body["amount"])), decimals)
+    if amount is None:
+        raise invalid("amount", f"has more decimals than {quoted(currency)} has")
+    if metadata.get("taxIncluded") is not None:
+        try:
+            metadata = {**metadata, "taxIncluded": gf.tax_included(metadata["taxIncluded"], amount, decimals)}
+        except ValueError as exc:
+            raise invalid("metadata.taxIncluded", str(exc)) from None
     native: dict[str, Any] = {
-        "currency": currency.upper(), "amount": _amount_text(body["amount"]),
+        "currency": currency.upper(), "amount": format(amount, "f"),
         "payment_methods": _native_methods(processor, checkout.get("paymentMethods")),
         "metadata": metadata,
     }
