@@ -17,7 +17,9 @@ from typing import Any
 
 import jsonschema
 
-SPEC_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "greenfield"
+# ../shared/greenfield beside the checkout (a worktree sits one level deeper: the first parent that has it)
+SPEC_DIR = next((p / "shared" / "greenfield" for p in Path(__file__).resolve().parents
+                 if (p / "shared" / "greenfield").is_dir()), Path("../shared/greenfield"))
 DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 
 

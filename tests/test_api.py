@@ -46,7 +46,7 @@ async def test_create_show_list_cancel(client):
     assert [i["id"] for i in listed["invoices"]] == [invoice["id"]]
     assert (await (await client.get("/v1/invoices?status=paid", headers=AUTH)).json())["invoices"] == []
     assert (await (await client.get("/v1/invoices?limit=1", headers=AUTH)).json())["next"] == invoice["id"]
-    for bad in ("0", "1001", "-5", "ten", "9" * 5000, "1.5"):
+    for bad in ("0", "1001", "-5", "ten", "9" * 5000, "1.5", "²", "١٢", "1e3", "Infinity"):
         response = await client.get(f"/v1/invoices?limit={bad}", headers=AUTH)
         assert response.status == 400 and (await response.json())["error"]["field"] == "limit", bad
 
@@ -63,7 +63,8 @@ async def test_create_show_list_cancel(client):
         ({"chain": "btc", "amount": "abc"}, 400, "amount"),
         ({"chain": "btc", "amount": "-1"}, 400, "amount"),
         ({"chain": "btc", "amount": "0"}, 400, "amount"),
-        ({"chain": "btc", "amount": "0.000000001"}, 400, "amount"),  # below one satoshi
+        ({"chain": "btc", "amount": "0.000000001"}, 422, "amount"),  # below one satoshi: never rounded
+        ({"chain": "btc", "amount": "12345678901234567890123.123456789"}, 422, "amount"),  # 28 digits rounded it whole
         ({"chain": "btc", "amount": "NaN"}, 400, "amount"),
         ({"chain": "btc"}, 400, "amount"),
         ({"amount": "1"}, 400, "chain"),
@@ -73,17 +74,29 @@ async def test_create_show_list_cancel(client):
         ({"chain": "btc", "amount": "1", "amout": "1"}, 400, "amout"),
         ({"chain": "btc", "amount_atomic": "1.5"}, 400, "amount_atomic"),
         ({"chain": "btc", "amount": "1", "asset": "DOGE"}, 422, "asset"),
-        ({"chain": "btc", "amount": "1.0000001", "asset": "TOKEN"}, 400, "amount"),  # 6 decimals
+        ({"chain": "btc", "amount": "1.0000001", "asset": "TOKEN"}, 422, "amount"),  # 6 decimals
         ({"chain": "btc", "amount": "1e999999"}, 400, "amount"),  # Decimal overflows
+        ({"chain": "btc", "amount": "1e900000000"}, 400, "amount"),  # 900 MB once written out
+        ({"chain": "btc", "amount": "Infinity"}, 400, "amount"),
+        ({"chain": "btc", "amount": "1" * 5000}, 400, "amount"),
+        ({"chain": "btc", "amount_atomic": "²"}, 400, "amount_atomic"),  # str.isdigit() says yes, int() no
+        ({"chain": "btc", "amount_atomic": "١٢"}, 400, "amount_atomic"),  # int() reads it as 12
+        ({"chain": "btc", "amount_atomic": True}, 400, "amount_atomic"),
+        ({"chain": "btc", "amount_atomic": -5}, 400, "amount_atomic"),
+        ({"chain": "btc", "amount_atomic": 1.5}, 400, "amount_atomic"),
         ({"chain": "btc", "amount": "1e70"}, 400, "amount"),  # more than any chain can carry
         ({"chain": "btc", "amount_atomic": "9" * 5000}, 400, "amount_atomic"),  # past int()'s digit limit
         ({"chain": "btc", "amount_atomic": 2**256}, 400, "amount_atomic"),
     ],
 )
 async def test_bad_input_names_the_field(client, body, status, field):
+    """Each bad field answers 4xx naming it (422 for more decimals than the asset has), nothing created."""
     response = await client.post("/v1/invoices", json=body, headers=AUTH)
     assert response.status == status
-    assert (await response.json())["error"]["field"] == field
+    error = (await response.json())["error"]
+    assert error["field"] == field
+    assert error["code"] == ("too_many_decimals" if status == 422 and field == "amount" else error["code"])
+    assert len(error["message"]) < 300  # nothing long is echoed
     listed = await (await client.get("/v1/invoices", headers=AUTH)).json()
     assert listed["invoices"] == []  # nothing half-created
 
@@ -99,6 +112,61 @@ async def test_auth_and_non_json(client):
     unknown = await client.get("/v2/whatever", headers=AUTH)
     assert unknown.status == 404 and "error" in await unknown.json()
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_amounts_are_exact_past_28_digits(client):
+    """A 31-digit amount is the invoice's amount to the last atomic unit (Decimal's context rounded at 28), and
+    trailing zeros past the asset's decimals are no precision."""
+    for amount, atomic in (("12345678901234567890123.12345678", "1234567890123456789012312345678"),
+                           ("0.12345678000", "12345678")):
+        response = await client.post("/v1/invoices", json={"chain": "btc", "amount": amount}, headers=AUTH)
+        assert response.status == 201, await response.text()
+        assert (await response.json())["amount_atomic"] == atomic
+    response = await client.post("/v1/invoices", json={"chain": "btc", "amount_atomic": "9" * 31}, headers=AUTH)
+    assert (await response.json())["amount_atomic"] == "9" * 31
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b"[" * 30_000 + b"]" * 30_000, 400),  # within the size limit, deeper than Python's stack
+    (b"[" * 100_000, 413),  # beyond the size limit: never read
+    (b'{"chain": "btc", "amount": "1", "metadata": ' + b'{"a": ' * 32 + b"1" + b"}" * 32 + b"}", 400),
+    (b'{"chain": "btc", "amount": NaN}', 400),
+    (b'{"chain": "btc", "amount": "1", "order_id": "\\ud800"}', 400),  # a lone surrogate no store can encode
+    (b'{"chain": "btc", "amount": "1", "metadata": {"\\udfff": 1}}', 400),
+    (b"\xff\xfe{", 400),
+    (b'{"chain": "btc", "amount": "1", "order_id": "\xed\xa0\x80"}', 400),  # a surrogate, UTF-8 encoded
+])
+async def test_hostile_bodies_answer_4xx(client, body, status):
+    """Nesting past the stack, past the depth limit or past the size limit, NaN and text no store can keep are
+    refused with 4xx in the API's error shape; nothing is created."""
+    response = await client.post("/v1/invoices", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status == status
+    assert (await response.json())["error"]["code"] in ("invalid_json", "request_entity_too_large")
+    assert (await (await client.get("/v1/invoices", headers=AUTH)).json())["invoices"] == []
+
+
+async def test_nesting_to_the_limit_is_accepted(client):
+    """32 levels of arrays and objects, the body's own included, is what a body may have."""
+    metadata = {"a": 1}
+    for _ in range(30):
+        metadata = {"a": metadata}
+    response = await client.post("/v1/invoices", json={"chain": "btc", "amount": "1", "metadata": metadata},
+                                 headers=AUTH)
+    assert response.status == 201, await response.text()
+
+
+async def test_error_messages_quote_only_the_start_of_what_was_sent(client):
+    """A 60 KB chain name, field name, currency or rate is quoted cut short, never echoed whole."""
+    long = "x" * 60_000
+    for body in ({"chain": long, "amount": "1"}, {"chain": "btc", "amount": "1", long: 1},
+                 {"currency": long, "amount": "1"}, {"currency": "USD", "amount": "1", long: 1},
+                 {"currency": "USD", "amount": "1", "rates": {long: "0"}, "payment_methods": ["btc"]}):
+        response = await client.post("/v1/invoices", json=body, headers=AUTH)
+        assert 400 <= response.status < 500
+        error = (await response.json())["error"]
+        assert len(error["message"]) < 600 and len(error.get("field", "")) <= 64, error
+    response = await client.get(f"/v1/invoices/{'i' * 8000}", headers=AUTH)
+    assert response.status == 404 and len((await response.json())["error"]["message"]) < 100
 
 
 async def test_amount_atomic_and_cancel_conflict(client):

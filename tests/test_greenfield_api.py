@@ -318,3 +318,73 @@ async def test_speed_policy_sets_confirmations_never_below_the_chain(env, policy
     methods = await processor.store.methods_for(created["id"])
     assert [m.confirmations_required for m in methods] == [required, required]  # the coin and the token
     assert created["checkout"]["speedPolicy"] == (policy or "MediumSpeed")
+
+
+@pytest.mark.parametrize(("query", "path"), [
+    ("take=1e1000000", "take"), ("skip=Infinity", "skip"), ("take=NaN", "take"), ("skip=-1", "skip"),
+    ("take=²", "take"), ("skip=" + "9" * 5000, "skip"), ("startDate=1e30", "startDate"),
+    ("endDate=99999999999999999999", "endDate"), ("take=1.5", "take"),
+])
+async def test_list_numbers_are_short_ascii_digits(env, query, path):
+    """take, skip and the dates are whole numbers of a few ASCII digits: anything else is a 422 naming the
+    parameter (int(Decimal("1e1000000")) stalled the event loop for 30 s), quoting nothing long."""
+    client, _, _ = env
+    response = await client.get(f"{BASE}/invoices?{query}", headers=GF)
+    assert response.status == 422
+    body = await response.json()
+    validate(body, "ValidationProblemDetails")
+    assert body[0]["path"] == path and len(body[0]["message"]) < 200
+
+
+@pytest.mark.parametrize(("checkout", "path"), [
+    ({"paymentTolerance": 100}, "checkout.paymentTolerance"),  # would settle at creation with nothing paid
+    ({"paymentTolerance": 100.0}, "checkout.paymentTolerance"),
+    ({"paymentTolerance": 250}, "checkout.paymentTolerance"),
+    ({"paymentTolerance": -1}, "checkout.paymentTolerance"),
+    ({"paymentTolerance": "1e2"}, "checkout.paymentTolerance"),
+    ({"paymentTolerance": True}, "checkout.paymentTolerance"),
+    ({"expirationMinutes": 1e300}, "checkout.expirationMinutes"),
+    ({"expirationMinutes": "Infinity"}, "checkout.expirationMinutes"),
+    ({"expirationMinutes": 0}, "checkout.expirationMinutes"),
+])
+async def test_checkout_numbers_are_bounded_and_tolerance_below_100(env, checkout, path):
+    """paymentTolerance is 0 <= x < 100 and expirationMinutes a sane number, as the chain config has it: 422 naming
+    the field, nothing created."""
+    client, processor, _ = env
+    response = await client.post(f"{BASE}/invoices", headers=GF, json={"amount": "5", "checkout": checkout})
+    assert response.status == 422
+    assert (await response.json())[0]["path"] == path
+    assert await processor.store.invoices(limit=10) == []
+
+
+@pytest.mark.parametrize("amount", ["1e900000000", "Infinity", "NaN", "-5", "²", "1" * 5000, 1e300, True, [1]])
+async def test_create_amount_is_a_bounded_decimal(env, amount):
+    """A create `amount` of "1e900000000" was expanded to a 900 MB string and echoed: now a short 422."""
+    client, processor, _ = env
+    response = await client.post(f"{BASE}/invoices", headers=GF, json={"amount": amount})
+    assert response.status == 422
+    body = await response.json()
+    assert body[0]["path"] == "amount" and len(body[0]["message"]) < 300
+    assert await processor.store.invoices(limit=10) == []
+
+
+async def test_tolerance_below_100_is_kept_and_still_needs_money(env):
+    """99.5% is accepted and shown; the invoice is not Settled (nor Processing) with nothing paid."""
+    client, _, _ = env
+    created = await ok(await client.post(f"{BASE}/invoices", headers=GF, json={
+        "amount": 10, "checkout": {"paymentTolerance": 99.5, "expirationMinutes": "30"}}), "InvoiceData")
+    assert created["checkout"]["paymentTolerance"] == 99.5 and created["status"] == "New"
+    assert created["expirationTime"] - created["createdTime"] == 1800
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b"[" * 30_000 + b"]" * 30_000, 422), (b"[" * 100_000, 413), (b'{"amount": NaN}', 422),
+    (b'{"amount": "1", "metadata": {"a": "\\ud800"}}', 422),
+])
+async def test_hostile_bodies_answer_4xx_in_greenfield_shapes(env, body, status):
+    """Greenfield's body reader is the native one: too deep, too large, NaN, lone surrogates are 4xx."""
+    client, processor, _ = env
+    response = await client.post(f"{BASE}/invoices", data=body, headers={**GF, "Content-Type": "application/json"})
+    assert response.status == status
+    validate(await response.json(), "ValidationProblemDetails" if status == 422 else "ProblemDetails")
+    assert await processor.store.invoices(limit=10) == []

@@ -5,7 +5,6 @@ signed with BTCPay-Sig and valid against BTCPay's schemas."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -13,8 +12,6 @@ import sys
 import threading
 import time
 import types
-import urllib.error
-import urllib.request
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -269,84 +266,6 @@ def test_greenfield_client_monero_partial_and_late(gf_shop, bsv_node, xmr_node):
     assert next(e for e in events if e["type"] == "InvoiceReceivedPayment")["afterExpiration"] is True
     shown = raw(client, "GET", f"/api/v1/invoices/{late['id']}")
     assert (shown["status"], shown["additionalStatus"]) == ("Settled", "PaidLate")
-
-
-class WhmcsV3:
-    """BTCPay's WHMCS plugin v3 as it talks to a BitPay-style server: its create request and headers, Basic auth
-    with the pasted key, and its IPN handler, which trusts nothing in the POST but the invoice id and fetches the
-    invoice again to read its status."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.auth = "Basic " + base64.b64encode(KEY.encode()).decode()
-        self.seen: list[dict[str, Any]] = []  # the invoice as fetched after each IPN
-        outer = self
-
-        class Callback(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                posted = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                outer.seen.append(outer.request("GET", f"/invoices/{posted['id']}")["data"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Callback)
-        self.ipn_url = f"http://127.0.0.1:{self.server.server_port}/modules/gateways/callback/btcpay.php"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(self.base + path, method=method,
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json", "X-Accept-Version": "2.0.0",
-                                                  "Authorization": self.auth})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-    def wait_status(self, status: str, timeout: float = 40) -> dict[str, Any]:
-        deadline = time.monotonic() + scaled(timeout)
-        while not any(s["status"] == status for s in self.seen):
-            assert time.monotonic() < deadline, f"no {status!r} IPN; seen {[s['status'] for s in self.seen]}"
-            time.sleep(0.1)
-        return next(s for s in self.seen if s["status"] == status)
-
-
-def test_bitpay_flow_as_whmcs_v3_does_it(gf_shop, bsv_node):
-    daemon = gf_shop[0]
-    whmcs = WhmcsV3(f"http://127.0.0.1:{daemon.port}")
-    pos_data = '{"invoiceId":1042,"clientId":7,"note":"tea \\u00e9"}'
-    created = whmcs.request("POST", "/invoices", {
-        "price": 49.00, "currency": "USD", "orderId": "1042", "itemDesc": "Invoice #1042",
-        "posData": pos_data, "notificationURL": whmcs.ipn_url,
-        "redirectURL": "https://billing.example/viewinvoice.php?id=1042", "transactionSpeed": "medium",
-        "fullNotifications": True, "buyerName": "Ada", "buyerEmail": "ada@example.com", "extendedNotifications": False,
-    })["data"]
-    assert (created["status"], created["price"], created["currency"], created["orderId"]) == (
-        "new", 49.0, "USD", "1042")
-    assert created["posData"] == pos_data and created["url"].endswith(f"/i/{created['id']}")
-    assert created["expirationTime"] > created["invoiceTime"] > 0
-    # the customer picks BTC on the payment page (its own endpoint, reached here through the native API)
-    picked = daemon.api("POST", f"/v1/invoices/{created['id']}/payment-methods/btc")
-    btc = next(m for m in picked["payment_methods"] if m["method"] == "btc")
-    bsv_node.pay(btc["address"], btc["due"])
-    whmcs.wait_status("paid")
-    bsv_node.mine(1)
-    confirmed = whmcs.wait_status("confirmed")
-    assert confirmed["posData"] == pos_data and confirmed["exceptionStatus"] is False
-    bsv_node.mine(5)
-    complete = whmcs.wait_status("complete")
-    assert complete["posData"] == pos_data and complete["orderId"] == "1042"
-    order = [s["status"] for s in whmcs.seen]
-    assert order.index("paid") < order.index("confirmed") < order.index("complete")
-    refused = urllib.request.Request(f"http://127.0.0.1:{daemon.port}/invoices/{created['id']}",
-                                     headers={"Authorization": "Basic " + base64.b64encode(b"wrong").decode()})
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(refused, timeout=10)
-    assert caught.value.code == 401
-    caught.value.close()
-    whmcs.server.shutdown()
-    whmcs.server.server_close()
 
 
 def test_webhook_deliveries_pending_at_a_kill_are_delivered_after_the_restart(gf_shop, bsv_node):

@@ -54,6 +54,28 @@ def test_underpaid_tolerance_counts_as_paid_but_stays_visible():
     assert assess(terms, [pay(98_499, block=50)], TIP, 0).status is Status.UNPAID
 
 
+@pytest.mark.parametrize(("tolerance", "payments", "status", "exception"), [
+    ("100", [], Status.UNPAID, None),  # nothing received is never covered, whatever the tolerance
+    ("100", [pay(100_000, replaced=True)], Status.UNPAID, InvoiceException.DOUBLE_SPENT),
+    ("100", [pay(1)], Status.PROCESSING, InvoiceException.UNDERPAID),
+    ("150", [], Status.UNPAID, None),
+    ("99.999", [], Status.UNPAID, None),
+    ("99.999", [pay(1)], Status.PROCESSING, InvoiceException.UNDERPAID),
+    ("99.999", [pay(1, block=49)], Status.PAID, InvoiceException.UNDERPAID),
+    ("50", [pay(49_999)], Status.UNPAID, InvoiceException.UNDERPAID),
+    ("50", [pay(50_000)], Status.PROCESSING, InvoiceException.UNDERPAID),
+    ("0", [pay(100_000, block=49)], Status.PAID, None),
+])
+def test_covered_needs_money_received(tolerance, payments, status, exception):
+    """The tolerance lowers what covers the invoice, never to nothing: paid or processing needs a payment that
+    counts, even under a tolerance of 100% or more (stored before the API capped it)."""
+    terms = Terms(amount=100_000, expires_at=1_000, confirmations_required=2,
+                  underpaid_tolerance_percent=Decimal(tolerance))
+    result = assess(terms, payments, TIP, 0)
+    assert (result.status, result.exception) == (status, exception)
+    assert assess(terms, payments, TIP, 2_000).status is (Status.EXPIRED if status is Status.UNPAID else status)
+
+
 def test_cancelled_invoice_that_receives_money_is_invalid_not_lost():
     terms = Terms(amount=100_000, expires_at=1_000, confirmations_required=1, cancelled=True)
     assert assess(terms, [], TIP, 0).status is Status.CANCELLED

@@ -14,17 +14,86 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from watcherd.compat.greenfield import new_delivery_id, unix
+from watcherd.compat.greenfield import bind_names, new_delivery_id, unix
+from watcherd.core.money import number_text
+from watcherd.exceptions import InvoiceError
 from watcherd.ledger import EventRecord, Processor
 from watcherd.store import Store
 
 log = logging.getLogger("watcherd.bitpay")
 
-SPEEDS = {"high": 0, "medium": 1, "low": 6}
+SPEEDS = {"high": 0, "medium": 1, "low-medium": 2, "low": 6}
 COMPLETE_DEPTH = 6
 STATUS = {"unpaid": "new", "processing": "paid", "paid": "confirmed", "expired": "expired",
           "cancelled": "invalid", "invalid": "invalid"}
 EXCEPTION = {"underpaid": "paidPartial", "overpaid": "paidOver", "paid_late": "paidLate"}
+
+
+# The create request's fields as BTCPay binds them (its BitpayCreateInvoiceRequest): text, flags, and the buyer
+# object's names for the flat buyer fields (which win over it).
+TEXT_FIELDS = ("currency", "orderId", "itemDesc", "itemCode", "notificationURL", "redirectURL", "transactionSpeed",
+               "notificationEmail", "buyerName", "buyerAddress1", "buyerAddress2", "buyerCity", "buyerState",
+               "buyerZip", "buyerCountry", "buyerEmail", "buyerPhone")
+FLAG_FIELDS = ("fullNotifications", "extendedNotifications", "physical")
+BUYER_FIELDS = {"name": "buyerName", "address1": "buyerAddress1", "address2": "buyerAddress2", "locality": "buyerCity",
+                "region": "buyerState", "postalCode": "buyerZip", "country": "buyerCountry", "email": "buyerEmail",
+                "phone": "buyerPhone"}
+MAX_TEXT = 2000  # characters of one text field (metadata as a whole is capped natively)
+
+
+def bind_create(body: dict[str, Any]) -> dict[str, Any]:
+    """A create request's fields bound as BTCPay binds them: names case-insensitive (`orderID` is `orderId`), a
+    JSON number or boolean where text is expected taken as its JSON text (`"orderID": 1042` is "1042"), a flag
+    from a boolean, "true"/"false" or a number, the flat buyer fields first and `buyer: {...}` filling the rest.
+    `price` is left as sent; `posData` text is kept exactly, an object or array as it is. Unknown fields are
+    ignored. Raises InvoiceError naming a field that cannot be bound."""
+    given = bind_names(body, ("price", "posData", "buyer", *TEXT_FIELDS, *FLAG_FIELDS))
+    bound: dict[str, Any] = {name: _text(name, given.get(name)) for name in TEXT_FIELDS}
+    bound.update({name: _flag(name, given.get(name)) for name in FLAG_FIELDS})
+    buyer = given.get("buyer")
+    if buyer is not None:
+        if not isinstance(buyer, dict):
+            raise InvoiceError("buyer", "must be a JSON object")
+        buyer = bind_names(buyer, BUYER_FIELDS)
+        for key, flat in BUYER_FIELDS.items():
+            if bound[flat] is None:
+                bound[flat] = _text(f"buyer.{key}", buyer.get(key))
+    pos_data = given.get("posData")
+    bound["posData"] = pos_data if isinstance(pos_data, (dict, list)) else _text("posData", pos_data, None)
+    bound["price"] = given.get("price")
+    return bound
+
+
+def _text(name: str, value: Any, limit: int | None = MAX_TEXT) -> str | None:
+    if value is None or isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        try:
+            text = number_text(value)
+        except ValueError as exc:
+            raise InvoiceError(name, str(exc)) from None
+    else:
+        raise InvoiceError(name, "must be a string")
+    if text is not None and limit is not None and len(text) > limit:
+        raise InvoiceError(name, f"must be at most {limit} characters")
+    return text
+
+
+def _flag(name: str, value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", ""):
+        return {"true": True, "false": False}.get(value.strip().lower())
+    raise InvoiceError(name, "must be true or false")
+
+
+def speed(text: str | None, default: str) -> str:
+    """transactionSpeed as BTCPay reads it: an unknown one is the store's default."""
+    return text.strip().lower() if text is not None and text.strip().lower() in SPEEDS else default
 
 
 def is_complete(native: dict[str, Any]) -> bool:
@@ -64,7 +133,7 @@ def invoice(native: dict[str, Any], compat: dict[str, Any], now: float) -> dict[
         "amountPaid": native["amount_received"],
         "transactionSpeed": compat.get("transactionSpeed", "medium"),
         "redirectURL": native["redirect_url"],
-        "buyer": {"name": metadata.get("buyerName"), "email": metadata.get("buyerEmail")},
+        "buyer": {key: metadata.get(flat) for key, flat in BUYER_FIELDS.items()},
         "paymentCodes": {m["asset"]: {"BIP72b": m.get("payment_uri")} for m in native["payment_methods"]
                          if m["activated"]},
     }

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
-from watcherd.core.money import to_decimal_string
-from watcherd.ledger import EventRecord
+from watcherd.core.currencies import minor_units
+from watcherd.core.money import MAX_DIGITS, number_text, parse_decimal, to_decimal_string
+from watcherd.ledger import EventRecord, Processor
 from watcherd.store import InvoiceRow, Store
 
 # watcherd status -> Greenfield InvoiceStatus
@@ -25,10 +27,65 @@ ADDITIONAL_STATUS = {"underpaid": "PaidPartial", "overpaid": "PaidOver", "paid_l
 # watcherd payment status -> Greenfield PaymentStatus
 PAYMENT_STATUS = {"pending": "Processing", "confirmed": "Settled", "replaced": "Invalid", "wrong_asset": "Invalid"}
 MONITORING_SECONDS = 86400  # payments after expiry are watched for ever; Greenfield wants a number: a day
+# The names BTCPay binds in a create request: CreateInvoiceRequest, its checkout options, the metadata it knows
+CREATE_FIELDS = ("amount", "currency", "metadata", "checkout", "receipt", "additionalSearchTerms", "type")
+CHECKOUT_FIELDS = ("speedPolicy", "paymentMethods", "defaultPaymentMethod", "lazyPaymentMethods", "expirationMinutes",
+                   "monitoringMinutes", "paymentTolerance", "redirectURL", "redirectAutomatically",
+                   "requiresRefundEmail", "checkoutType", "defaultLanguage")
+METADATA_FIELDS = ("orderId", "orderUrl", "posData", "taxIncluded", "itemCode", "itemDesc", "physical", "buyerName",
+                   "buyerEmail", "buyerCountry", "buyerZip", "buyerState", "buyerCity", "buyerAddress1",
+                   "buyerAddress2", "buyerPhone", "paymentRequestId", "receiptData")
 
 
 def unix(iso: str | None) -> int | None:
     return None if iso is None else int(datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+
+
+def bind_names(body: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The object with these field names bound as BTCPay's JSON binder (Newtonsoft) binds them: case-insensitively,
+    the last of two spellings winning (`orderID` is `orderId`); other fields kept as sent."""
+    canonical = {name.lower(): name for name in names}
+    return {canonical.get(key.lower(), key): value for key, value in body.items()}
+
+
+def bind_create(body: dict[str, Any]) -> dict[str, Any]:
+    """A create request with its names bound as BTCPay binds them: case-insensitively at the top, in `checkout`
+    and for the metadata fields BTCPay knows (other metadata keys, `posData` text and `orderUrl` kept as sent)."""
+    bound = bind_names(body, CREATE_FIELDS)
+    for name, names in (("checkout", CHECKOUT_FIELDS), ("metadata", METADATA_FIELDS)):
+        if isinstance(bound.get(name), dict):
+            bound[name] = bind_names(bound[name], names)
+    return bound
+
+
+def tax_included(value: Any, price: Decimal, decimals: int | None) -> float:
+    """metadata.taxIncluded as BTCPay keeps it: a number or numeric string, rounded as the price is, at least 0
+    and at most the price. ValueError when it is not a bounded plain decimal."""
+    text = number_text(value).strip()
+    tax = parse_decimal(text.removeprefix("-"))
+    tax = Decimal(0) if text.startswith("-") else min(round_price(tax, decimals) or tax, price)
+    return float(tax)
+
+
+def price_decimals(processor: Processor, currency: str) -> int | None:
+    """The decimals a price in `currency` is counted in: the fiat currency's minor units, or the coin's when every
+    chain that has it agrees (None otherwise: the native parser says why)."""
+    places = minor_units(currency)
+    if places is None:
+        found = {chain.assets[currency] for chain in processor.chains.values() if currency in chain.assets}
+        places = found.pop() if len(found) == 1 else None
+    return places
+
+
+def round_price(amount: Decimal, decimals: int | None) -> Decimal | None:
+    """A price rounded to its currency's decimals as BTCPay rounds one (half away from zero: "33.33333333" USD is
+    33.33), or None when that would move it by 1% or more (BTCPay keeps more decimals then, which watcherd, counting
+    in the currency's smallest unit, cannot). `amount` comes from the bounded parser: at most MAX_DIGITS digits."""
+    if decimals is None or amount == 0:
+        return amount
+    with localcontext(prec=2 * MAX_DIGITS):
+        rounded = amount.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+        return rounded if abs(rounded - amount) * 100 < abs(amount) else None
 
 
 def method_id(asset: str) -> str:

@@ -111,7 +111,10 @@ class Assessment:
 
 
 def _covers(received: Fraction, terms: Terms) -> bool:
-    """True when `received` pays the invoice, allowing the configured underpayment tolerance."""
+    """True when `received` pays the invoice, allowing the configured underpayment tolerance; never with nothing
+    received, whatever the tolerance (a stored 100% would settle at creation)."""
+    if received <= 0:
+        return False
     if received >= terms.amount:
         return True
     tolerance = Fraction(terms.underpaid_tolerance_percent) / 100

@@ -18,7 +18,16 @@ from aiohttp import web
 
 from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import Status
-from watcherd.core.money import MAX_ATOMIC, to_atomic
+from watcherd.core.money import (
+    MAX_ATOMIC,
+    QUOTED,
+    TooPrecise,
+    number_text,
+    parse_decimal,
+    parse_whole,
+    quoted,
+    to_atomic,
+)
 from watcherd.exceptions import STORE_ERRORS, InvoiceError, RatesUnavailable
 from watcherd.http import checkout, openapi
 from watcherd.ledger import Processor
@@ -27,6 +36,9 @@ log = logging.getLogger(__name__)
 
 MAX_EXPIRES_IN = 30 * 24 * 3600
 MAX_METADATA_BYTES = 16 * 1024
+MAX_BODY_BYTES = 64 * 1024  # every app's client_max_size: aiohttp answers 413 beyond it, unread
+MAX_JSON_DEPTH = 32  # arrays and objects within one another in a request body
+MAX_MESSAGE = 500  # characters of an error message: whatever it quotes, it stays short
 COMMON_FIELDS = {"order_id", "expires_in", "metadata", "redirect_url"}
 INVOICE_FIELDS = {"chain", "asset", "amount", "amount_atomic", *COMMON_FIELDS}
 PRICED_FIELDS = {"currency", "amount", "payment_methods", "rates", *COMMON_FIELDS}
@@ -44,7 +56,7 @@ class Quotes(Protocol):
 
 
 def error(status: int, code: str, message: str, field: str | None = None) -> web.HTTPException:
-    body: dict[str, Any] = {"code": code, "message": message}
+    body: dict[str, Any] = {"code": code, "message": message[:MAX_MESSAGE]}
     if field is not None:
         body["field"] = field
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
@@ -95,7 +107,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
             body = {"error": {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason}}
             return web.json_response(body, status=exc.status)
 
-    app = web.Application(middlewares=[json_errors, auth], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[json_errors, auth], client_max_size=MAX_BODY_BYTES)
     app[PROCESSOR] = processor
     app[READINESS] = readiness
     app[RATES] = rates
@@ -118,11 +130,50 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
     return app
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_json(value: Any) -> None:
+    """Refuse what parsed but would fail a later reader: nesting deeper than MAX_JSON_DEPTH (the store, the
+    webhook bodies and the page all recurse) and lone surrogates ("\\ud800": no store can encode them)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        children = [*item, *item.values()] if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                pending.append((child, depth + 1))
+            elif isinstance(child, str) and not child.isascii():
+                try:
+                    child.encode()
+                except UnicodeEncodeError:
+                    raise ValueError("the request body has a lone surrogate (\\ud800 to \\udfff) in a string") from None
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, or ValueError saying why not, for the client: not JSON (NaN and Infinity are
+    not), nested too deep or unstorable text (_check_json). Bodies beyond MAX_BODY_BYTES never get here (413)."""
+    raw = await request.read()
+    try:  # UTF-8 strictly (json.loads of bytes would let an encoded surrogate through)
+        value = json.loads(raw.decode(), parse_constant=_no_constant)
+    except RecursionError:  # deeper than Python's stack, long before the body's size limit
+        raise ValueError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # UnicodeDecodeError included
+        raise ValueError("the request body is not valid JSON") from None
+    # the walk only when the bytes say it may find something: more brackets than levels, or a \uDxxx escape
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH or b"\\ud" in raw.lower():
+        _check_json([value])
+    return value
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise error(400, "invalid_json", "the request body is not valid JSON") from None
+        body = await read_json(request)
+    except ValueError as exc:
+        raise error(400, "invalid_json", str(exc)) from None
     if not isinstance(body, dict):
         raise error(400, "invalid_json", "the request body must be a JSON object")
     return body
@@ -131,17 +182,18 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[str, Any]:
     unknown = sorted(set(body) - INVOICE_FIELDS)
     if unknown:
-        raise error(400, "unknown_field", f"unknown field {unknown[0]!r}", unknown[0])
+        raise error(400, "unknown_field", f"unknown field {quoted(unknown[0])}", unknown[0][:QUOTED])
     chain_name = body.get("chain")
     if not isinstance(chain_name, str) or not chain_name:
         raise error(400, "invalid_field", "required: the configured chain name, e.g. \"btc\"", "chain")
     chain = processor.chains.get(chain_name)
     if chain is None:
-        raise error(422, "unknown_chain", f"no chain {chain_name!r}; configured: {sorted(processor.chains)}",
+        raise error(422, "unknown_chain", f"no chain {quoted(chain_name)}; configured: {sorted(processor.chains)}",
                     "chain")
     asset = body.get("asset", chain.asset)
     if not isinstance(asset, str) or asset not in chain.assets:
-        raise error(422, "unknown_asset", f"{chain_name} has no asset {asset!r}; configured: {sorted(chain.assets)}",
+        raise error(422, "unknown_asset", f"{chain_name} has no asset {quoted(str(asset))}; configured: "
+                                          f"{sorted(chain.assets)}",
                     "asset")
     decimals = chain.assets[asset]
     if ("amount" in body) == ("amount_atomic" in body):
@@ -150,21 +202,30 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
         if not isinstance(body["amount"], str):
             raise error(400, "invalid_field", "must be a decimal string such as \"0.015\" (not a JSON number, "
                                               "which loses precision)", "amount")
-        try:
-            amount = to_atomic(body["amount"], decimals)
-        except ValueError as exc:
-            raise error(400, "invalid_field", str(exc), "amount") from None
+        amount = _amount(body["amount"], decimals, "amount")
     else:
         raw = body["amount_atomic"]
-        if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).isdigit():
-            raise error(400, "invalid_field", "must be a whole number of atomic units", "amount_atomic")
-        if len(str(raw)) > len(str(MAX_ATOMIC)) or int(raw) > MAX_ATOMIC:
+        try:
+            amount = parse_whole(number_text(raw) if isinstance(raw, int) else raw, max_digits=len(str(MAX_ATOMIC)))
+        except ValueError:
+            raise error(400, "invalid_field", "must be a whole number of atomic units (ASCII digits)",
+                        "amount_atomic") from None
+        if amount > MAX_ATOMIC:
             raise error(400, "invalid_field", "is more than any chain can carry", "amount_atomic")
-        amount = int(raw)
     field = "amount" if "amount" in body else "amount_atomic"
     if amount <= 0:
         raise error(400, "invalid_field", "must be greater than zero", field)
     return {"chain_name": chain_name, "asset": asset, "amount": amount, **_common_fields(body)}
+
+
+def _amount(text: str, decimals: int, field: str) -> int:
+    """An amount in atomic units, exactly: 422 for more decimals than the unit has (nothing is rounded)."""
+    try:
+        return to_atomic(text, decimals)
+    except TooPrecise as exc:
+        raise error(422, "too_many_decimals", str(exc), field) from None
+    except ValueError as exc:
+        raise error(400, "invalid_field", str(exc), field) from None
 
 
 def _common_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -192,8 +253,8 @@ def parse_priced_request(body: dict[str, Any], processor: Processor) -> dict[str
     """The checkout form: a price in a currency, offered in several coins (validated; not yet priced)."""
     unknown = sorted(set(body) - PRICED_FIELDS)
     if unknown:
-        raise error(400, "unknown_field", f"unknown field(s) {', '.join(unknown)}; a priced invoice takes "
-                                          f"{', '.join(sorted(PRICED_FIELDS))}", unknown[0])
+        raise error(400, "unknown_field", f"unknown field {quoted(unknown[0])}; a priced invoice takes "
+                                          f"{', '.join(sorted(PRICED_FIELDS))}", unknown[0][:QUOTED])
     currency = body["currency"]
     if not isinstance(currency, str) or not currency:
         raise error(400, "invalid_field", "must be a currency code such as \"USD\" (or a coin's, \"BTC\")", "currency")
@@ -201,18 +262,15 @@ def parse_priced_request(body: dict[str, Any], processor: Processor) -> dict[str
     if decimals is None:  # a coin: its decimals, if every chain that has it agrees
         places = {chain.assets[currency] for chain in processor.chains.values() if currency in chain.assets}
         if len(places) > 1:
-            raise error(422, "ambiguous_currency", f"{currency!r} has different decimals on different chains "
+            raise error(422, "ambiguous_currency", f"{quoted(currency)} has different decimals on different chains "
                                                    f"({sorted(places)}): price in a fiat currency", "currency")
         decimals = places.pop() if places else None
     if decimals is None:
-        raise error(422, "unknown_currency", f"{currency!r} is neither an ISO 4217 currency watcherd knows nor a "
+        raise error(422, "unknown_currency", f"{quoted(currency)} is neither an ISO 4217 currency watcherd knows nor a "
                                              "configured coin", "currency")
     if not isinstance(body.get("amount"), str):
         raise error(400, "invalid_field", "required: a decimal string such as \"49.00\"", "amount")
-    try:
-        amount = to_atomic(body["amount"], decimals)
-    except ValueError as exc:
-        raise error(400, "invalid_field", str(exc), "amount") from None
+    amount = _amount(body["amount"], decimals, "amount")
     if amount <= 0:
         raise error(400, "invalid_field", "must be greater than zero", "amount")
     methods = body.get("payment_methods", processor.method_ids())
@@ -233,14 +291,14 @@ def parse_priced_request(body: dict[str, Any], processor: Processor) -> dict[str
 
 
 def _given_rate(asset: str, text: str) -> Fraction:
-    """A rate the request brings: a positive decimal of sane size (a huge exponent would stall the event loop)."""
+    """A rate the request brings: a positive decimal of at most 40 digits, between 1e-18 and 1e18."""
     try:
-        value = Decimal(text.strip())
-    except ArithmeticError:
+        value = parse_decimal(text, max_digits=40)
+    except ValueError:
         value = Decimal(0)
-    if not value.is_finite() or value <= 0 or not -18 <= value.adjusted() <= 18 or len(value.as_tuple().digits) > 40:
-        raise error(400, "invalid_field", f"{asset}: must be a positive decimal string between 1e-18 and 1e18, "
-                                          "e.g. \"50000.00\"", "rates")
+    if not Decimal("1e-18") <= value <= Decimal("1e18"):
+        raise error(400, "invalid_field", f"{quoted(asset)}: must be a positive decimal string between 1e-18 and "
+                                          "1e18, e.g. \"50000.00\"", "rates")
     return Fraction(value)
 
 
@@ -307,7 +365,7 @@ async def activate_method(request: web.Request) -> web.Response:
     try:
         invoice = await request.app[PROCESSOR].activate_method(request.match_info["id"], request.match_info["method"])
     except KeyError:
-        raise error(404, "not_found", f"no invoice {request.match_info['id']!r}", "id") from None
+        raise error(404, "not_found", f"no invoice {quoted(request.match_info['id'])}", "id") from None
     except InvoiceError as exc:
         raise error(422, "invalid_method", str(exc), "method") from None
     return web.json_response(invoice)
@@ -316,7 +374,7 @@ async def activate_method(request: web.Request) -> web.Response:
 async def show_invoice(request: web.Request) -> web.Response:
     invoice = await request.app[PROCESSOR].invoice_json(request.match_info["id"])
     if invoice is None:
-        raise error(404, "not_found", f"no invoice {request.match_info['id']!r}", "id")
+        raise error(404, "not_found", f"no invoice {quoted(request.match_info['id'])}", "id")
     return web.json_response(invoice)
 
 
@@ -325,8 +383,10 @@ async def list_invoices(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in Status.__members__.values():
         raise error(400, "invalid_field", f"one of {', '.join(s.value for s in Status)}", "status")
-    text = request.query.get("limit", "100")
-    limit = int(text) if text.isdigit() and len(text) <= 4 else 0
+    try:
+        limit = parse_whole(request.query.get("limit", "100"), max_digits=4)
+    except ValueError:
+        limit = 0
     if not 1 <= limit <= 1000:
         raise error(400, "invalid_field", "a whole number from 1 to 1000", "limit")
     rows = await processor.store.invoices(
@@ -342,7 +402,7 @@ async def cancel_invoice(request: web.Request) -> web.Response:
     try:
         invoice = await request.app[PROCESSOR].cancel_invoice(request.match_info["id"])
     except KeyError:
-        raise error(404, "not_found", f"no invoice {request.match_info['id']!r}", "id") from None
+        raise error(404, "not_found", f"no invoice {quoted(request.match_info['id'])}", "id") from None
     except InvoiceError as exc:
         raise error(409, "conflict", str(exc), exc.field) from None
     return web.json_response(invoice)
@@ -352,7 +412,7 @@ async def invoice_events(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     invoice_id = request.match_info["id"]
     if await processor.store.invoice(invoice_id) is None:
-        raise error(404, "not_found", f"no invoice {invoice_id!r}", "id")
+        raise error(404, "not_found", f"no invoice {quoted(invoice_id)}", "id")
     events = [json.loads(e["payload"]) for e in await processor.store.events_for(invoice_id)]
     return web.json_response({"events": events})
 
@@ -372,7 +432,7 @@ async def redeliver_webhook(request: web.Request) -> web.Response:
     async with processor.store.transaction():
         found = await processor.store.redeliver(request.match_info["event_id"], processor.clock())
     if not found:
-        raise error(404, "not_found", f"no event {request.match_info['event_id']!r}", "event_id")
+        raise error(404, "not_found", f"no event {quoted(request.match_info['event_id'])}", "event_id")
     processor.wake_outbox()
     return web.json_response({"event_id": request.match_info["event_id"], "queued": True}, status=202)
 

@@ -10,14 +10,14 @@ import binascii
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import web
 
 from watcherd.compat import bitpay
+from watcherd.compat import greenfield as gf
 from watcherd.config import GreenfieldConfig
-from watcherd.core.currencies import minor_units
+from watcherd.core.money import number_text, parse_decimal, quoted
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.http import api
 from watcherd.ledger import Processor
@@ -74,38 +74,38 @@ def make_app(processor: Processor, config: GreenfieldConfig,
 async def create_invoice(request: web.Request) -> web.Response:
     processor, config = request.app[PROCESSOR], request.app[CONFIG]
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise failure(400, "the request body is not valid JSON") from None
+        body = await api.read_json(request)
+    except ValueError as exc:
+        raise failure(400, str(exc)) from None
     if not isinstance(body, dict):
         raise failure(400, "the request body must be a JSON object")
-    price = body.get("price")
     try:
-        amount = Decimal(str(price)) if price is not None and not isinstance(price, bool) else None
-    except InvalidOperation:
-        amount = None
-    if amount is None or not amount.is_finite() or amount <= 0:
+        fields = bitpay.bind_create(body)
+    except InvoiceError as exc:
+        raise failure(400, f"{exc.field}: {exc}") from None
+    try:
+        price = parse_decimal(number_text(fields["price"]))
+    except ValueError as exc:
+        raise failure(400, f"price: must be a number greater than zero, such as \"25.00\": {exc}") from None
+    currency = (fields["currency"] or config.default_currency).strip().upper()
+    amount = gf.round_price(price, gf.price_decimals(processor, currency))
+    if amount is None:
+        raise failure(400, f"price: has more decimals than {quoted(currency)} has")
+    if amount <= 0:
         raise failure(400, "price: must be a number greater than zero")
-    currency = body.get("currency") or config.default_currency
-    speed = body.get("transactionSpeed") or {"HighSpeed": "high", "LowSpeed": "low"}.get(config.speed_policy, "medium")
-    if speed not in bitpay.SPEEDS:
-        raise failure(400, "transactionSpeed: one of high, medium, low")
-    notification_url = body.get("notificationURL") or None
-    if notification_url is not None and (not isinstance(notification_url, str)
-                                         or not notification_url.startswith(("http://", "https://"))):
+    default_speed = {"HighSpeed": "high", "LowMediumSpeed": "low-medium", "LowSpeed": "low"}.get(
+        config.speed_policy, "medium")
+    speed = bitpay.speed(fields["transactionSpeed"], default_speed)
+    notification_url = fields["notificationURL"] or None
+    if notification_url is not None and not notification_url.startswith(("http://", "https://")):
         raise failure(400, "notificationURL: must be an http(s) URL")
-    metadata = {k: body[k] for k in ("orderId", "itemDesc", "itemCode", "buyerName", "buyerEmail", "physical")
-                if body.get(k) is not None}
-    buyer = body.get("buyer")
-    if isinstance(buyer, dict):
-        metadata.setdefault("buyerName", buyer.get("name"))
-        metadata.setdefault("buyerEmail", buyer.get("email"))
-    native: dict[str, Any] = {"currency": str(currency).upper(), "amount": _money(amount, str(currency).upper()),
-                              "metadata": metadata}
-    if body.get("orderId") is not None:
-        native["order_id"] = str(body["orderId"])
-    if isinstance(body.get("redirectURL"), str) and body["redirectURL"]:
-        native["redirect_url"] = body["redirectURL"]
+    metadata = {k: fields[k] for k in ("orderId", "itemDesc", "itemCode", "physical", *bitpay.BUYER_FIELDS.values())
+                if fields[k] is not None}
+    native: dict[str, Any] = {"currency": currency, "amount": format(amount, "f"), "metadata": metadata}
+    if fields["orderId"] is not None:
+        native["order_id"] = fields["orderId"]
+    if fields["redirectURL"]:
+        native["redirect_url"] = fields["redirectURL"]
     try:
         params = api.parse_priced_request(native, processor)
         quotes = api.quote_methods(params, processor, request.app[api.RATES]())
@@ -115,8 +115,9 @@ async def create_invoice(request: web.Request) -> web.Response:
         except (ValueError, KeyError, TypeError):
             message = exc.reason
         raise failure(503 if exc.status == 503 else 400, message) from None
-    compat = {"api": "bitpay", "posData": body.get("posData"), "notificationURL": notification_url,
-              "transactionSpeed": speed, "fullNotifications": bool(body.get("fullNotifications"))}
+    compat = {"api": "bitpay", "posData": fields["posData"], "notificationURL": notification_url,
+              "transactionSpeed": speed,
+              "fullNotifications": bool(fields["fullNotifications"] or fields["extendedNotifications"])}
     try:
         del params["methods"], params["given"]
         created = await processor.create_priced_invoice(**params, quotes=quotes, confirmations=bitpay.SPEEDS[speed],
@@ -124,15 +125,6 @@ async def create_invoice(request: web.Request) -> web.Response:
     except InvoiceError as exc:
         raise failure(400, f"{exc.field}: {exc}") from None
     return web.json_response({"facade": "pos/invoice", "data": bitpay.invoice(created, compat, processor.clock())})
-
-
-def _money(amount: Decimal, currency: str) -> str:
-    """The price as the native API reads it: a plain decimal string (a JSON number 49.9 is 49.9, not 49.8999...),
-    a fiat price rounded to the currency's minor units as BitPay does."""
-    places = minor_units(currency)
-    if places is not None:
-        amount = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return format(amount.normalize(), "f")
 
 
 async def show_invoice(request: web.Request) -> web.Response:

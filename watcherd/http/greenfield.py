@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from watcherd.compat import greenfield as gf
 from watcherd.config import GreenfieldConfig
 from watcherd.config.tables import SPEED_POLICIES
 from watcherd.core.invoices import Status
+from watcherd.core.money import number_text, parse_decimal, parse_whole, quoted
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.http import api
 from watcherd.http.greenfield_common import (
@@ -200,15 +201,23 @@ def _native_methods(processor: Processor, wanted: Any) -> list[str]:
 
 
 def _amount_text(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise invalid("amount", "must be a decimal string such as \"5.00\"")
     try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise invalid("amount", "must be a decimal string such as \"5.00\"") from None
-    if not amount.is_finite() or amount <= 0:
+        amount = parse_decimal(number_text(value))
+    except ValueError as exc:
+        raise invalid("amount", f"must be a decimal string such as \"5.00\": {exc}") from None
+    if amount <= 0:
         raise invalid("amount", "must be greater than zero")
     return format(amount, "f")
+
+
+def _checkout_number(checkout: dict[str, Any], name: str) -> Decimal | None:
+    """A number of `checkout` (a JSON number, or a numeric string), exactly and of bounded size."""
+    if checkout.get(name) is None:
+        return None
+    try:
+        return parse_decimal(number_text(checkout[name]), max_digits=20)
+    except ValueError as exc:
+        raise invalid(f"checkout.{name}", str(exc)) from None
 
 
 def _native_error(exc: web.HTTPException, paths: dict[str, str]) -> web.HTTPException:
@@ -225,7 +234,7 @@ def _native_error(exc: web.HTTPException, paths: dict[str, str]) -> web.HTTPExce
 
 async def create_invoice(request: web.Request) -> web.Response:
     processor, config = request.app[PROCESSOR], request.app[CONFIG]
-    body = await read_body(request)
+    body = gf.bind_create(await read_body(request))
     if body.get("amount") is None:
         raise invalid("amount", "watcherd needs an amount: top-up invoices (no amount) are not supported")
     metadata = body.get("metadata") or {}
@@ -241,16 +250,23 @@ async def create_invoice(request: web.Request) -> web.Response:
     speed = checkout.get("speedPolicy") or config.speed_policy
     if speed not in SPEED_POLICIES:
         raise invalid("checkout.speedPolicy", f"one of {', '.join(SPEED_POLICIES)}")
-    minutes = checkout.get("expirationMinutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
-                                or not 1 <= minutes <= api.MAX_EXPIRES_IN // 60):
+    minutes = _checkout_number(checkout, "expirationMinutes")
+    if minutes is not None and not 1 <= minutes <= api.MAX_EXPIRES_IN // 60:
         raise invalid("checkout.expirationMinutes", f"a number of minutes from 1 to {api.MAX_EXPIRES_IN // 60}")
-    tolerance = checkout.get("paymentTolerance")
-    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
-                                  or not 0 <= tolerance <= 100):
-        raise invalid("checkout.paymentTolerance", "a percentage from 0 to 100")
+    tolerance = _checkout_number(checkout, "paymentTolerance")
+    if tolerance is not None and not 0 <= tolerance < 100:  # 100 would settle the invoice with nothing paid
+        raise invalid("checkout.paymentTolerance", "a percentage from 0 to less than 100")
+    decimals = gf.price_decimals(processor, currency.upper())
+    amount = gf.round_price(Decimal(_amount_text(body["amount"])), decimals)
+    if amount is None:
+        raise invalid("amount", f"has more decimals than {quoted(currency)} has")
+    if metadata.get("taxIncluded") is not None:
+        try:
+            metadata = {**metadata, "taxIncluded": gf.tax_included(metadata["taxIncluded"], amount, decimals)}
+        except ValueError as exc:
+            raise invalid("metadata.taxIncluded", str(exc)) from None
     native: dict[str, Any] = {
-        "currency": currency.upper(), "amount": _amount_text(body["amount"]),
+        "currency": currency.upper(), "amount": format(amount, "f"),
         "payment_methods": _native_methods(processor, checkout.get("paymentMethods")),
         "metadata": metadata,
     }
@@ -273,7 +289,7 @@ async def create_invoice(request: web.Request) -> web.Response:
     try:
         created = await processor.create_priced_invoice(
             **params, quotes=quotes, confirmations=SPEED_POLICIES[speed],
-            tolerance=None if tolerance is None else Decimal(str(tolerance)),
+            tolerance=tolerance,
             compat={"api": "greenfield", "checkout": {"speedPolicy": speed, **kept}},
         )
     except InvoiceError as exc:
@@ -290,14 +306,14 @@ def _query_list(request: web.Request, name: str) -> list[str]:
     return values
 
 
-def _query_int(request: web.Request, name: str) -> int | None:
+def _query_int(request: web.Request, name: str, max_digits: int) -> int | None:
     text = request.query.get(name)
     if text is None or text == "":
         return None
     try:
-        return int(Decimal(text))
-    except (InvalidOperation, ValueError):
-        raise invalid(name, "must be a number") from None
+        return parse_whole(text, max_digits=max_digits)
+    except ValueError as exc:
+        raise invalid(name, str(exc)) from None
 
 
 async def list_invoices(request: web.Request) -> web.Response:
@@ -308,12 +324,12 @@ async def list_invoices(request: web.Request) -> web.Response:
         raise invalid("status", f"unknown status {sorted(unknown)[0]!r}; one of New, Processing, Settled, Expired, "
                                 "Invalid")
     wanted = [native for native, shown in gf.STATUS.items() if shown in statuses]
-    start, end = _query_int(request, "startDate"), _query_int(request, "endDate")
-    take = _query_int(request, "take")
+    start, end = _query_int(request, "startDate", 12), _query_int(request, "endDate", 12)  # unix seconds
+    take = _query_int(request, "take", 9)
     rows = await processor.store.invoices(
         statuses=wanted, order_ids=_query_list(request, "orderId"), created_from=start, created_to=end,
-        text=request.query.get("textSearch") or None, offset=max(0, _query_int(request, "skip") or 0),
-        limit=MAX_TAKE if take is None else max(0, min(take, MAX_TAKE)),
+        text=request.query.get("textSearch") or None, offset=_query_int(request, "skip", 9) or 0,
+        limit=MAX_TAKE if take is None else min(take, MAX_TAKE),
     )
     natives = await processor.invoice_jsons([row.id for row in rows])
     with_methods = request.query.get("includePaymentMethods", "").lower() == "true"

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from watcherd.config import GreenfieldConfig
+from watcherd.core.money import QUOTED
 from watcherd.http import api
 
 CONFIG: web.AppKey[GreenfieldConfig] = web.AppKey("greenfield", GreenfieldConfig)
@@ -23,11 +24,11 @@ EVENT_TYPES = ("InvoiceCreated", "InvoiceReceivedPayment", "InvoiceProcessing", 
 def problem(status: int, code: str, message: str) -> web.HTTPException:
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
            409: web.HTTPConflict, 503: web.HTTPServiceUnavailable}[status]
-    return cls(text=json.dumps({"code": code, "message": message}), content_type="application/json")
+    return cls(text=json.dumps({"code": code, "message": message[:api.MAX_MESSAGE]}), content_type="application/json")
 
 
 def invalid(path: str, message: str) -> web.HTTPException:
-    return web.HTTPUnprocessableEntity(text=json.dumps([{"path": path, "message": message}]),
+    return web.HTTPUnprocessableEntity(text=json.dumps([{"path": path[:QUOTED], "message": message[:api.MAX_MESSAGE]}]),
                                        content_type="application/json")
 
 
@@ -37,9 +38,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 async def read_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise invalid("", "the request body is not valid JSON") from None
+        body = await api.read_json(request)
+    except ValueError as exc:
+        raise invalid("", str(exc)) from None
     if body is None:
         return {}
     if not isinstance(body, dict):

@@ -25,7 +25,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     why = {400: "invalid request", 401: "missing or wrong bearer token", 404: "not found", 405: "wrong method",
-           409: "conflict", 413: "body too large", 415: "not JSON", 422: "unknown chain, asset, currency or method",
+           409: "conflict", 413: "body too large", 415: "not JSON",
+           422: "unknown chain, asset, currency or method, or an amount with more decimals than it has",
            503: "the store cannot be written right now, or (priced invoices) no fresh exchange rate"}
     return {str(s): _json(_ref("Error"), why[s]) for s in statuses}
 
