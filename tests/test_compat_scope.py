@@ -1,15 +1,214 @@
-"""The store knows which API created each invoice (the compatible APIs' key reaches only theirs), upgraded stores
-included, and an invoice list reads an index in its order instead of sorting the whole table."""
+"""The compatible APIs' key ([greenfield] api_key, used by Greenfield and BitPay plugins, stored in a shop's
+database) reaches by default only the invoices those APIs created: another invoice is answered exactly as an
+unknown one, never listed or found, never sent to their webhooks."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from testkit.fake import FakeChain
+from tests.test_bitpay_api import BASIC
+from tests.test_greenfield_api import BASE, GF, KEY, STORE, TOKEN, Rates, pay
+from watcherd.compat.bitpay import BitPayNotifications
+from watcherd.compat.greenfield import GreenfieldHooks
+from watcherd.config import GreenfieldConfig
+from watcherd.core.types import Cursor
+from watcherd.http import bitpay, greenfield
+from watcherd.http.api import make_app
+from watcherd.ledger import Processor
 from watcherd.store import SCHEMA, Store
 from watcherd.store.schema_postgres import POSTGRES_SCHEMA
+
+NATIVE = {"Authorization": f"Bearer {TOKEN}"}
+UNKNOWN = "inv_" + "0" * 24
+
+
+@dataclass
+class Env:
+    client: TestClient
+    processor: Processor
+    chain: FakeChain
+
+
+async def readiness() -> dict[str, Any]:
+    return {"ready": True, "chains": {}}
+
+
+@asynccontextmanager
+async def client_for(processor: Processor, scope: str) -> AsyncIterator[TestClient]:
+    """The daemon's HTTP side as it wires it: the native API with Greenfield and BitPay mounted, the key's scope."""
+    config = GreenfieldConfig(store_id=STORE, store_name="Shop", api_key=KEY, scope=scope)
+    compat = [("/api/v1", greenfield.make_app(processor, config, readiness, Rates)),
+              ("/invoices", bitpay.make_app(processor, config, Rates))]
+    async with TestClient(TestServer(make_app(processor, TOKEN, readiness, Rates, compat))) as client:
+        yield client
+
+
+@asynccontextmanager
+async def env_for(store_location: Any, scope: str) -> AsyncIterator[Env]:
+    store = await Store.open(store_location)
+    chain = FakeChain("btc", confirmations=1)
+    processor = Processor(store, {"btc": chain}, ["webhook"])
+    await processor.start()
+    await processor.set_cursor("btc", Cursor(1, "h1"))
+    processor.event_listeners += [GreenfieldHooks(STORE, scope), BitPayNotifications(processor.clock)]
+    try:
+        async with client_for(processor, scope) as client:
+            yield Env(client, processor, chain)
+    finally:
+        await store.close()
+
+
+async def answer(response: Any) -> tuple[int, Any]:
+    return response.status, await response.json()
+
+
+async def create_native(env: Env, **extra: Any) -> dict[str, Any]:
+    response = await env.client.post("/v1/invoices", headers=NATIVE,
+                                     json={"chain": "btc", "amount_atomic": "98000", **extra})
+    assert response.status == 201, await response.text()
+    return await response.json()
+
+
+async def create_greenfield(env: Env, **extra: Any) -> dict[str, Any]:
+    response = await env.client.post(f"{BASE}/invoices", headers=GF, json={"amount": "10", **extra})
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def create_bitpay(env: Env) -> dict[str, Any]:
+    response = await env.client.post("/invoices", headers=BASIC, json={"price": 10, "currency": "USD"})
+    assert response.status == 200, await response.text()
+    return (await response.json())["data"]
+
+
+def as_unknown(body: Any, invoice_id: str) -> Any:
+    """The answer with the invoice's id replaced by the unknown one: an out-of-scope answer must equal it."""
+    return json.loads(json.dumps(body).replace(invoice_id, UNKNOWN))
+
+
+async def greenfield_listed(env: Env, query: str = "") -> list[str]:
+    response = await env.client.get(f"{BASE}/invoices?{query}", headers=GF)
+    assert response.status == 200, await response.text()
+    return [i["id"] for i in await response.json()]
+
+
+GREENFIELD_READS = ["{base}/invoices/{id}", "/api/v1/invoices/{id}", "{base}/invoices/{id}/payment-methods"]
+
+
+async def test_the_greenfield_key_cannot_reach_a_native_invoice_by_default(store_location):
+    """By default the key reads, lists, searches, activates and marks only the compatible APIs' invoices: a
+    native one answers exactly as an unknown one (404, Greenfield's shape), and no call changes it."""
+    async with env_for(store_location, "compat") as env:
+        native = await create_native(env, order_id="N-1", metadata={"note": "native-only-note"})
+        ours = await create_greenfield(env, metadata={"orderId": "G-1", "note": "greenfield-note"})
+        client = env.client
+        for template in GREENFIELD_READS:
+            refused = await answer(await client.get(template.format(base=BASE, id=native["id"]), headers=GF))
+            unknown = await answer(await client.get(template.format(base=BASE, id=UNKNOWN), headers=GF))
+            assert refused[0] == unknown[0] == 404
+            assert as_unknown(refused[1], native["id"]) == unknown[1]
+            assert (await client.get(template.format(base=BASE, id=ours["id"]), headers=GF)).status == 200
+        for path, body in ((f"{BASE}/invoices/{{id}}/status", {"status": "Settled"}),
+                           ("/api/v1/invoices/{id}/status", {"status": "Invalid"}),
+                           (f"{BASE}/invoices/{{id}}/payment-methods/FAKE-CHAIN/activate", None)):
+            refused = await answer(await client.post(path.format(id=native["id"]), json=body, headers=GF))
+            unknown = await answer(await client.post(path.format(id=UNKNOWN), json=body, headers=GF))
+            assert refused[0] == unknown[0] == 404 and as_unknown(refused[1], native["id"]) == unknown[1]
+        row = await env.processor.store.invoice(native["id"])
+        assert row is not None and row.manual_status is None
+        shown = await env.processor.invoice_json(native["id"])
+        assert shown is not None and shown["status"] == "unpaid"
+
+        assert await greenfield_listed(env) == [ours["id"]]
+        for query in ("orderId=N-1", "textSearch=native-only-note", f"textSearch={native['id']}",
+                      "status=New", "take=1000&skip=0"):
+            assert native["id"] not in await greenfield_listed(env, query), query
+        assert await greenfield_listed(env, "textSearch=greenfield-note") == [ours["id"]]
+
+
+async def test_with_scope_all_the_greenfield_key_reaches_every_invoice(store_location):
+    """`scope = "all"` is the old behaviour: a native invoice is read, listed, found and marked."""
+    async with env_for(store_location, "all") as env:
+        native = await create_native(env, order_id="N-1")
+        ours = await create_greenfield(env)
+        client = env.client
+        for template in GREENFIELD_READS:
+            assert (await client.get(template.format(base=BASE, id=native["id"]), headers=GF)).status == 200
+        assert sorted(await greenfield_listed(env)) == sorted([ours["id"], native["id"]])
+        assert await greenfield_listed(env, "orderId=N-1") == [native["id"]]
+        marked = await client.post(f"{BASE}/invoices/{native['id']}/status", json={"status": "Settled"}, headers=GF)
+        assert marked.status == 200 and (await marked.json())["status"] == "Settled"
+        shown = await env.processor.invoice_json(native["id"])
+        assert shown is not None and shown["status"] == "paid"
+
+
+@pytest.mark.parametrize("scope", ["compat", "all"])
+async def test_a_bitpay_read_of_a_native_invoice_is_refused_by_default(store_location, scope):
+    """BitPay's GET /invoices/{id} answers a native invoice as an unknown one unless scope = "all"; the
+    compatible APIs' invoices (BitPay's and Greenfield's, one key) are read either way."""
+    async with env_for(store_location, scope) as env:
+        native = await create_native(env)
+        theirs = [(await create_bitpay(env))["id"], (await create_greenfield(env))["id"]]
+        for invoice_id in theirs:
+            status, body = await answer(await env.client.get(f"/invoices/{invoice_id}", headers=BASIC))
+            assert status == 200 and body["data"]["id"] == invoice_id
+        refused = await answer(await env.client.get(f"/invoices/{native['id']}", headers=BASIC))
+        unknown = await answer(await env.client.get(f"/invoices/{UNKNOWN}", headers=BASIC))
+        assert unknown == (404, {"error": "Object not found"})
+        if scope == "compat":
+            assert refused == unknown
+        else:
+            assert refused[0] == 200 and refused[1]["data"]["id"] == native["id"]
+
+
+@pytest.mark.parametrize("scope", ["compat", "all"])
+async def test_greenfield_webhooks_get_only_the_events_of_invoices_in_scope(store_location, scope):
+    """A webhook registered through the API gets no delivery for a native invoice's events (created, paid) by
+    default, and every one with scope = "all"; a compatible invoice's events reach it either way."""
+    async with env_for(store_location, scope) as env:
+        response = await env.client.post(f"{BASE}/webhooks", json={"url": "https://billing.example/h"}, headers=GF)
+        hook = await response.json()
+        native = await create_native(env)
+        ours = await create_greenfield(env)
+        await pay(env.processor, env.chain, env.chain.derive(0)[1], 98000, "aa" * 32, height=2)
+        shown = await env.processor.invoice_json(native["id"])
+        assert shown is not None and shown["status"] == "paid"
+        delivered = [(d["invoice_id"], d["type"]) for d in reversed(await env.processor.store.hook_deliveries(
+            hook["id"]))]
+        native_types = ["InvoiceCreated", "InvoiceReceivedPayment", "InvoicePaymentSettled", "InvoiceSettled"]
+        assert [t for i, t in delivered if i == ours["id"]] == ["InvoiceCreated"]
+        assert [t for i, t in delivered if i == native["id"]] == ([] if scope == "compat" else native_types)
+
+
+async def test_deliveries_queued_while_the_scope_was_all_are_not_shown_or_redelivered_after(store_location):
+    """A store whose hooks received every invoice's events (scope "all", or before scopes existed) keeps those
+    deliveries; once the scope is "compat" the key neither sees a native invoice's nor has it sent again."""
+    async with env_for(store_location, "all") as env:
+        hook = await (await env.client.post(f"{BASE}/webhooks", json={"url": "https://b.example/h"},
+                                            headers=GF)).json()
+        native = await create_native(env)
+        ours = await create_greenfield(env)
+        by_invoice = {d["invoice_id"]: d["id"] for d in await env.processor.store.hook_deliveries(hook["id"])}
+        async with client_for(env.processor, "compat") as client:
+            path = f"{BASE}/webhooks/{hook['id']}/deliveries"
+            listed = await (await client.get(path, headers=GF)).json()
+            assert [d["id"] for d in listed] == [by_invoice[ours["id"]]]
+            hidden = by_invoice[native["id"]]
+            for method, suffix in (("GET", ""), ("GET", "/request"), ("POST", "/redeliver")):
+                response = await client.request(method, f"{path}/{hidden}{suffix}", headers=GF)
+                assert response.status == 404 and (await response.json())["code"] == "webhookdelivery-not-found"
+            assert (await client.get(f"{path}/{by_invoice[ours['id']]}/request", headers=GF)).status == 200
+        assert len(await env.processor.store.hook_deliveries(hook["id"])) == 2  # nothing was redelivered
+
 
 # ---- the store: which API made each invoice, migrated; lists read from an index -----------------------------
 

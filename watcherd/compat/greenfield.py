@@ -45,6 +45,12 @@ def parse_method_id(text: str) -> str:
     return upper
 
 
+def reachable(row: InvoiceRow, scope: str) -> bool:
+    """Whether the compatible APIs' key reaches the invoice ([greenfield] scope): by default ("compat") only those
+    the compatible APIs created; with "all", every one."""
+    return scope == "all" or row.api != "native"
+
+
 def additional_status(native: dict[str, Any], row: InvoiceRow) -> str:
     if row.manual_status is not None:
         return "Marked"
@@ -210,12 +216,15 @@ def new_delivery_id() -> str:
 
 class GreenfieldHooks:
     """The event listener (ledger.EventListener) that queues, for every webhook registered at the moment of the
-    event, one delivery per Greenfield event the watcherd event stands for."""
+    event, one delivery per Greenfield event the watcherd event stands for, of the invoices in `scope`."""
 
-    def __init__(self, store_id: str):
+    def __init__(self, store_id: str, scope: str = "compat"):
         self.store_id = store_id
+        self.scope = scope
 
     async def __call__(self, store: Store, record: EventRecord) -> None:
+        if not reachable(record.row, self.scope):
+            return
         hooks = await store.hooks(enabled_only=True)
         if not hooks:
             return

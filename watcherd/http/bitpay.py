@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from watcherd.compat import bitpay
+from watcherd.compat.greenfield import reachable
 from watcherd.config import GreenfieldConfig
 from watcherd.core.currencies import minor_units
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
@@ -138,6 +139,8 @@ def _money(amount: Decimal, currency: str) -> str:
 async def show_invoice(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     row = await processor.store.invoice(request.match_info["id"])
+    if row is not None and not reachable(row, request.app[CONFIG].scope):
+        row = None  # outside the key's scope: exactly as if there were no such invoice
     native = await processor.invoice_json(row.id) if row is not None else None
     if row is None or native is None:
         raise failure(404, "Object not found")

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from watcherd.compat import greenfield as gf
-from watcherd.http.greenfield_common import PROCESSOR, invalid, problem, read_body
+from watcherd.http.greenfield_common import CONFIG, PROCESSOR, invalid, problem, read_body
 
 # --- webhooks ----------------------------------------------------------------------------------------
 
@@ -107,15 +107,21 @@ def _delivery_json(d: dict[str, Any]) -> dict[str, Any]:
             "httpCode": d["http_code"], "errorMessage": d["last_error"] or "", "status": status}
 
 
+def _compat_only(request: web.Request) -> bool:
+    """Deliveries of invoices outside the key's scope (queued while it was "all") are not shown, nor redelivered."""
+    return request.app[CONFIG].scope == "compat"
+
+
 async def list_deliveries(request: web.Request) -> web.Response:
     hook = await _hook(request)
-    rows = await request.app[PROCESSOR].store.hook_deliveries(hook["id"])
+    rows = await request.app[PROCESSOR].store.hook_deliveries(hook["id"], compat_only=_compat_only(request))
     return web.json_response([_delivery_json(d) for d in rows])
 
 
 async def _delivery(request: web.Request) -> dict[str, Any]:
     hook = await _hook(request)
-    delivery = await request.app[PROCESSOR].store.hook_delivery(hook["id"], request.match_info["deliveryId"])
+    delivery = await request.app[PROCESSOR].store.hook_delivery(hook["id"], request.match_info["deliveryId"],
+                                                                compat_only=_compat_only(request))
     if delivery is None:
         raise problem(404, "webhookdelivery-not-found", f"no delivery {request.match_info['deliveryId']!r}")
     return delivery
