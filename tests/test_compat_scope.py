@@ -1,6 +1,6 @@
 """The compatible APIs' key ([greenfield] api_key, used by Greenfield and BitPay plugins, stored in a shop's
 database) reaches by default only the invoices those APIs created: another invoice is answered exactly as an
-unknown one, never listed or found, never sent to their webhooks."""
+unknown one, never listed or found, never sent to their webhooks. A manual mark shows as `manually_marked`."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ async def test_the_greenfield_key_cannot_reach_a_native_invoice_by_default(store
         row = await env.processor.store.invoice(native["id"])
         assert row is not None and row.manual_status is None
         shown = await env.processor.invoice_json(native["id"])
-        assert shown is not None and shown["status"] == "unpaid"
+        assert shown is not None and shown["status"] == "unpaid" and shown["manually_marked"] is False
 
         assert await greenfield_listed(env) == [ours["id"]]
         for query in ("orderId=N-1", "textSearch=native-only-note", f"textSearch={native['id']}",
@@ -148,7 +148,7 @@ async def test_with_scope_all_the_greenfield_key_reaches_every_invoice(store_loc
         marked = await client.post(f"{BASE}/invoices/{native['id']}/status", json={"status": "Settled"}, headers=GF)
         assert marked.status == 200 and (await marked.json())["status"] == "Settled"
         shown = await env.processor.invoice_json(native["id"])
-        assert shown is not None and shown["status"] == "paid"
+        assert shown is not None and (shown["status"], shown["manually_marked"]) == ("paid", True)
 
 
 @pytest.mark.parametrize("scope", ["compat", "all"])
@@ -208,6 +208,33 @@ async def test_deliveries_queued_while_the_scope_was_all_are_not_shown_or_redeli
                 assert response.status == 404 and (await response.json())["code"] == "webhookdelivery-not-found"
             assert (await client.get(f"{path}/{by_invoice[ours['id']]}/request", headers=GF)).status == 200
         assert len(await env.processor.store.hook_deliveries(hook["id"])) == 2  # nothing was redelivered
+
+
+async def test_a_manual_mark_shows_natively_in_events_and_agrees_with_greenfield(store_location):
+    """`manually_marked`: false for an invoice paid with money, true once marked by hand, in the native JSON and
+    in the invoice of every later event, and Greenfield's `manuallyMarked` says the same."""
+    async with env_for(store_location, "compat") as env:
+        hook = await (await env.client.post(f"{BASE}/webhooks", json={"url": "https://b.example/h"},
+                                            headers=GF)).json()
+        paid = await create_greenfield(env)
+        marked = await create_greenfield(env)
+        assert (await env.client.post(f"{BASE}/invoices/{paid['id']}/payment-methods/FAKE-CHAIN/activate",
+                                      headers=GF)).status == 200
+        await pay(env.processor, env.chain, next(iter(env.chain.watchlist.keys)), 20000, "bb" * 32, height=2)
+        response = await env.client.post(f"/api/v1/invoices/{marked['id']}/status", json={"status": "Settled"},
+                                         headers=GF)
+        assert response.status == 200
+        for invoice_id, manual in ((paid["id"], False), (marked["id"], True)):
+            shown = await (await env.client.get(f"/v1/invoices/{invoice_id}", headers=NATIVE)).json()
+            assert (shown["status"], shown["manually_marked"]) == ("paid", manual)
+            events = [json.loads(e["payload"]) for e in await env.processor.store.events_for(invoice_id)]
+            assert [(e["type"], e["invoice"]["manually_marked"]) for e in events][0] == ("invoice.created", False)
+            assert (events[-1]["type"], events[-1]["invoice"]["manually_marked"]) == ("invoice.paid", manual)
+            settled = [json.loads(d["body"]) for d in await env.processor.store.hook_deliveries(hook["id"])
+                       if d["invoice_id"] == invoice_id and d["type"] == "InvoiceSettled"]
+            assert [s["manuallyMarked"] for s in settled] == [manual]
+            greenfield_view = await (await env.client.get(f"/api/v1/invoices/{invoice_id}", headers=GF)).json()
+            assert (greenfield_view["additionalStatus"] == "Marked") is manual
 
 
 # ---- the store: which API made each invoice, migrated; lists read from an index -----------------------------

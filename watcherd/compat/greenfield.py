@@ -51,8 +51,8 @@ def reachable(row: InvoiceRow, scope: str) -> bool:
     return scope == "all" or row.api != "native"
 
 
-def additional_status(native: dict[str, Any], row: InvoiceRow) -> str:
-    if row.manual_status is not None:
+def additional_status(native: dict[str, Any]) -> str:
+    if native["manually_marked"]:
         return "Marked"
     return ADDITIONAL_STATUS.get(native["exception"] or "", "None")
 
@@ -78,7 +78,7 @@ def invoice(native: dict[str, Any], row: InvoiceRow, store_id: str) -> dict[str,
         "expirationTime": expires,
         "monitoringExpiration": expires + MONITORING_SECONDS,
         "status": status,
-        "additionalStatus": additional_status(native, row),
+        "additionalStatus": additional_status(native),
         "availableStatusesForManualMarking": [s for s in ("Settled", "Invalid") if s != status],
         "archived": False,
         "metadata": metadata,
@@ -153,8 +153,7 @@ def payment(p: dict[str, Any], destination: str) -> dict[str, Any]:
     }
 
 
-def event_types(native: dict[str, Any], previous: dict[str, Any] | None, row: InvoiceRow
-                ) -> list[tuple[str, dict[str, Any]]]:
+def event_types(native: dict[str, Any], previous: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
     """The Greenfield webhook events one watcherd event stands for, each with its type's own fields, in the
     order BTCPay sends them: a new payment before the status it causes."""
     events: list[tuple[str, dict[str, Any]]] = []
@@ -178,7 +177,7 @@ def event_types(native: dict[str, Any], previous: dict[str, Any] | None, row: In
         if p["status"] == "confirmed" and (seen is None or seen["status"] != "confirmed"):
             events.append(("InvoicePaymentSettled", fields))
     if after != before:
-        manual = row.manual_status is not None
+        manual = native["manually_marked"]
         overpaid = native["exception"] == "overpaid"
         if after == "processing":
             events.append(("InvoiceProcessing", {"overPaid": overpaid}))
@@ -228,7 +227,7 @@ class GreenfieldHooks:
         hooks = await store.hooks(enabled_only=True)
         if not hooks:
             return
-        for type_, fields in event_types(record.invoice, record.previous, record.row):
+        for type_, fields in event_types(record.invoice, record.previous):
             for hook in hooks:
                 if hook["events"] is not None and type_ not in hook["events"]:
                     continue
