@@ -1,6 +1,7 @@
 """The compatible APIs' key ([greenfield] api_key, used by Greenfield and BitPay plugins, stored in a shop's
 database) reaches by default only the invoices those APIs created: another invoice is answered exactly as an
-unknown one, never listed or found, never sent to their webhooks. A manual mark shows as `manually_marked`."""
+unknown one, never listed or found, never sent to their webhooks. A manual mark shows as `manually_marked`, and
+every state-changing call leaves one audit line."""
 
 from __future__ import annotations
 
@@ -235,6 +236,51 @@ async def test_a_manual_mark_shows_natively_in_events_and_agrees_with_greenfield
             assert [s["manuallyMarked"] for s in settled] == [manual]
             greenfield_view = await (await env.client.get(f"/api/v1/invoices/{invoice_id}", headers=GF)).json()
             assert (greenfield_view["additionalStatus"] == "Marked") is manual
+
+
+async def test_each_state_changing_call_logs_one_audit_line_without_secrets(store_location, caplog):
+    """Mark, cancel, webhook create/update/delete and redeliver, from the native API and Greenfield: one INFO line
+    each on watcherd.audit naming the API, the action and the id; a refused call logs none, and no line holds
+    the key, the token, a webhook's secret or its URL."""
+    async with env_for(store_location, "compat") as env:
+        client = env.client
+        native = await create_native(env)
+        ours = await create_greenfield(env)
+        with caplog.at_level("INFO", logger="watcherd.audit"):
+            assert (await client.post(f"/v1/invoices/{native['id']}/cancel", headers=NATIVE)).status == 200
+            event_id = (await env.processor.store.events_for(native["id"]))[0]["id"]
+            assert (await client.post(f"/v1/webhooks/{event_id}/redeliver", headers=NATIVE)).status == 202
+            assert (await client.post(f"{BASE}/invoices/{native['id']}/status", json={"status": "Settled"},
+                                      headers=GF)).status == 404
+            for status in ("Settled", "Invalid"):
+                assert (await client.post(f"{BASE}/invoices/{ours['id']}/status", json={"status": status},
+                                          headers=GF)).status == 200
+            hook = await (await client.post(f"{BASE}/webhooks", headers=GF, json={
+                "url": "https://billing.example/hooks?token=url-secret", "secret": "hook-secret-0123456789"})).json()
+            path = f"{BASE}/webhooks/{hook['id']}"
+            assert (await client.put(path, json={"secret": "other-secret-0123456789"}, headers=GF)).status == 200
+            await create_greenfield(env)
+            delivery = (await (await client.get(f"{path}/deliveries", headers=GF)).json())[0]["id"]
+            again = await (await client.post(f"{path}/deliveries/{delivery}/redeliver", headers=GF)).json()
+            assert (await client.delete(path, headers=GF)).status == 200
+            assert (await client.delete(path, headers=GF)).status == 404
+        records = [r for r in caplog.records if r.name == "watcherd.audit"]
+        assert all(r.levelname == "INFO" for r in records)
+        redelivered = (await env.processor.store.hook_delivery(hook["id"], again))["invoice_id"]
+        assert [(r.getMessage(), getattr(r, "invoice_id", None), getattr(r, "event_id", None)) for r in records] == [
+            ("api=native action=cancel", native["id"], None),
+            ("api=native action=redeliver", None, event_id),
+            ("api=greenfield action=mark_settled", ours["id"], None),
+            ("api=greenfield action=mark_invalid", ours["id"], None),
+            (f"api=greenfield action=webhook_create webhook_id={hook['id']}", None, None),
+            (f"api=greenfield action=webhook_update webhook_id={hook['id']}", None, None),
+            (f"api=greenfield action=redeliver webhook_id={hook['id']} delivery_id={again} "
+             f"original_delivery_id={delivery}", redelivered, None),
+            (f"api=greenfield action=webhook_delete webhook_id={hook['id']}", None, None),
+        ]
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        for secret in (KEY, TOKEN, "hook-secret-0123456789", "other-secret-0123456789", "url-secret"):
+            assert secret not in logged
 
 
 # ---- the store: which API made each invoice, migrated; lists read from an index -----------------------------

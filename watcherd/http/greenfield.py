@@ -361,6 +361,7 @@ async def mark_status(request: web.Request) -> web.Response:
     if status is None:
         raise invalid("status", "must be Settled or Invalid")
     await processor.mark_status(native["id"], status)
+    api.audit("greenfield", f"mark_{body['status'].lower()}", invoice_id=native["id"])
     shown, row = await _invoice(request)
     return web.json_response(gf.invoice(shown, row, request.app[CONFIG].store_id))
 
