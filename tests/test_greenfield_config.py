@@ -18,14 +18,14 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_greenfield_table_parsed(tmp_path):
-    """Every key is read; the key may come from a file; defaults are USD and MediumSpeed."""
+    """Every key is read; the key may come from a file; defaults are USD, MediumSpeed and the compat scope."""
     (tmp_path / "gf-key").write_text(KEY + "\n")
     config = load(write(tmp_path, MINIMAL + '[greenfield]\nstore_id = "shop-1"\nstore_name = "My shop"\n'
                                             'api_key_file = "gf-key"\n'))
     gf = config.greenfield
     assert gf is not None
-    assert (gf.store_id, gf.store_name, gf.api_key, gf.default_currency, gf.speed_policy) == (
-        "shop-1", "My shop", KEY, "USD", "MediumSpeed")
+    assert (gf.store_id, gf.store_name, gf.api_key, gf.default_currency, gf.speed_policy, gf.scope) == (
+        "shop-1", "My shop", KEY, "USD", "MediumSpeed", "compat")
     assert KEY not in repr(gf)
 
 
@@ -42,6 +42,9 @@ def test_example_greenfield_table_loads_when_uncommented(tmp_path):
     table = table.replace('api_key_file = "/run/credentials/watcherd.service/greenfield-key"', f'api_key = "{KEY}"')
     config = load(write(tmp_path, MINIMAL + table + "\n"))
     assert config.greenfield is not None and config.greenfield.store_id == "watcherd-shop"
+    assert config.greenfield.scope == "compat"
+    everything = load(write(tmp_path, MINIMAL + table.replace('scope = "compat"', 'scope = "all"') + "\n"))
+    assert everything.greenfield is not None and everything.greenfield.scope == "all"
 
 
 @pytest.mark.parametrize(("table", "key", "message"), [
@@ -52,6 +55,7 @@ def test_example_greenfield_table_loads_when_uncommented(tmp_path):
     ('store_id = "s"\napi_key = "' + KEY + '"\ndefault_currency = "XYZ"', "default_currency", "ISO 4217"),
     ('store_id = "s"\napi_key = "' + KEY + '"\nspeed_policy = "Fast"', "speed_policy", "one of"),
     ('store_id = "s"\napi_key = "' + KEY + '"\nstore_url = "x"', "store_url", "unknown"),
+    ('store_id = "s"\napi_key = "' + KEY + '"\nscope = "native"', "scope", "one of: compat, all"),
     ('store_id = "s"\napi_key = "' + TOKEN + '"', "api_key", "must differ"),
 ])
 def test_incomplete_or_unsafe_greenfield_refused(tmp_path, table, key, message):

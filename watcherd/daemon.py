@@ -117,7 +117,8 @@ class Daemon:
                                                           lambda: self.rates)))
             compat.append(("/invoices", bitpay.make_app(self.processor, self.config.greenfield, lambda: self.rates)))
             compat.append(("/modal", greenfield.make_modal_app()))
-            self.processor.event_listeners.append(GreenfieldHooks(self.config.greenfield.store_id))
+            self.processor.event_listeners.append(GreenfieldHooks(self.config.greenfield.store_id,
+                                                                  self.config.greenfield.scope))
             self.processor.event_listeners.append(BitPayNotifications(self.processor.clock))
             self.hooks = HookSender(store, self.processor.outbox_listener(),
                                     max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72)

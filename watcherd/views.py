@@ -92,6 +92,8 @@ def invoice_json(
         "due_atomic": str(math.ceil(due)),
         "status": invoice.status.value,
         "exception": invoice.exception,
+        # marked paid or invalid by hand (Greenfield's mark status): the status says so, not the money
+        "manually_marked": invoice.manual_status is not None,
         "payment_uri": first.uri_full if first else None,
         "confirmations_required": (first.row.confirmations_required or None) if first else None,
         "finality": "finalized" if first and first.row.confirmations_required == FINALITY else None,

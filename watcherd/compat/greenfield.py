@@ -102,8 +102,14 @@ def parse_method_id(text: str) -> str:
     return upper
 
 
-def additional_status(native: dict[str, Any], row: InvoiceRow) -> str:
-    if row.manual_status is not None:
+def reachable(row: InvoiceRow, scope: str) -> bool:
+    """Whether the compatible APIs' key reaches the invoice ([greenfield] scope): by default ("compat") only those
+    the compatible APIs created; with "all", every one."""
+    return scope == "all" or row.api != "native"
+
+
+def additional_status(native: dict[str, Any]) -> str:
+    if native["manually_marked"]:
         return "Marked"
     return ADDITIONAL_STATUS.get(native["exception"] or "", "None")
 
@@ -129,7 +135,7 @@ def invoice(native: dict[str, Any], row: InvoiceRow, store_id: str) -> dict[str,
         "expirationTime": expires,
         "monitoringExpiration": expires + MONITORING_SECONDS,
         "status": status,
-        "additionalStatus": additional_status(native, row),
+        "additionalStatus": additional_status(native),
         "availableStatusesForManualMarking": [s for s in ("Settled", "Invalid") if s != status],
         "archived": False,
         "metadata": metadata,
@@ -204,8 +210,7 @@ def payment(p: dict[str, Any], destination: str) -> dict[str, Any]:
     }
 
 
-def event_types(native: dict[str, Any], previous: dict[str, Any] | None, row: InvoiceRow
-                ) -> list[tuple[str, dict[str, Any]]]:
+def event_types(native: dict[str, Any], previous: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
     """The Greenfield webhook events one watcherd event stands for, each with its type's own fields, in the
     order BTCPay sends them: a new payment before the status it causes."""
     events: list[tuple[str, dict[str, Any]]] = []
@@ -229,7 +234,7 @@ def event_types(native: dict[str, Any], previous: dict[str, Any] | None, row: In
         if p["status"] == "confirmed" and (seen is None or seen["status"] != "confirmed"):
             events.append(("InvoicePaymentSettled", fields))
     if after != before:
-        manual = row.manual_status is not None
+        manual = native["manually_marked"]
         overpaid = native["exception"] == "overpaid"
         if after == "processing":
             events.append(("InvoiceProcessing", {"overPaid": overpaid}))
@@ -267,16 +272,19 @@ def new_delivery_id() -> str:
 
 class GreenfieldHooks:
     """The event listener (ledger.EventListener) that queues, for every webhook registered at the moment of the
-    event, one delivery per Greenfield event the watcherd event stands for."""
+    event, one delivery per Greenfield event the watcherd event stands for, of the invoices in `scope`."""
 
-    def __init__(self, store_id: str):
+    def __init__(self, store_id: str, scope: str = "compat"):
         self.store_id = store_id
+        self.scope = scope
 
     async def __call__(self, store: Store, record: EventRecord) -> None:
+        if not reachable(record.row, self.scope):
+            return
         hooks = await store.hooks(enabled_only=True)
         if not hooks:
             return
-        for type_, fields in event_types(record.invoice, record.previous, record.row):
+        for type_, fields in event_types(record.invoice, record.previous):
             for hook in hooks:
                 if hook["events"] is not None and type_ not in hook["events"]:
                     continue

@@ -115,6 +115,7 @@ class GreenfieldConfig:
     api_key: str = field(repr=False)
     default_currency: str = "USD"
     speed_policy: str = "MediumSpeed"  # a key of SPEED_POLICIES
+    scope: str = "compat"  # the invoices the key reaches: "compat" (those the compatible APIs created) or "all"
 
 
 @dataclass(frozen=True)
@@ -271,8 +272,9 @@ def parse_greenfield(t: Table) -> GreenfieldConfig:
     if currency not in MINOR_UNITS:
         t.problem("default_currency", f"{currency!r} is not an ISO 4217 currency code watcherd knows")
     speed = t.choice("speed_policy", tuple(SPEED_POLICIES), default="MediumSpeed")
+    scope = t.choice("scope", ("compat", "all"), default="compat")
     greenfield = GreenfieldConfig(store_id=store_id, store_name=store_name, api_key=api_key,
-                                  default_currency=currency, speed_policy=speed)
+                                  default_currency=currency, speed_policy=speed, scope=scope)
     t.finish()
     return greenfield
 

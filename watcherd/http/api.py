@@ -31,8 +31,10 @@ from watcherd.core.money import (
 from watcherd.exceptions import STORE_ERRORS, InvoiceError, RatesUnavailable
 from watcherd.http import checkout, openapi
 from watcherd.ledger import Processor
+from watcherd.logs import CONTEXT_FIELDS
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("watcherd.audit")
 
 MAX_EXPIRES_IN = 30 * 24 * 3600
 MAX_METADATA_BYTES = 16 * 1024
@@ -62,6 +64,15 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
            409: web.HTTPConflict, 422: web.HTTPUnprocessableEntity, 503: web.HTTPServiceUnavailable}[status]
     return cls(text=json.dumps({"error": body}), content_type="application/json")
+
+
+def audit(api: str, action: str, **ids: str) -> None:
+    """The one log line of a state-changing call, once it is done: the API that made it (native, greenfield,
+    bitpay), the action, and the ids it acted on (an invoice's and an event's as the log's own fields). Ids only:
+    never a URL, a body or a secret."""
+    context = {name: value for name, value in ids.items() if name in CONTEXT_FIELDS}
+    named = "".join(f" {name}={value}" for name, value in ids.items() if name not in context)
+    audit_log.info("api=%s action=%s%s", api, action, named, extra=context)
 
 
 def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]],
@@ -405,6 +416,7 @@ async def cancel_invoice(request: web.Request) -> web.Response:
         raise error(404, "not_found", f"no invoice {quoted(request.match_info['id'])}", "id") from None
     except InvoiceError as exc:
         raise error(409, "conflict", str(exc), exc.field) from None
+    audit("native", "cancel", invoice_id=invoice["id"])
     return web.json_response(invoice)
 
 
@@ -433,6 +445,7 @@ async def redeliver_webhook(request: web.Request) -> web.Response:
         found = await processor.store.redeliver(request.match_info["event_id"], processor.clock())
     if not found:
         raise error(404, "not_found", f"no event {quoted(request.match_info['event_id'])}", "event_id")
+    audit("native", "redeliver", event_id=request.match_info["event_id"])
     processor.wake_outbox()
     return web.json_response({"event_id": request.match_info["event_id"], "queued": True}, status=202)
 

@@ -130,6 +130,8 @@ async def create_invoice(request: web.Request) -> web.Response:
 async def show_invoice(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     row = await processor.store.invoice(request.match_info["id"])
+    if row is not None and not gf.reachable(row, request.app[CONFIG].scope):
+        row = None  # outside the key's scope: exactly as if there were no such invoice
     native = await processor.invoice_json(row.id) if row is not None else None
     if row is None or native is None:
         raise failure(404, "Object not found")

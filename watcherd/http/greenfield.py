@@ -173,6 +173,8 @@ async def _invoice(request: web.Request) -> tuple[dict[str, Any], Any]:
     processor = request.app[PROCESSOR]
     invoice_id = request.match_info["invoiceId"]
     row = await processor.store.invoice(invoice_id)
+    if row is not None and not gf.reachable(row, request.app[CONFIG].scope):
+        row = None  # outside the key's scope: exactly as if there were no such invoice
     native = await processor.invoice_json(invoice_id) if row is not None else None
     if row is None or native is None:
         raise problem(404, "invoice-not-found", f"no invoice {invoice_id!r}")
@@ -329,7 +331,7 @@ async def list_invoices(request: web.Request) -> web.Response:
     rows = await processor.store.invoices(
         statuses=wanted, order_ids=_query_list(request, "orderId"), created_from=start, created_to=end,
         text=request.query.get("textSearch") or None, offset=_query_int(request, "skip", 9) or 0,
-        limit=MAX_TAKE if take is None else min(take, MAX_TAKE),
+        limit=MAX_TAKE if take is None else min(take, MAX_TAKE), compat_only=config.scope == "compat",
     )
     natives = await processor.invoice_jsons([row.id for row in rows])
     with_methods = request.query.get("includePaymentMethods", "").lower() == "true"
@@ -375,6 +377,7 @@ async def mark_status(request: web.Request) -> web.Response:
     if status is None:
         raise invalid("status", "must be Settled or Invalid")
     await processor.mark_status(native["id"], status)
+    api.audit("greenfield", f"mark_{body['status'].lower()}", invoice_id=native["id"])
     shown, row = await _invoice(request)
     return web.json_response(gf.invoice(shown, row, request.app[CONFIG].store_id))
 

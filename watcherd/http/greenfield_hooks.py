@@ -9,7 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from watcherd.compat import greenfield as gf
-from watcherd.http.greenfield_common import PROCESSOR, invalid, problem, read_body
+from watcherd.http.api import audit
+from watcherd.http.greenfield_common import CONFIG, PROCESSOR, invalid, problem, read_body
 
 # --- webhooks ----------------------------------------------------------------------------------------
 
@@ -61,6 +62,7 @@ async def create_hook(request: web.Request) -> web.Response:
                                        now=int(processor.clock()))
         hook = await processor.store.hook(hook_id)
     assert hook is not None
+    audit("greenfield", "webhook_create", webhook_id=hook_id)
     return web.json_response({**_hook_json(hook), "secret": secret})
 
 
@@ -85,6 +87,7 @@ async def update_hook(request: web.Request) -> web.Response:
                                           automatic_redelivery=fields["automatic_redelivery"], events=fields["events"])
         hook = await processor.store.hook(current["id"])
     assert hook is not None
+    audit("greenfield", "webhook_update", webhook_id=hook["id"])
     return web.json_response(_hook_json(hook))
 
 
@@ -93,6 +96,7 @@ async def delete_hook(request: web.Request) -> web.Response:
     hook = await _hook(request)
     async with processor.store.transaction():
         await processor.store.delete_hook(hook["id"], int(processor.clock()))
+    audit("greenfield", "webhook_delete", webhook_id=hook["id"])
     return web.json_response({})
 
 
@@ -107,15 +111,21 @@ def _delivery_json(d: dict[str, Any]) -> dict[str, Any]:
             "httpCode": d["http_code"], "errorMessage": d["last_error"] or "", "status": status}
 
 
+def _compat_only(request: web.Request) -> bool:
+    """Deliveries of invoices outside the key's scope (queued while it was "all") are not shown, nor redelivered."""
+    return request.app[CONFIG].scope == "compat"
+
+
 async def list_deliveries(request: web.Request) -> web.Response:
     hook = await _hook(request)
-    rows = await request.app[PROCESSOR].store.hook_deliveries(hook["id"])
+    rows = await request.app[PROCESSOR].store.hook_deliveries(hook["id"], compat_only=_compat_only(request))
     return web.json_response([_delivery_json(d) for d in rows])
 
 
 async def _delivery(request: web.Request) -> dict[str, Any]:
     hook = await _hook(request)
-    delivery = await request.app[PROCESSOR].store.hook_delivery(hook["id"], request.match_info["deliveryId"])
+    delivery = await request.app[PROCESSOR].store.hook_delivery(hook["id"], request.match_info["deliveryId"],
+                                                                compat_only=_compat_only(request))
     if delivery is None:
         raise problem(404, "webhookdelivery-not-found", f"no delivery {request.match_info['deliveryId']!r}")
     return delivery
@@ -141,5 +151,7 @@ async def redeliver(request: web.Request) -> web.Response:
             delivery_id, original["hook_id"], original["url"], original["invoice_id"], original["type"],
             gf.redelivery_body(original["body"], delivery_id, first), int(processor.clock()), original_id=first,
         )
+    audit("greenfield", "redeliver", webhook_id=original["hook_id"], delivery_id=delivery_id,
+          original_delivery_id=first, invoice_id=original["invoice_id"])
     processor.wake_outbox()
     return web.json_response(delivery_id)

@@ -68,7 +68,7 @@ _INVOICE = {
                  "amount_received_atomic", "amount_confirmed", "amount_confirmed_atomic", "status", "exception",
                  "payment_uri", "confirmations_required", "finality", "order_id", "metadata", "created_at",
                  "expires_at", "paid_at", "cancelled_at", "currency", "checkout_url", "payment_methods", "payments",
-                 "due", "due_atomic", "redirect_url"],
+                 "due", "due_atomic", "redirect_url", "manually_marked"],
     "properties": {
         "id": _STRING, "chain": _NULLABLE_STRING, "asset": _NULLABLE_STRING, "address": _NULLABLE_STRING,
         "due": _DECIMAL, "due_atomic": _ATOMIC, "redirect_url": _NULLABLE_STRING,
@@ -76,6 +76,8 @@ _INVOICE = {
         "amount_confirmed": _DECIMAL, "amount_confirmed_atomic": _ATOMIC,
         "status": {"type": "string", "enum": [s.value for s in Status]},
         "exception": _NULLABLE_STRING, "payment_uri": _NULLABLE_STRING,
+        "manually_marked": {"type": "boolean", "description": "marked paid or invalid by hand (Greenfield's mark "
+                            "status), whatever the payments say"},
         "confirmations_required": {"type": "integer", "nullable": True},
         "finality": {"type": "string", "enum": ["finalized"], "nullable": True},
         "order_id": _NULLABLE_STRING, "metadata": {"type": "object"},

@@ -61,7 +61,7 @@ class InvoiceLedger(LedgerBase):
         picks a method (activate_method). `request_digest` says what was asked (not the rates it got), for a
         retry with the same `idempotency_key`. `confirmations` asks for more than a chain's configured count
         (never fewer; a chain with finality keeps it); `compat` keeps what a compatible API was asked that the
-        invoice has no field for."""
+        invoice has no field for, its "api" the API that created it (none: the native one)."""
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
         if not quotes:
@@ -134,6 +134,7 @@ class InvoiceLedger(LedgerBase):
                 exception=None, order_id=order_id, metadata=metadata or {}, created_at=now, expires_at=now + expires_in,
                 cancelled_at=None, paid_at=None, updated_at=now, idempotency_key=idempotency_key,
                 request_digest=request_digest, redirect_url=redirect_url, compat=compat or {},
+                api=(compat or {}).get("api", "native"),
             )
             methods = [replace(m, invoice_id=invoice.id) for m in methods]
             if activate:

@@ -13,6 +13,8 @@ from watcherd.store.db import Database
 from watcherd.store.rows import HookDelivery
 
 _DELIVERY = "seq, id, hook_id, url, invoice_id, type, body, created_at, attempts"
+_COMPAT = (" AND EXISTS (SELECT 1 FROM invoices i WHERE i.id = hook_deliveries.invoice_id"
+           " AND i.api <> 'native')")
 
 
 class HookQueries(Database):
@@ -89,9 +91,13 @@ class HookQueries(Database):
             (error[:500], http_code, next_attempt_at, give_up_at, now, seq),
         )
 
-    async def hook_deliveries(self, hook_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    async def hook_deliveries(self, hook_id: str, limit: int = 100, *, compat_only: bool = False
+                              ) -> list[dict[str, Any]]:
+        """Newest first; `compat_only`: of invoices a compatible API created (a store whose hooks once received
+        every invoice's events keeps those deliveries)."""
+        scoped = _COMPAT if compat_only else ""
         rows = await self._all(
-            "SELECT * FROM hook_deliveries WHERE hook_id = ? ORDER BY seq DESC LIMIT ?", (hook_id, limit)
+            f"SELECT * FROM hook_deliveries WHERE hook_id = ?{scoped} ORDER BY seq DESC LIMIT ?", (hook_id, limit)
         )
         return [dict(r) for r in rows]
 
@@ -102,8 +108,11 @@ class HookQueries(Database):
         )
         return [dict(r) for r in rows]
 
-    async def hook_delivery(self, hook_id: str, delivery_id: str) -> dict[str, Any] | None:
-        row = await self._one("SELECT * FROM hook_deliveries WHERE hook_id = ? AND id = ?", (hook_id, delivery_id))
+    async def hook_delivery(self, hook_id: str, delivery_id: str, *, compat_only: bool = False
+                            ) -> dict[str, Any] | None:
+        scoped = _COMPAT if compat_only else ""
+        row = await self._one(f"SELECT * FROM hook_deliveries WHERE hook_id = ? AND id = ?{scoped}",
+                              (hook_id, delivery_id))
         return dict(row) if row else None
 
     async def invoices_awaiting_delivery(self, status: str, api: str, type_: str) -> list[str]:

@@ -51,6 +51,7 @@ class InvoiceRow:
     decimals: int | None = None  # the currency's; None on invoices from before version 4 (the coin's, then)
     manual_status: Status | None = None  # marked paid or invalid by hand
     compat: dict[str, Any] = field(default_factory=dict)  # what a compatible API was asked (notification URL...)
+    api: str = "native"  # the API that created it: "native", "greenfield" or "bitpay"
 
     @property
     def terms(self) -> Terms:
@@ -125,6 +126,7 @@ def invoice_from_row(row: Row) -> InvoiceRow:
         decimals=row["decimals"],
         manual_status=Status(row["manual_status"]) if row["manual_status"] else None,
         compat=json.loads(row["compat"]),
+        api=row["api"],
     )
 
 

@@ -241,4 +241,14 @@ SCHEMA = [
     CREATE INDEX hook_deliveries_open_invoice ON hook_deliveries (invoice_id, seq)
         WHERE delivered_at IS NULL AND failed_at IS NULL;
     """,
+    # version 9: the API that created each invoice, so that the compatible APIs' key reaches only theirs
+    # ([greenfield] scope) and its lists still read an index newest first, as every invoice list now does. An
+    # invoice from before knew it by what the API was asked: those with compat data are the compatible APIs'.
+    """
+    ALTER TABLE invoices ADD COLUMN api TEXT NOT NULL DEFAULT 'native';  -- 'native' | 'greenfield' | 'bitpay'
+    UPDATE invoices SET api = CASE json_extract(compat, '$.api') WHEN 'bitpay' THEN 'bitpay' ELSE 'greenfield' END
+        WHERE compat <> '{}';
+    CREATE INDEX invoices_created ON invoices (created_at, id);
+    CREATE INDEX invoices_compat ON invoices (created_at, id) WHERE api <> 'native';
+    """,
 ]

@@ -164,6 +164,13 @@ POSTGRES_SCHEMA: list[tuple[int, str]] = [
     );
     """),
     (8, SCHEMA[7]),  # partial indexes of the undelivered rows: the same SQL in both dialects
+    (9, """
+    ALTER TABLE invoices ADD COLUMN api TEXT NOT NULL DEFAULT 'native';
+    UPDATE invoices SET api = CASE compat::jsonb ->> 'api' WHEN 'bitpay' THEN 'bitpay' ELSE 'greenfield' END
+        WHERE compat <> '{}';
+    CREATE INDEX invoices_created ON invoices (created_at, id);
+    CREATE INDEX invoices_compat ON invoices (created_at, id) WHERE api <> 'native';
+    """),
 ]
 
 # the tables and their columns with an identity (serial) id: `store copy` moves the sequence past the copied ids
