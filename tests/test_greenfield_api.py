@@ -388,3 +388,16 @@ async def test_hostile_bodies_answer_4xx_in_greenfield_shapes(env, body, status)
     assert response.status == status
     validate(await response.json(), "ValidationProblemDetails" if status == 422 else "ProblemDetails")
     assert await processor.store.invoices(limit=10) == []
+
+
+async def test_a_list_where_a_name_is_expected_is_a_422(env):
+    """Found by fuzzing with BTCPay's spec: a JSON list as `status` or `speedPolicy` was looked up in a dict
+    (TypeError, 500); it is a 422 naming the field, nothing marked or created."""
+    client, processor, _ = env
+    created = await ok(await client.post(f"{BASE}/invoices", headers=GF, json={"amount": "5"}))
+    response = await client.post(f"/api/v1/invoices/{created['id']}/status", json={"status": [None]}, headers=GF)
+    assert response.status == 422 and (await response.json())[0]["path"] == "status"
+    assert (await processor.store.invoice(created["id"])).manual_status is None
+    response = await client.post(f"{BASE}/invoices", headers=GF, json={"amount": "5", "checkout": {"speedPolicy": [1]}})
+    assert response.status == 422 and (await response.json())[0]["path"] == "checkout.speedPolicy"
+    assert len(await processor.store.invoices(limit=10)) == 1
