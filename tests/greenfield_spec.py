@@ -93,6 +93,11 @@ def _to_json_schema(node: Any) -> Any:
     return out
 
 
+def flattened(name: str) -> dict[str, Any]:
+    """The named component schema with every $ref inlined and each allOf flattened, still OpenAPI 3.0."""
+    return _resolve(copy.deepcopy({"$ref": f"#/components/schemas/{name}"}))
+
+
 @cache
 def schema(name: str) -> dict[str, Any]:
     """The named component schema as plain JSON Schema."""

@@ -131,6 +131,7 @@ async def test_amounts_are_exact_past_28_digits(client):
     (b"[" * 100_000, 413),  # beyond the size limit: never read
     (b'{"chain": "btc", "amount": "1", "metadata": ' + b'{"a": ' * 32 + b"1" + b"}" * 32 + b"}", 400),
     (b'{"chain": "btc", "amount": NaN}', 400),
+    (b'{"chain": "btc", "amount": "1", "metadata": {"x": 1e400}}', 400),  # would go out as Infinity
     (b'{"chain": "btc", "amount": "1", "order_id": "\\ud800"}', 400),  # a lone surrogate no store can encode
     (b'{"chain": "btc", "amount": "1", "metadata": {"\\udfff": 1}}', 400),
     (b"\xff\xfe{", 400),

@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+from decimal import Decimal
 from fractions import Fraction
 
 import pytest
@@ -17,6 +18,7 @@ from watcherd.compat.greenfield import GreenfieldHooks
 from watcherd.config import GreenfieldConfig
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.delivery.hooks import HookSender
+from watcherd.exceptions import InvoiceError
 from watcherd.http import greenfield
 from watcherd.http.api import make_app
 from watcherd.ledger import Processor
@@ -387,4 +389,28 @@ async def test_hostile_bodies_answer_4xx_in_greenfield_shapes(env, body, status)
     response = await client.post(f"{BASE}/invoices", data=body, headers={**GF, "Content-Type": "application/json"})
     assert response.status == status
     validate(await response.json(), "ValidationProblemDetails" if status == 422 else "ProblemDetails")
+    assert await processor.store.invoices(limit=10) == []
+
+
+async def test_a_list_where_a_name_is_expected_is_a_422(env):
+    """Found by fuzzing with BTCPay's spec: a JSON list as `status` or `speedPolicy` was looked up in a dict
+    (TypeError, 500); it is a 422 naming the field, nothing marked or created."""
+    client, processor, _ = env
+    created = await ok(await client.post(f"{BASE}/invoices", headers=GF, json={"amount": "5"}))
+    response = await client.post(f"/api/v1/invoices/{created['id']}/status", json={"status": [None]}, headers=GF)
+    assert response.status == 422 and (await response.json())[0]["path"] == "status"
+    assert (await processor.store.invoice(created["id"])).manual_status is None
+    response = await client.post(f"{BASE}/invoices", headers=GF, json={"amount": "5", "checkout": {"speedPolicy": [1]}})
+    assert response.status == 422 and (await response.json())[0]["path"] == "checkout.speedPolicy"
+    assert len(await processor.store.invoices(limit=10)) == 1
+
+
+@pytest.mark.parametrize("tolerance", ["100", "100.0", "-0.5", "1000"])
+async def test_the_ledger_refuses_a_tolerance_of_100_from_any_caller(env, tolerance):
+    """Below the API's own check, the ledger refuses a tolerance outside 0 <= x < 100 for every compatible API
+    that passes one: nothing is created."""
+    _, processor, _ = env
+    with pytest.raises(InvoiceError) as refused:
+        await processor.create_priced_invoice("USD", 500, {"btc": Fraction(1)}, tolerance=Decimal(tolerance))
+    assert refused.value.field == "tolerance"
     assert await processor.store.invoices(limit=10) == []

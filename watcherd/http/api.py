@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from fractions import Fraction
@@ -145,6 +146,17 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: it would go out again as Infinity, which is not JSON
+        raise ValueError("a number beyond a float's range")
+    return value
+
+
+# built once: json.loads with keywords builds a decoder per call, which costs more than the parse
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def _check_json(value: Any) -> None:
     """Refuse what parsed but would fail a later reader: nesting deeper than MAX_JSON_DEPTH (the store, the
     webhook bodies and the page all recurse) and lone surrogates ("\\ud800": no store can encode them)."""
@@ -165,11 +177,11 @@ def _check_json(value: Any) -> None:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or ValueError saying why not, for the client: not JSON (NaN and Infinity are
-    not), nested too deep or unstorable text (_check_json). Bodies beyond MAX_BODY_BYTES never get here (413)."""
+    """The request body as JSON, or ValueError saying why not, for the client: not JSON (NaN, Infinity and 1e400
+    are not), nested too deep or unstorable text (_check_json). Bodies beyond MAX_BODY_BYTES never get here (413)."""
     raw = await request.read()
     try:  # UTF-8 strictly (json.loads of bytes would let an encoded surrogate through)
-        value = json.loads(raw.decode(), parse_constant=_no_constant)
+        value = _DECODER.decode(raw.decode())
     except RecursionError:  # deeper than Python's stack, long before the body's size limit
         raise ValueError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError:  # UnicodeDecodeError included

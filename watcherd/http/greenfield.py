@@ -250,7 +250,7 @@ async def create_invoice(request: web.Request) -> web.Response:
         raise invalid("currency", "must be a currency code such as \"USD\"")
     order_id = metadata.get("orderId")
     speed = checkout.get("speedPolicy") or config.speed_policy
-    if speed not in SPEED_POLICIES:
+    if not isinstance(speed, str) or speed not in SPEED_POLICIES:  # a list is no key: TypeError, 500
         raise invalid("checkout.speedPolicy", f"one of {', '.join(SPEED_POLICIES)}")
     minutes = _checkout_number(checkout, "expirationMinutes")
     if minutes is not None and not 1 <= minutes <= api.MAX_EXPIRES_IN // 60:
@@ -373,7 +373,7 @@ async def mark_status(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     native, _ = await _invoice(request)
     body = await read_body(request)
-    status = {"Settled": Status.PAID, "Invalid": Status.INVALID}.get(body.get("status") or "")
+    status = {"Settled": Status.PAID, "Invalid": Status.INVALID}.get(str(body.get("status")))  # str: a list is no key
     if status is None:
         raise invalid("status", "must be Settled or Invalid")
     await processor.mark_status(native["id"], status)

@@ -64,6 +64,8 @@ class InvoiceLedger(LedgerBase):
         invoice has no field for, its "api" the API that created it (none: the native one)."""
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
+        if tolerance is not None and not 0 <= tolerance < 100:  # whatever door it came through (config caps its own)
+            raise InvoiceError("tolerance", "must be a percentage 0 <= x < 100")
         if not quotes:
             raise InvoiceError("payment_methods", "no payment method to offer")
         methods = []
