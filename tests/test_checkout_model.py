@@ -134,7 +134,7 @@ async def test_a_create_without_a_fresh_rate_is_refused_and_creates_nothing(shop
     ("body", "status", "field"),
     [
         ({"currency": "XYZ"}, 422, "currency"),
-        ({"amount": "49.001"}, 400, "amount"),  # USD has 2 decimals
+        ({"amount": "49.001"}, 422, "amount"),  # USD has 2 decimals: too_many_decimals
         ({"amount": 49}, 400, "amount"),
         ({"payment_methods": ["doge"]}, 422, "payment_methods"),
         ({"payment_methods": []}, 400, "payment_methods"),
