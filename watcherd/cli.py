@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import urllib.error
 import urllib.parse
@@ -69,6 +70,8 @@ def run(config_path: str) -> None:
 
     config = _load(config_path)
     logs.setup(config.log.level, config.log.format)
+    for file, key, message in config.warnings:
+        logging.getLogger("watcherd.config").warning("%s: %s: %s", file, key, message)
     asyncio.run(Daemon(config).run())
 
 
@@ -78,6 +81,8 @@ def run(config_path: str) -> None:
 def check_config(config_path: str) -> None:
     """Validate the configuration; exit non-zero naming the file and key of every error."""
     config = _load(config_path)
+    for file, key, message in config.warnings:
+        click.echo(f"{file}: {key}: warning: {message}", err=True)
     click.echo(f"{config_path}: OK ({len(config.chains)} chain(s): {', '.join(config.chains) or 'none'})")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from watcherd.config.reader import Table, host_port, is_http_url
+from watcherd.config.reader import Table, host_port, is_http_url, is_loopback
 from watcherd.core.currencies import MINOR_UNITS
 from watcherd.rates.config import DEFAULT_CURRENCIES, DEFAULT_SOURCES, SOURCE_URLS, RatesConfig
 
@@ -142,6 +142,10 @@ def parse_store(t: Table) -> StoreConfig:
                 t.problem(key, "is for PostgreSQL (url), not a SQLite path")
     password = t.secret("password", required=False)
     ssl = t.choice("ssl", STORE_SSL_MODES, default="prefer")
+    if url is not None and ssl == "prefer" and not is_loopback(urlsplit(url).hostname or ""):
+        t.warn("ssl", f'is "prefer" for {urlsplit(url).hostname}: TLS only if the server offers it, and it checks '
+                      'neither the certificate nor the host name, so anyone on the path can read or change the '
+                      'traffic; set ssl = "verify-full" (with ssl_root_cert for a private CA)')
     root_cert = t.optional_path("ssl_root_cert")
     if root_cert is not None:
         if ssl not in ("require", "verify-full"):
