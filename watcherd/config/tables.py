@@ -339,6 +339,8 @@ def parse_rates(t: Table) -> RatesConfig:
     deviation = t.number("max_deviation_percent", 3, lambda x: 0 < x <= 100, "a number 0 < x ≤ 100")
     timeout = t.number("timeout_seconds", 10, lambda x: 0 < x <= 60, "a number of seconds, 0 < x ≤ 60")
     api_key = t.secret("coingecko_api_key", required="coingecko" in sources)
+    min_sources = t.optional_integer("min_sources", lambda x: 1 <= x <= max(1, len(sources)),
+                                     f"an integer from 1 to the number of sources ({len(sources)})")
 
     urls: dict[str, str] = {}
     url_table = t.table("urls")
@@ -347,7 +349,10 @@ def parse_rates(t: Table) -> RatesConfig:
         if name not in SOURCE_URLS:
             url_table.problem(name, f"is not an exchange rate source; known: {', '.join(sorted(SOURCE_URLS))}")
         elif url and not is_http_url(url):
-            url_table.problem(name, "must be an http:// or https:// base URL, e.g. " + SOURCE_URLS[name])
+            url_table.problem(name, "must be an https:// base URL, e.g. " + SOURCE_URLS[name])
+        elif url and urlsplit(url).scheme != "https" and not is_loopback(urlsplit(url).hostname or ""):
+            url_table.problem(name, "must be https:// (http:// only to a loopback address): a price fetched over "
+                                    "plain http can be changed by anyone on the path")
         elif url:
             urls[name] = url.rstrip("/")
     url_table.finish()
@@ -371,7 +376,7 @@ def parse_rates(t: Table) -> RatesConfig:
     rates = RatesConfig(
         sources=sources, currencies=currencies, refresh_seconds=refresh, max_age_seconds=max_age,
         spread_percent=Decimal(str(spread)), max_deviation_percent=Decimal(str(deviation)),
-        timeout_seconds=timeout, urls=urls, fixed=fixed, coingecko_api_key=api_key,
+        timeout_seconds=timeout, urls=urls, fixed=fixed, coingecko_api_key=api_key, min_sources=min_sources,
     )
     t.finish()
     return rates
