@@ -170,7 +170,10 @@ def status(config_path: str, as_json: bool) -> None:
     """What the running daemon follows, how far, and which instance holds each lease; exit 1 when not ready."""
     config = _load(config_path)
     try:
-        with urllib.request.urlopen(f"http://{config.api.listen}/readyz", timeout=30) as response:
+        # with the token: without it /readyz answers only whether the daemon is ready
+        request = urllib.request.Request(f"http://{config.api.listen}/readyz",
+                                         headers={"Authorization": f"Bearer {config.api.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
             report = json.loads(response.read())
     except urllib.error.HTTPError as exc:  # 503: not ready, and the same report says why
         with exc:
