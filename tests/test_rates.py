@@ -329,7 +329,7 @@ async def test_one_fresh_source_of_two_that_list_a_pair_gives_no_rate(exchanges,
     exchanges.mode["coinbase"] = "http500"
     clock.now += 301  # coinbase's value is too old to count; kraken answers afresh
     await book.refresh()
-    with pytest.raises(RatesUnavailable, match=r"no fresh exchange rate for BTC in USD: 1 fresh source\(s\) agree "
+    with pytest.raises(RatesUnavailable, match=r"no fresh exchange rate for BTC in USD: only 1 fresh source agrees "
                                                r"\(kraken\), 2 must \(min_sources, by default 2 as coinbase and "
                                                r"kraken list the pair\)"):
         book.quote("USD", "BTC")
@@ -371,7 +371,7 @@ async def test_min_sources_set_in_the_config_applies_to_every_pair(exchanges, cl
 
     exchanges.set(("BTC", "USD"), bitstamp="60000")  # an outlier now
     await three.refresh()
-    with pytest.raises(RatesUnavailable, match=r"2 fresh source\(s\) agree \(coinbase, kraken\), 3 must "
+    with pytest.raises(RatesUnavailable, match=r"only 2 fresh sources agree \(coinbase, kraken\), 3 must "
                                                r"\(min_sources\)"):
         three.quote("USD", "BTC")
     exchanges.mode["coinbase"] = exchanges.mode["bitstamp"] = "http500"

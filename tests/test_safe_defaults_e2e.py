@@ -111,7 +111,7 @@ coinbase = "{exchanges.url}/coinbase"
         assert report["rates_stale"] == ["BTC_USD"] and "btc" in report["chains"] and "leases" in report
         status, refused = create(daemon)
         assert status == 503 and refused["error"]["code"] == "rates_unavailable"
-        assert "1 fresh source(s) agree (coinbase), 2 must (min_sources" in refused["error"]["message"]
+        assert "only 1 fresh source agrees (coinbase), 2 must (min_sources" in refused["error"]["message"]
         assert [i["id"] for i in daemon.api("GET", "/v1/invoices")["invoices"]] == [invoice["id"]]
         status, shown = readyz_without_token(daemon)
         assert (status, json.loads(shown)) == (200, {"ready": True})

@@ -194,7 +194,8 @@ class RateBook:
             why = ("min_sources" if self.config.min_sources is not None else
                    f"min_sources, by default 2 as {' and '.join(sorted(self.listing[pair]))} list the pair")
             return Median(None, (), outliers, newest,
-                          f"{len(kept)} fresh source(s) agree ({', '.join(sorted(kept))}), {required} must ({why}); "
+                          f"only {len(kept)} fresh {'source agrees' if len(kept) == 1 else 'sources agree'} "
+                          f"({', '.join(sorted(kept))}), {required} must ({why}); "
                           "the others are failing, stale or too far from the median")
         return Median(median(kept.values()), tuple(sorted(kept)), outliers, newest)
 
