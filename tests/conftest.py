@@ -3,6 +3,7 @@
 Sections, each self-contained so more can be added (the daemon fixture goes in its own section):
 
 * timing: TIMEOUT_FACTOR, `scaled`, `wait_for`, `async_wait_for`
+* the example config: `EXAMPLE`, and `example_config`, a copy with its placeholders filled in
 * store: `store_location`, a fresh store for each backend (a SQLite file; an empty database on a session-scoped
   real PostgreSQL, `postgres_server`, its params marked `nodes`)
 * nodes: session-scoped real nodes (`bsv_node`, `ltc_node`) on free loopback ports in temp dirs, started once,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -96,6 +98,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---- the shipped example config -----------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcherd.example.toml"
+
+
+@pytest.fixture
+def example_config(tmp_path: Path) -> Path:
+    """The shipped example as an operator leaves it once edited: its CHANGE-ME placeholders (which check-config
+    refuses) replaced by values of their own, everything else as shipped."""
+    edited = tmp_path / "watcherd.example.toml"
+    edited.write_text(re.sub(r'"CHANGE-ME-([^"]*)"', r'"set-\1"', EXAMPLE.read_text()))
+    return edited
 
 
 # ---- store backends ------------------------------------------------------------------------------------

@@ -139,6 +139,17 @@ class Daemon:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def readiness(self) -> tuple[int, Any]:
+        """/readyz's HTTP status and whole report (with the token: without it only `ready`), 503 included."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/readyz",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, json.loads(exc.read())
+
     def metric(self, name: str, **labels: str) -> float:
         """One sample from the daemon's Prometheus endpoint (0 when absent)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:

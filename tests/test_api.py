@@ -170,6 +170,33 @@ async def test_error_messages_quote_only_the_start_of_what_was_sent(client):
     assert response.status == 404 and len((await response.json())["error"]["message"]) < 100
 
 
+@pytest.mark.parametrize("ready", [True, False])
+async def test_readyz_tells_anyone_whether_it_is_ready_and_only_the_token_why(store_location, ready):
+    """/readyz without the token (or with a wrong one) answers 200/503 and {"ready": ...} alone: no host names,
+    heights or lease tokens for whoever reaches the port; with the token, the whole report as before."""
+    store = await Store.open(store_location)
+    processor = Processor(store, {"btc": FakeChain("btc")}, ["webhook"])
+    report = {"ready": ready, "store_writable": True, "instance": "pay-1.internal",
+              "chains": {"btc": {"connected": ready, "node_tip": 870123, "processed_height": 870120}},
+              "leases": {"chain:btc": {"holder": "pay-2.internal", "token": 7, "expires_in": 4.0, "mine": False}}}
+
+    async def readiness():
+        return report
+
+    try:
+        async with TestClient(TestServer(make_app(processor, TOKEN, readiness))) as client:
+            for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
+                response = await client.get("/readyz", headers=headers)
+                assert response.status == (200 if ready else 503)
+                text = await response.text()
+                assert await response.json() == {"ready": ready}
+                assert "pay-" not in text and "870" not in text and "token" not in text
+            full = await client.get("/readyz", headers=AUTH)
+            assert full.status == (200 if ready else 503) and await full.json() == report
+    finally:
+        await store.close()
+
+
 async def test_amount_atomic_and_cancel_conflict(client):
     created = await (await client.post("/v1/invoices", json={"chain": "btc", "amount_atomic": "123456789012345"},
                                        headers=AUTH)).json()

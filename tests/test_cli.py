@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from bip_utils import Bip32Slip10Secp256k1
+from conftest import EXAMPLE
 from harness import TESTNET_VERSIONS
 
 
@@ -50,6 +51,38 @@ def test_check_config_ok_and_every_error_named(tmp_path):
     config.write_text('[store]\npath = "s.sqlite3"\n[api]\ntoken = "0123456789abcdef0"\n')
     result = watcherd("check-config", config=config)
     assert result.returncode == 0 and "OK" in result.stdout
+
+
+def test_check_config_and_run_refuse_the_unedited_example_naming_each_placeholder(tmp_path):
+    """The shipped example fails until its CHANGE-ME secrets are set: one line per key, exit 2, and `run` starts
+    nothing on it."""
+    example = EXAMPLE.read_text().replace("/var/lib/watcherd/watcherd.sqlite3", str(tmp_path / "s.sqlite3"))
+    config = tmp_path / "watcherd.toml"
+    config.write_text(example)
+    for command in ("check-config", "run"):
+        result = watcherd(command, config=config)
+        assert result.returncode == 2, result.stderr
+        named = [line.split(": ")[1] for line in result.stderr.splitlines() if "placeholder (CHANGE-ME" in line]
+        assert sorted(named) == ["api.token", "chains.btc.rpc_password", "chains.ltc.rpc_password",
+                                 "webhook.secret"], result.stderr
+    assert not (tmp_path / "s.sqlite3").exists()
+
+
+def test_check_config_warns_of_a_secret_file_others_can_read(tmp_path):
+    """A 0644 token file: check-config still says OK (exit 0) after one warning line naming the file and the
+    fix; once it is 0600 the warning is gone."""
+    token = tmp_path / "api-token"
+    token.write_text("0123456789abcdef0\n")
+    token.chmod(0o644)
+    config = tmp_path / "watcherd.toml"
+    config.write_text('[store]\npath = "s.sqlite3"\n[api]\ntoken_file = "api-token"\n')
+    result = watcherd("check-config", config=config)
+    assert result.returncode == 0 and "OK" in result.stdout
+    assert result.stderr.splitlines() == [
+        f"{config}: api.token_file: warning: {token} is open to its group or others (mode 0644): chmod 600 {token}"]
+    token.chmod(0o600)
+    result = watcherd("check-config", config=config)
+    assert result.returncode == 0 and result.stderr == ""
 
 
 def test_config_is_accepted_before_and_after_the_command(tmp_path):

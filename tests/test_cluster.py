@@ -3,12 +3,9 @@ outbox (leases), and killing that one hands its work to the other from the durab
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -22,12 +19,7 @@ KILL_EVERY = 8  # five kills during the stream
 
 
 def readiness(daemon: Daemon) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/readyz", timeout=10) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return json.loads(exc.read())
+    return daemon.readiness()[1]
 
 
 def leader(daemons: dict[str, Daemon], lease: str = "chain:btc") -> str:

@@ -77,15 +77,17 @@ def problems(path: Path) -> dict[str, str]:
     return {key: message for _, key, message in found}
 
 
-def test_example_config_loads():
-    """The shipped example is valid as it stands (its keys are public test vectors, flagged in the file)."""
-    config = load(EXAMPLE)
+def test_example_config_loads(example_config):
+    """The shipped example is valid once its placeholders are set (its keys are public test vectors, flagged in
+    the file), and warns of nothing."""
+    config = load(example_config)
     assert isinstance(config, Config)
+    assert config.warnings == ()
     assert set(config.chains) == {"btc", "ltc"}
     btc, ltc = config.chains["btc"], config.chains["ltc"]
     assert btc.zmq and not ltc.zmq
     assert btc.rpc_cookie_file is None
-    assert (btc.rpc_user, btc.rpc_password) == ("watcherd", "CHANGE-ME-bitcoind-rpc-password")
+    assert (btc.rpc_user, btc.rpc_password) == ("watcherd", "set-bitcoind-rpc-password")
     assert ltc.rpc_user == "watcherd" and ltc.rpc_password
     assert (btc.asset, ltc.asset, btc.decimals) == ("BTC", "LTC", 8)
     assert ltc.underpaid_tolerance_percent == Decimal("0.5")
@@ -262,6 +264,79 @@ def test_secrets_never_in_messages_or_repr(tmp_path):
     config = load(write(tmp_path, MINIMAL.replace("[store]", webhook + "[store]")))
     for secret in (TOKEN, SECRET, ZPUB):
         assert secret not in repr(config)
+
+
+def test_the_unedited_example_is_refused_naming_each_placeholder():
+    """The example's CHANGE-ME secrets would open the API and sign webhooks with values anyone can read: each is
+    refused by its key, nothing else in the example is."""
+    found = problems(EXAMPLE)
+    assert set(found) == {"api.token", "webhook.secret", "chains.btc.rpc_password", "chains.ltc.rpc_password"}
+    assert all(m.startswith("is the example's placeholder (CHANGE-ME...)") for m in found.values())
+    assert "CHANGE-ME-0123" not in repr(found)  # the value itself is never shown
+
+
+@pytest.mark.parametrize("placeholder", ["CHANGE-ME-0123456789abcdef", "changeme-0123456789abcdef",
+                                         "Change_Me_0123456789abcdef"])
+def test_placeholder_secrets_are_refused_inline_and_from_files(tmp_path, placeholder):
+    """Whatever its case, a placeholder is refused as an inline secret and in a secret file (by the file's key),
+    where a secret merely containing the words is not."""
+    assert problems(write(tmp_path, MINIMAL.replace(TOKEN, placeholder)))["api.token"].startswith(
+        "is the example's placeholder")
+    (tmp_path / "api-token").write_text(placeholder + "\n")
+    found = problems(write(tmp_path, MINIMAL.replace(f'token = "{TOKEN}"', 'token_file = "api-token"')))
+    assert set(found) == {"api.token_file"}
+    assert load(write(tmp_path, MINIMAL.replace(TOKEN, "tok-please-change-me-0123"))).api.token
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, True), (0o604, True), (0o600, False),
+                                              (0o400, False)])
+def test_a_secret_file_open_to_group_or_others_is_warned_of(tmp_path, mode, warned):
+    """A secret file another account can read (or replace) still loads, with one warning naming the file and
+    the fix; 0600 and 0400 warn of nothing."""
+    secret = tmp_path / "api-token"
+    secret.write_text(TOKEN + "\n")
+    secret.chmod(mode)
+    config = load(write(tmp_path, MINIMAL.replace(f'token = "{TOKEN}"', 'token_file = "api-token"')))
+    assert config.api.token == TOKEN
+    expected = [(str(tmp_path / "watcherd.toml"), "api.token_file",
+                 f"{secret} is open to its group or others (mode {mode:04o}): chmod 600 {secret}")]
+    assert list(config.warnings) == (expected if warned else [])
+
+
+def test_every_kind_of_secret_file_is_judged(tmp_path):
+    """The webhook secret, the RPC password and the xpub read from files are judged like the API token."""
+    for name, value in (("webhook", SECRET), ("rpc", "rpc-password"), ("xpub", ZPUB)):
+        (tmp_path / name).write_text(value)
+        (tmp_path / name).chmod(0o644)
+    text = (MINIMAL.replace('rpc_cookie_file = "bitcoind/.cookie"', 'rpc_user = "u"\nrpc_password_file = "rpc"')
+            .replace(f'xpub = "{ZPUB}"', 'xpub_file = "xpub"')
+            .replace("[store]", '[webhook]\nurl = "https://h.example/x"\nsecret_file = "webhook"\n[store]'))
+    config = load(write(tmp_path, text))
+    assert {key for _, key, _ in config.warnings} == {"webhook.secret_file", "chains.btc.rpc_password_file",
+                                                      "chains.btc.xpub_file"}
+
+
+@pytest.mark.parametrize(("url", "ssl", "warned"), [
+    ("postgresql://w@db.internal:5432/w", None, True),  # the default is prefer
+    ("postgresql://w@10.0.0.5:5432/w", '"prefer"', True),
+    ("postgresql://w@db.internal:5432/w", '"verify-full"', False),
+    ("postgresql://w@db.internal:5432/w", '"require"', False),
+    ("postgresql://w@127.0.0.1:5432/w", None, False),
+    ("postgresql://w@localhost:5432/w", '"prefer"', False),
+    ("postgresql://w@[::1]:5432/w", None, False),
+])
+def test_postgres_prefer_to_another_host_is_warned_of(tmp_path, url, ssl, warned):
+    """ssl = "prefer" verifies nothing: to a host off this machine that is a warning (naming store.ssl and the
+    fix, verify-full); on loopback, or with require / verify-full, there is none."""
+    store = f'[store]\nurl = "{url}"\n' + (f"ssl = {ssl}\n" if ssl else "")
+    config = load(write(tmp_path, MINIMAL.replace('[store]\npath = "watcherd.sqlite3"\n', store)))
+    shown = [(key, message) for _, key, message in config.warnings]
+    if warned:
+        assert len(shown) == 1 and shown[0][0] == "store.ssl"
+        assert "checks neither the certificate nor the host name" in shown[0][1]
+        assert 'set ssl = "verify-full"' in shown[0][1]
+    else:
+        assert shown == []
 
 
 def test_api_token_rejects_whitespace(tmp_path):

@@ -115,12 +115,7 @@ def test_anvil_websocket_cut_mid_block(eth_node, daemon_factory, receiver):
 
 def readiness(daemon: Daemon) -> tuple[int, Any]:
     """/readyz's HTTP status and body, 503 included."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/readyz", timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
+    return daemon.readiness()
 
 
 def log_entries(daemon: Daemon, chain: str, since: int = 0) -> list[dict]:

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "config" / "watcherd.example.toml"
 NO_TESTKIT = "import sys; assert not [m for m in sys.modules if m.split('.')[0] == 'testkit'], 'testkit imported'"
 
 
@@ -80,10 +79,11 @@ def test_wheel_ships_every_watcherd_module_and_no_testkit(built):
     assert not [name for name in shipped if name.split("/")[0] in ("testkit", "tests")]
 
 
-def test_installed_wheel_runs_outside_the_checkout(installed, tmp_path):
-    """The installed command checks the example config from a directory far from the checkout, with --config
-    before or after the command, and runs the installed copy of watcherd, never the checkout's."""
-    for args in (["--config", EXAMPLE, "check-config"], ["check-config", "--config", EXAMPLE]):
+def test_installed_wheel_runs_outside_the_checkout(installed, tmp_path, example_config):
+    """The installed command checks the example config (its placeholders set) from a directory far from the
+    checkout, with --config before or after the command, and runs the installed copy of watcherd, never the
+    checkout's."""
+    for args in (["--config", example_config, "check-config"], ["check-config", "--config", example_config]):
         result = run(installed / "bin" / "watcherd", *args, cwd=tmp_path)
         assert "OK" in result.stdout
     python = installed / "bin" / "python"

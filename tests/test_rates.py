@@ -28,7 +28,6 @@ from watcherd.rates.sources import COINGECKO_IDS, SOURCES
 
 Pair = tuple[str, str]
 API_KEY = "CG-test-key-0123456789"
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcherd.example.toml"
 KRAKEN_LEGACY = {"XBT", "ETH", "LTC", "XMR", "XDG"}  # answered under X/Z-prefixed names (XXBTZUSD)
 
 
@@ -315,6 +314,72 @@ async def test_two_sources_that_disagree_give_no_rate(exchanges, clock):
         book.quote("USD", "BTC")
 
 
+async def test_one_fresh_source_of_two_that_list_a_pair_gives_no_rate(exchanges, clock):
+    """min_sources' default: Kraken and Coinbase both list BTC_USD, so Kraken alone (Coinbase failing) prices
+    nothing, and says why; a pair only Kraken lists (ETH_USD: Coinbase answers 400 for it) is priced by Kraken
+    alone. Coinbase back: the median of both again."""
+    exchanges.set(("BTC", "USD"), kraken="50000", coinbase="50010")
+    exchanges.set(("ETH", "USD"), kraken="2500")
+    book = make_book(exchanges, clock, sources=("kraken", "coinbase"), currencies=("USD",))
+    await book.refresh()
+    assert book.quote("USD", "BTC") == 50005
+    assert book.quote("USD", "ETH") == 2500
+    assert book.min_sources(("BTC", "USD")) == 2 and book.min_sources(("ETH", "USD")) == 1
+
+    exchanges.mode["coinbase"] = "http500"
+    clock.now += 301  # coinbase's value is too old to count; kraken answers afresh
+    await book.refresh()
+    with pytest.raises(RatesUnavailable, match=r"no fresh exchange rate for BTC in USD: only 1 fresh source agrees "
+                                               r"\(kraken\), 2 must \(min_sources, by default 2 as coinbase and "
+                                               r"kraken list the pair\)"):
+        book.quote("USD", "BTC")
+    assert book.quote("USD", "ETH") == 2500
+    status = book.status()
+    assert status["stale"] == ["BTC_USD"]
+    assert status["pairs"]["BTC_USD"]["min_sources"] == 2 and "kraken" in status["pairs"]["BTC_USD"]["reason"]
+
+    exchanges.mode["coinbase"] = "ok"
+    await book.refresh()
+    assert book.quote("USD", "BTC") == 50005 and book.status()["stale"] == []
+
+
+async def test_a_source_down_from_the_start_still_counts_as_listing(exchanges, clock):
+    """A source that has never answered may list the pair: the other alone does not price it (failing closed),
+    until the first answers, cleanly, without the pair."""
+    exchanges.set(("BTC", "USD"), kraken="50000")
+    exchanges.set(("ETH", "USD"), kraken="2500", coinbase="2502")
+    exchanges.mode["coinbase"] = "http500"
+    book = make_book(exchanges, clock, sources=("kraken", "coinbase"), currencies=("USD",))
+    await book.refresh()
+    with pytest.raises(RatesUnavailable, match="2 must"):
+        book.quote("USD", "BTC")
+    exchanges.mode["coinbase"] = "ok"  # it answers now: ETH, and a 400 (Invalid currency) for BTC
+    await book.refresh()
+    assert book.quote("USD", "BTC") == 50000 and book.listing[("BTC", "USD")] == {"kraken"}
+    assert book.quote("USD", "ETH") == 2501 and book.min_sources(("ETH", "USD")) == 2
+
+
+async def test_min_sources_set_in_the_config_applies_to_every_pair(exchanges, clock):
+    """min_sources = 1 lets one source price a pair others list too; min_sources = 3 needs all three fresh and
+    agreeing, and an outlier does not count."""
+    exchanges.set(("BTC", "USD"), kraken="50000", coinbase="50010", bitstamp="50020")
+    one = make_book(exchanges, clock, min_sources=1, currencies=("USD",), assets=("BTC",))
+    three = make_book(exchanges, clock, min_sources=3, currencies=("USD",), assets=("BTC",))
+    await one.refresh()
+    await three.refresh()
+    assert one.quote("USD", "BTC") == three.quote("USD", "BTC") == 50010
+
+    exchanges.set(("BTC", "USD"), bitstamp="60000")  # an outlier now
+    await three.refresh()
+    with pytest.raises(RatesUnavailable, match=r"only 2 fresh sources agree \(coinbase, kraken\), 3 must "
+                                               r"\(min_sources\)"):
+        three.quote("USD", "BTC")
+    exchanges.mode["coinbase"] = exchanges.mode["bitstamp"] = "http500"
+    clock.now += 301
+    await one.refresh()
+    assert one.quote("USD", "BTC") == 50000
+
+
 @pytest.mark.parametrize(("mode", "reason"), [
     ("http500", "answered HTTP 500"),
     ("garbage", "not JSON"),
@@ -405,20 +470,21 @@ async def test_a_rate_older_than_max_age_is_never_quoted(exchanges, clock):
     assert "BTC_USD" in status["stale"] and status["pairs"]["BTC_USD"]["fresh"] is False
     assert status["pairs"]["BTC_USD"]["age_seconds"] == 301
 
-    exchanges.mode["kraken"] = "ok"
+    exchanges.mode["kraken"] = exchanges.mode["coinbase"] = "ok"
     await book.refresh()
-    assert book.quote("USD", "BTC") == 50000
+    assert book.quote("USD", "BTC") == 50005
     assert "BTC_USD" not in book.status()["stale"]
 
 
 async def test_a_source_serving_an_old_price_counts_by_its_own_timestamp(exchanges, clock):
-    """A Bitstamp (or mirror) answering a ticker dated 10 minutes ago is stale at once: only Kraken counts."""
-    exchanges.set(("BTC", "USD"), kraken="50000", bitstamp="40000")
+    """A Bitstamp (or mirror) answering a ticker dated 10 minutes ago is stale at once: only Kraken and Coinbase
+    count."""
+    exchanges.set(("BTC", "USD"), kraken="50000", coinbase="50010", bitstamp="40000")
     exchanges.as_of["bitstamp"] = clock.now - 600
-    book = make_book(exchanges, clock, sources=("kraken", "bitstamp"))
+    book = make_book(exchanges, clock)
     await book.refresh()
-    assert book.quote("USD", "BTC") == 50000
-    assert book.status()["pairs"]["BTC_USD"]["sources"] == ["kraken"]
+    assert book.quote("USD", "BTC") == 50005
+    assert book.status()["pairs"]["BTC_USD"]["sources"] == ["coinbase", "kraken"]
 
 
 async def test_the_spread_makes_the_customer_pay_more_coin(exchanges, clock):
@@ -595,12 +661,27 @@ USD_USD = "1"
     assert "0 < x ≤ 60" in found["rates.timeout_seconds"]
     assert found["rates.colour"] == "unknown key"
     assert "coingecko_api_key_file" in found["rates.coingecko_api_key"]
-    assert "http:// or https://" in found["rates.urls.kraken"]
+    assert "must be an https:// base URL" in found["rates.urls.kraken"]
     assert "not an exchange rate source" in found["rates.urls.bitfinex"]
     for key in ("USDC_USD", "USDT_EUR", "DAI_USD"):
         assert "must be a positive decimal" in found[f"rates.fixed.{key}"]
     for key in ("BTC", "USD_USD"):
         assert "must be ASSET_CURRENCY" in found[f"rates.fixed.{key}"]
+
+
+def test_min_sources_and_source_urls_in_the_config(tmp_path):
+    """min_sources is read as written and bounded by the number of sources; a source URL is https, or http only
+    to this machine (a local test server or proxy): plain http elsewhere is refused by its key."""
+    rates = load_with(tmp_path, '[rates]\nmin_sources = 3\n[rates.urls]\nkraken = "http://127.0.0.1:8080/k"\n'
+                                'coinbase = "http://[::1]:8081"\nbitstamp = "http://localhost:8082"\n').rates
+    assert rates is not None and rates.min_sources == 3 and load_with(tmp_path, "[rates]\n").rates.min_sources is None
+    assert rates.url("kraken") == "http://127.0.0.1:8080/k" and rates.url("bitstamp") == "http://localhost:8082"
+    found = problems_with(tmp_path, '[rates]\nsources = ["kraken", "coinbase"]\nmin_sources = 3\n[rates.urls]\n'
+                                    'kraken = "http://mirror.example"\ncoinbase = "http://10.0.0.5:8080"\n')
+    assert found["rates.min_sources"] == "must be an integer from 1 to the number of sources (2)"
+    for key in ("rates.urls.kraken", "rates.urls.coinbase"):
+        assert found[key].startswith("must be https:// (http:// only to a loopback address)")
+    assert problems_with(tmp_path, "[rates]\nmin_sources = 0\n")["rates.min_sources"].startswith("must be")
 
 
 def test_rates_table_reports_every_bad_source_name(tmp_path):
@@ -612,9 +693,9 @@ def test_rates_table_reports_every_bad_source_name(tmp_path):
     assert any("'kraken' is listed twice" in m for m in messages)
 
 
-def test_the_example_config_fetches_rates_from_the_default_sources():
+def test_the_example_config_fetches_rates_from_the_default_sources(example_config):
     """The shipped example's [rates] table parses to the documented defaults plus USDC_USD fixed at 1."""
-    rates = load(EXAMPLE).rates
+    rates = load(example_config).rates
     assert rates is not None and rates.sources == ("kraken", "coinbase", "bitstamp")
     assert rates.fixed == {"USDC_USD": Decimal(1)}
 

@@ -288,12 +288,7 @@ def answer(daemon: Daemon, method: str, path: str, body: dict[str, Any] | None =
 
 
 def readiness(daemon: Daemon) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/readyz", timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
+    return daemon.readiness()
 
 
 def ready_and_delivered(daemon: Daemon) -> bool:

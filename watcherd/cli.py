@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import urllib.error
 import urllib.parse
@@ -69,6 +70,8 @@ def run(config_path: str) -> None:
 
     config = _load(config_path)
     logs.setup(config.log.level, config.log.format)
+    for file, key, message in config.warnings:
+        logging.getLogger("watcherd.config").warning("%s: %s: %s", file, key, message)
     asyncio.run(Daemon(config).run())
 
 
@@ -78,6 +81,8 @@ def run(config_path: str) -> None:
 def check_config(config_path: str) -> None:
     """Validate the configuration; exit non-zero naming the file and key of every error."""
     config = _load(config_path)
+    for file, key, message in config.warnings:
+        click.echo(f"{file}: {key}: warning: {message}", err=True)
     click.echo(f"{config_path}: OK ({len(config.chains)} chain(s): {', '.join(config.chains) or 'none'})")
 
 
@@ -165,7 +170,10 @@ def status(config_path: str, as_json: bool) -> None:
     """What the running daemon follows, how far, and which instance holds each lease; exit 1 when not ready."""
     config = _load(config_path)
     try:
-        with urllib.request.urlopen(f"http://{config.api.listen}/readyz", timeout=30) as response:
+        # with the token: without it /readyz answers only whether the daemon is ready
+        request = urllib.request.Request(f"http://{config.api.listen}/readyz",
+                                         headers={"Authorization": f"Bearer {config.api.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
             report = json.loads(response.read())
     except urllib.error.HTTPError as exc:  # 503: not ready, and the same report says why
         with exc:

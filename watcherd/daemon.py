@@ -259,6 +259,8 @@ class Daemon:
         if self.mqtt is not None and new.mqtt is not None:
             self.mqtt.config = new.mqtt  # used from the next (re)connection
         logs.setup(new.log.level, new.log.format)
+        for file, key, message in new.warnings:
+            log.warning("%s: %s: %s", file, key, message)
         for name in sorted(set(old.chains) | set(new.chains)):
             if old.chains.get(name) == new.chains.get(name):
                 continue

@@ -20,6 +20,7 @@ from watcherd import metrics
 from watcherd.core.chain import ChainSink
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Watchlist
 from watcherd.exceptions import ChainRefused, NodeError, NodeProtocolError, StoreError
+from watcherd.logs import redact_url
 from watcherd.retry import backoff
 
 log = logging.getLogger("watcherd.chains.base")
@@ -82,7 +83,7 @@ class Follower:
         raise NotImplementedError
 
     def describe_node(self) -> str:
-        return str(getattr(self.config, "rpc_url", self.name))
+        return redact_url(self.config.rpc_url) if hasattr(self.config, "rpc_url") else self.name
 
     # --- shared -------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from watcherd.exceptions import NodeError, NodeProtocolError, NodeUnavailable
+from watcherd.logs import redact_url, scrub
 from watcherd.retry import backoff
 
 T = TypeVar("T")
@@ -76,7 +77,8 @@ async def post_json(
                 snippet = body[:BUSY_BODY_SNIPPET].decode(errors="replace").strip()
                 raise NodeBusy(f"{what}: the node is busy (HTTP 503: {snippet!r})")
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise NodeUnavailable(f"{what}: {url} unreachable: {type(exc).__name__}: {exc}") from exc
+        raise NodeUnavailable(f"{what}: {redact_url(url)} unreachable: {type(exc).__name__}: {scrub(str(exc), url)}"
+                              ) from exc
     try:
         if len(body) > LARGE_ANSWER_BYTES:  # a whole block: decode it off the event loop
             return await asyncio.to_thread(json.loads, body, parse_float=Decimal)

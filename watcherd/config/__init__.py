@@ -107,6 +107,9 @@ class Config:
     mqtt: MqttConfig | None = None  # absent table: no MQTT publishing
     rates: RatesConfig | None = None  # absent table: no rates fetched; a fiat invoice must bring its own rates
     greenfield: GreenfieldConfig | None = None  # absent table: no BTCPay Greenfield / BitPay-compatible API
+    # (file, dotted key, message) of what works but should not stay so (a secret file others can read, TLS that
+    # verifies nothing): `check-config` prints them, `run` logs them at start
+    warnings: tuple[tuple[str, str, str], ...] = ()
 
 
 def load(path: str | Path) -> Config:
@@ -140,7 +143,7 @@ def load(path: str | Path) -> Config:
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains, metrics=metrics, mqtt=mqtt,
-                  rates=rates, greenfield=greenfield)
+                  rates=rates, greenfield=greenfield, warnings=tuple(ctx.warnings))
 
 
 _CHAIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")

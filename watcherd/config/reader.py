@@ -6,6 +6,7 @@ the keys every chain table has).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 from collections.abc import Callable
@@ -18,15 +19,20 @@ from watcherd.config.private import WATCH_ONLY, private_material
 
 
 class Context:
-    """What every table reader shares: the file, the problems found so far, the keys already refused."""
+    """What every table reader shares: the file, the problems found so far, the keys already refused, and the
+    warnings (what works but should not stay so: `check-config` prints them, `run` logs them)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.problems: list[tuple[str, str, str]] = []
+        self.warnings: list[tuple[str, str, str]] = []
         self.refused: set[str] = set()
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append((str(self.path), key, message))
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append((str(self.path), key, message))
 
     def refuse(self, key: str, message: str) -> None:
         self.refused.add(key)
@@ -40,6 +46,8 @@ class Context:
 
 _ABSENT = object()
 _REFUSED = object()
+# The example config's secrets start so ("CHANGE-ME-..."): a daemon left on them opens to whoever read the example.
+_PLACEHOLDER = re.compile(r"change[-_]?me", re.IGNORECASE)
 
 
 class Table:
@@ -62,6 +70,9 @@ class Table:
 
     def problem(self, name: str, message: str) -> None:
         self.ctx.problem(self.dotted(name), message)
+
+    def warn(self, name: str, message: str) -> None:
+        self.ctx.warn(self.dotted(name), message)
 
     def present(self, name: str) -> bool:
         self.known.add(name)
@@ -174,6 +185,10 @@ class Table:
             if read is None:
                 return None
             value = read
+        if _PLACEHOLDER.match(value):
+            self.problem(source, "is the example's placeholder (CHANGE-ME...): set your own (a new token or secret: "
+                                 "openssl rand -hex 32; a node's password: the one the node is configured with)")
+            return None
         if len(value) < min_length:
             self.problem(source, f"must be at least {min_length} characters")
             return None
@@ -186,12 +201,15 @@ class Table:
     def _read_secret_file(self, file_name: str, path: Path) -> str | None:
         try:
             value = path.read_text(encoding="utf-8")
+            mode = path.stat().st_mode & 0o777
         except OSError as e:
             self.problem(file_name, f"cannot read {path}: {e.strerror}")
             return None
         except UnicodeDecodeError:
             self.problem(file_name, f"{path} is not UTF-8 text")
             return None
+        if mode & 0o077:  # any other account of its group, or any account at all, can read or replace the secret
+            self.warn(file_name, f"{path} is open to its group or others (mode {mode:04o}): chmod 600 {path}")
         # Editors and `echo` add one trailing newline; anything else is part of the secret.
         value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
         if not value:
@@ -259,6 +277,28 @@ def host_port(value: str) -> tuple[str, int] | None:
         return None
     host, port = match[1] or match[3], int(match[2] or match[4])
     return (host, port) if 1 <= port <= 65535 else None
+
+
+def is_loopback(host: str) -> bool:
+    """`host` (a URL's hostname) is this machine: localhost, 127.0.0.0/8 or ::1 (IPv4-mapped too). A name that
+    merely resolves there is not judged: DNS can change its answer."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def has_userinfo(value: str) -> bool:
+    """The URL carries `user:password@`: credentials that would travel and show wherever the URL does."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.username is not None or parts.password is not None
 
 
 def is_http_url(value: str) -> bool:

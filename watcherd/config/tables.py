@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from watcherd.config.reader import Table, host_port, is_http_url
+from watcherd.config.reader import Table, host_port, is_http_url, is_loopback
 from watcherd.core.currencies import MINOR_UNITS
 from watcherd.rates.config import DEFAULT_CURRENCIES, DEFAULT_SOURCES, SOURCE_URLS, RatesConfig
 
@@ -143,6 +143,10 @@ def parse_store(t: Table) -> StoreConfig:
                 t.problem(key, "is for PostgreSQL (url), not a SQLite path")
     password = t.secret("password", required=False)
     ssl = t.choice("ssl", STORE_SSL_MODES, default="prefer")
+    if url is not None and ssl == "prefer" and not is_loopback(urlsplit(url).hostname or ""):
+        t.warn("ssl", f'is "prefer" for {urlsplit(url).hostname}: TLS only if the server offers it, and it checks '
+                      'neither the certificate nor the host name, so anyone on the path can read or change the '
+                      'traffic; set ssl = "verify-full" (with ssl_root_cert for a private CA)')
     root_cert = t.optional_path("ssl_root_cert")
     if root_cert is not None:
         if ssl not in ("require", "verify-full"):
@@ -337,6 +341,8 @@ def parse_rates(t: Table) -> RatesConfig:
     deviation = t.number("max_deviation_percent", 3, lambda x: 0 < x <= 100, "a number 0 < x ≤ 100")
     timeout = t.number("timeout_seconds", 10, lambda x: 0 < x <= 60, "a number of seconds, 0 < x ≤ 60")
     api_key = t.secret("coingecko_api_key", required="coingecko" in sources)
+    min_sources = t.optional_integer("min_sources", lambda x: 1 <= x <= max(1, len(sources)),
+                                     f"an integer from 1 to the number of sources ({len(sources)})")
 
     urls: dict[str, str] = {}
     url_table = t.table("urls")
@@ -345,7 +351,10 @@ def parse_rates(t: Table) -> RatesConfig:
         if name not in SOURCE_URLS:
             url_table.problem(name, f"is not an exchange rate source; known: {', '.join(sorted(SOURCE_URLS))}")
         elif url and not is_http_url(url):
-            url_table.problem(name, "must be an http:// or https:// base URL, e.g. " + SOURCE_URLS[name])
+            url_table.problem(name, "must be an https:// base URL, e.g. " + SOURCE_URLS[name])
+        elif url and urlsplit(url).scheme != "https" and not is_loopback(urlsplit(url).hostname or ""):
+            url_table.problem(name, "must be https:// (http:// only to a loopback address): a price fetched over "
+                                    "plain http can be changed by anyone on the path")
         elif url:
             urls[name] = url.rstrip("/")
     url_table.finish()
@@ -369,7 +378,7 @@ def parse_rates(t: Table) -> RatesConfig:
     rates = RatesConfig(
         sources=sources, currencies=currencies, refresh_seconds=refresh, max_age_seconds=max_age,
         spread_percent=Decimal(str(spread)), max_deviation_percent=Decimal(str(deviation)),
-        timeout_seconds=timeout, urls=urls, fixed=fixed, coingecko_api_key=api_key,
+        timeout_seconds=timeout, urls=urls, fixed=fixed, coingecko_api_key=api_key, min_sources=min_sources,
     )
     t.finish()
     return rates

@@ -49,6 +49,7 @@ PROCESSOR: web.AppKey[Processor] = web.AppKey("processor", Processor)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 PUBLIC_PREFIX = "/i/"  # the payment pages (watcherd/http/checkout.py): an invoice id is the only key
 READINESS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("readiness")
+TOKEN: web.AppKey[str] = web.AppKey("token", str)
 RATES: web.AppKey[Callable[[], Quotes | None]] = web.AppKey("rates")  # the current one: a reload replaces it
 
 
@@ -56,6 +57,12 @@ class Quotes(Protocol):
     """Exchange rates (watcherd.rates.RateBook): whole `currency` units per whole coin, or RatesUnavailable."""
 
     def quote(self, currency: str, asset: str) -> Fraction: ...
+
+
+def authorized(request: web.Request, token: str) -> bool:
+    """The request carries the API's bearer token."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
 
 
 def error(status: int, code: str, message: str, field: str | None = None) -> web.HTTPException:
@@ -96,13 +103,9 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
         else:
             public = (request.path in PUBLIC_PATHS or resource.canonical.startswith(PUBLIC_PREFIX)
                       or compatible(resource.canonical))
-        if public:
+        if public or authorized(request, token):
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise error(401, "unauthorized", "missing or wrong bearer token")
-        return await handler(request)
+        raise error(401, "unauthorized", "missing or wrong bearer token")
 
     @web.middleware
     async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
@@ -123,6 +126,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
     app[PROCESSOR] = processor
     app[READINESS] = readiness
     app[RATES] = rates
+    app[TOKEN] = token
     checkout.setup(app, processor, embed_origins)
     app.add_routes([
         web.post("/v1/invoices", create_invoice),
@@ -471,5 +475,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready or not for anyone (a load balancer's probe); the reasons (host names, heights, lease tokens) only
+    with the API token."""
     report = await request.app[READINESS]()
-    return web.json_response(report, status=200 if report["ready"] else 503)
+    shown = report if authorized(request, request.app[TOKEN]) else {"ready": report["ready"]}
+    return web.json_response(shown, status=200 if report["ready"] else 503)

@@ -151,7 +151,7 @@ _ERROR = {
 
 _READINESS = {
     "type": "object",
-    "required": ["ready", "store_writable", "chains"],
+    "required": ["ready"],  # the rest only with the API token
     "properties": {"ready": {"type": "boolean"}, "store_writable": {"type": "boolean"},
                    "chains": {"type": "object"},
                    "rates_stale": {"type": "array", "items": _STRING,
@@ -242,7 +242,8 @@ _PATHS: dict[str, Any] = {
     },
     "/healthz": {"get": {"summary": "The process is alive", "security": [],
                          "responses": {"200": _json({"type": "object"}, "alive"), **_errors(405)}}},
-    "/readyz": {"get": {"summary": "Store writable, every chain connected and caught up", "security": [],
+    "/readyz": {"get": {"summary": "Store writable, every chain connected and caught up; without the token only "
+                                   "`ready`", "security": [{}, {"bearer": []}],
                         "responses": {"200": _json(_ref("Readiness"), "ready"),
                                       "503": _json(_ref("Readiness"), "not ready, with the reasons"),
                                       **_errors(405)}}},

@@ -3,9 +3,10 @@ median of the fresh ones, with the spread applied in the merchant's favour.
 
 Rates are exact Fractions: "price of one whole coin in whole units of the currency" (50000.12 USD per BTC is
 Fraction(5000012, 100)). A value is fresh while it is at most max_age_seconds old (by the source's own
-timestamp when it gives one, else by when we received it); a quote with no fresh value raises
-RatesUnavailable rather than price on a guess. Failures are logged once per outage, outliers once per episode;
-both are counted in metrics on every round.
+timestamp when it gives one, else by when we received it); a quote with no fresh value, or fewer agreeing fresh
+values than min_sources, raises RatesUnavailable rather than price on a guess (or on one source that may be
+wrong while another that lists the pair is down). Failures are logged once per outage, outliers once per
+episode; both are counted in metrics on every round.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ class RateBook:
             for name in self.config.sources
         }
         self.state = {name: SourceState() for name in self.sources}
+        # Which sources list each pair, for min_sources' default: at first every source that may, then as they
+        # answer (a clean answer without the pair says the source does not list it). A source that has not
+        # answered yet counts as listing, so a source down from the start lowers no pair to one source.
+        self.listing: dict[Pair, set[str]] = {
+            pair: {name for name, source in self.sources.items() if source.may_list(pair)} for pair in self.pairs
+        }
         self._values: dict[Pair, dict[str, tuple[Fraction, float]]] = {}  # pair -> source -> (rate, taken at)
         self._outliers: set[tuple[str, Pair]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -155,8 +162,16 @@ class RateBook:
             return f"no exchange rate for {asset} in {currency}: {currency} is not a tracked currency ({tracked})"
         return f"no exchange rate for {asset} in {currency}: {asset} is not a tracked asset"
 
+    def min_sources(self, pair: Pair) -> int:
+        """Fresh sources that must agree for `pair` to have a rate: [rates] min_sources, else 2 where two or more
+        sources list the pair and 1 where only one does."""
+        if self.config.min_sources is not None:
+            return self.config.min_sources
+        return 2 if len(self.listing.get(pair, ())) >= 2 else 1
+
     def median(self, pair: Pair, now: float) -> Median:
-        """The pair's median over the sources' fresh values, without the outliers."""
+        """The pair's median over the sources' fresh values, without the outliers; none with fewer than
+        min_sources of them."""
         values = self._values.get(pair, {})
         newest = max((taken for _, taken in values.values()), default=None)
         fresh = {s: rate for s, (rate, taken) in values.items() if now - taken <= self.config.max_age_seconds}
@@ -174,6 +189,14 @@ class RateBook:
             quotes = ", ".join(f"{s} {decimal_text(rate)}" for s, rate in sorted(fresh.items()))
             return Median(None, (), outliers, newest,
                           f"the sources disagree by more than {self.config.max_deviation_percent}% ({quotes})")
+        required = self.min_sources(pair)
+        if len(kept) < required:
+            why = ("min_sources" if self.config.min_sources is not None else
+                   f"min_sources, by default 2 as {' and '.join(sorted(self.listing[pair]))} list the pair")
+            return Median(None, (), outliers, newest,
+                          f"only {len(kept)} fresh {'source agrees' if len(kept) == 1 else 'sources agree'} "
+                          f"({', '.join(sorted(kept))}), {required} must ({why}); "
+                          "the others are failing, stale or too far from the median")
         return Median(median(kept.values()), tuple(sorted(kept)), outliers, newest)
 
     # ---- fetching ----
@@ -230,6 +253,11 @@ class RateBook:
                 # A source's own timestamp can only make a value older: a stuck mirror serves yesterday's price.
                 taken = now if price.as_of is None else min(now, price.as_of)
                 self._values.setdefault(pair, {})[name] = (price.rate, taken)
+        for pair in self.pairs:
+            if pair in fetched.prices:
+                self.listing[pair].add(name)
+            elif not fetched.problems:  # answered cleanly without it: this source does not list the pair
+                self.listing[pair].discard(name)
         if fetched.prices:
             state.last_success = now
         if fetched.problems:
@@ -301,6 +329,8 @@ class RateBook:
                 "fixed": False,
                 "sources": list(found.used),
                 "outliers": list(found.outliers),
+                "min_sources": self.min_sources(pair),
+                "reason": found.reason or None,
             }
             if found.rate is None:
                 stale.append(pair_name(pair))

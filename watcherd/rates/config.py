@@ -37,6 +37,9 @@ class RatesConfig:
     # "USDC_USD" -> Decimal("1"): the operator's own rate, never fetched, always fresh
     fixed: Mapping[str, Decimal] = field(default_factory=dict)
     coingecko_api_key: str | None = field(default=None, repr=False)
+    # Fresh sources that must agree for a pair to have a rate; None: 2 where two or more sources list the pair,
+    # else 1 (so one source alone never prices a pair another one lists too)
+    min_sources: int | None = None
 
     def url(self, source: str) -> str:
         return (self.urls.get(source) or SOURCE_URLS[source]).rstrip("/")

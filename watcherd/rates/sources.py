@@ -135,6 +135,10 @@ class Source:
     async def fetch(self, session: aiohttp.ClientSession, pairs: Collection[Pair]) -> Fetched:
         raise NotImplementedError
 
+    def may_list(self, pair: Pair) -> bool:
+        """Whether this source could list `pair` at all, before it has answered (min_sources counts on it)."""
+        return bool(_PLAIN.fullmatch(pair[0]) and _PLAIN.fullmatch(pair[1]))
+
     async def get(
         self, session: aiohttp.ClientSession, path: str, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -380,6 +384,9 @@ COINGECKO_IDS: Mapping[str, str] = MappingProxyType({
 
 class CoinGecko(Source):
     name = "coingecko"
+
+    def may_list(self, pair: Pair) -> bool:
+        return super().may_list(pair) and pair[0].upper() in COINGECKO_IDS
 
     async def fetch(self, session: aiohttp.ClientSession, pairs: Collection[Pair]) -> Fetched:
         asked = [p for p in plain(pairs) if p[0].upper() in COINGECKO_IDS]

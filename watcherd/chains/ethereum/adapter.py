@@ -39,6 +39,7 @@ from watcherd.core.chain import ChainSink
 from watcherd.core.invoices import FINALITY
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import ChainRefused, NodeProtocolError
+from watcherd.logs import redact_url
 
 if TYPE_CHECKING:
     from watcherd.chains.ethereum.config import EthereumChainConfig
@@ -109,7 +110,7 @@ class EthereumAdapter(Follower):
         return self._deriver.derive(index)
 
     def describe_node(self) -> str:
-        return f"{self.config.ws_url.split('/')[2]} (chain id {self.config.chain_id})"
+        return f"{redact_url(self.config.ws_url)} (chain id {self.config.chain_id})"
 
     def payment_uri(self, address: str, amount: int, asset: str) -> str:
         token = self._token_of_symbol.get(asset)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
 from watcherd.chains.ethereum import address as eth_address
-from watcherd.config.reader import Table, common_chain_keys
+from watcherd.config.reader import Table, common_chain_keys, has_userinfo
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,15 @@ _TOKEN_SYMBOL = re.compile(r"[A-Za-z0-9.]{1,16}")
 
 
 def parse_config(t: Table, name: str) -> EthereumChainConfig | None:
-    ws_url = t.text("ws_url")
+    # A provider's URL carries its key (wss://mainnet.infura.io/ws/v3/<key>): it may come from a file like any
+    # secret (ws_url_file), and is shown redacted in logs.
+    ws_url = t.secret("ws_url") or ""
     if ws_url and not _WS_URL.fullmatch(ws_url):
-        t.problem("ws_url", "must be a websocket URL, ws:// or wss:// (the node's websocket JSON-RPC)")
+        t.problem(t.secret_key("ws_url"), "must be a websocket URL, ws:// or wss:// (the node's websocket JSON-RPC)")
+    elif ws_url and has_userinfo(ws_url):
+        t.problem(t.secret_key("ws_url"), "must not contain credentials (user:password@): they would travel and show "
+                  "with the URL; a provider's key in the path is fine (logs show only the host), and ws_url_file "
+                  "keeps the whole URL in a file of its own")
     chain_id = t.integer("chain_id", None, lambda x: x >= 1, "an integer ≥ 1 (1 = Ethereum mainnet)")
     xpub = t.secret("xpub")
     if xpub is not None:

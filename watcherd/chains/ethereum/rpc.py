@@ -18,6 +18,7 @@ import aiohttp
 
 from watcherd.chains.rpc import result
 from watcherd.exceptions import NodeProtocolError, NodeUnavailable
+from watcherd.logs import redact_url, scrub
 
 _CLOSED = object()
 MAX_QUEUED = 10_000  # a node flooding pending transactions faster than we read them costs memory up to here
@@ -51,7 +52,8 @@ class WsRpc:
                                                       heartbeat=20, max_msg_size=256 * 1024 * 1024)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             await self.close()
-            raise NodeUnavailable(f"{_redact(self.url)} unreachable: {type(exc).__name__}: {exc}") from exc
+            raise NodeUnavailable(f"{redact_url(self.url)} unreachable: {type(exc).__name__}: "
+                                  f"{scrub(str(exc), self.url)}") from exc
         self._notifications = asyncio.Queue()
         self._reader = asyncio.create_task(self._read(self._ws), name="eth-ws-reader")
 
@@ -73,7 +75,7 @@ class WsRpc:
     def _fail_waiting(self) -> None:
         for future in self._waiting.values():
             if not future.done():
-                future.set_exception(NodeUnavailable(f"{_redact(self.url)}: websocket closed"))
+                future.set_exception(NodeUnavailable(f"{redact_url(self.url)}: websocket closed"))
         self._waiting.clear()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -109,7 +111,7 @@ class WsRpc:
         if answer.get("id") is None and "error" in answer:
             # a request the node refused as a whole ("batch too large", a parse error): which one is unknown,
             # so every waiting call fails with the node's own words instead of waiting for the timeout
-            problem = NodeProtocolError(f"{_redact(self.url)} refused a request: {str(answer['error'])[:200]}")
+            problem = NodeProtocolError(f"{redact_url(self.url)} refused a request: {str(answer['error'])[:200]}")
             for waiting in self._waiting.values():
                 if not waiting.done():
                     waiting.set_exception(problem)
@@ -123,7 +125,7 @@ class WsRpc:
 
     async def _send(self, payload: Any, ids: list[int]) -> list[Any]:
         if self._ws is None or self._ws.closed:
-            raise NodeUnavailable(f"{_redact(self.url)}: websocket not connected")
+            raise NodeUnavailable(f"{redact_url(self.url)}: websocket not connected")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in ids]
         self._waiting.update(zip(ids, futures, strict=True))
@@ -133,9 +135,9 @@ class WsRpc:
             async with asyncio.timeout(self.timeout):
                 return list(await asyncio.gather(*futures))
         except TimeoutError as exc:
-            raise NodeUnavailable(f"{_redact(self.url)}: no answer within {self.timeout:.0f} s") from exc
+            raise NodeUnavailable(f"{redact_url(self.url)}: no answer within {self.timeout:.0f} s") from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
-            raise NodeUnavailable(f"{_redact(self.url)}: {type(exc).__name__}: {exc}") from exc
+            raise NodeUnavailable(f"{redact_url(self.url)}: {type(exc).__name__}: {scrub(str(exc), self.url)}") from exc
         finally:
             for i in ids:
                 self._waiting.pop(i, None)
@@ -181,13 +183,6 @@ class WsRpc:
             return None
         if item is _CLOSED:
             self._notifications.put_nowait(_CLOSED)
-            raise NodeUnavailable(f"{_redact(self.url)}: websocket closed")
+            raise NodeUnavailable(f"{redact_url(self.url)}: websocket closed")
         return item
 
-
-def _redact(url: str) -> str:
-    """Provider URLs carry API keys in their path: log the host only."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
 from watcherd.chains.monero import crypto as xmr_crypto
-from watcherd.config.reader import ZMQ_ENDPOINT, Table, common_chain_keys, is_http_url
+from watcherd.config.reader import ZMQ_ENDPOINT, Table, common_chain_keys, has_userinfo, is_http_url
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ def parse_config(t: Table, name: str) -> MoneroChainConfig | None:
     rpc_url = t.text("rpc_url")
     if rpc_url and not is_http_url(rpc_url):
         t.problem("rpc_url", "must be an http:// or https:// URL (monerod's RPC, e.g. http://127.0.0.1:18081)")
+    elif rpc_url and has_userinfo(rpc_url):
+        t.problem("rpc_url", "must not contain credentials (user:password@); use rpc_user + rpc_password(_file)")
     rpc_user = t.optional_text("rpc_user")
     rpc_password = t.secret("rpc_password", required=False)
     if (rpc_user is None) != (rpc_password is None):
