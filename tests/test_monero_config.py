@@ -45,6 +45,7 @@ def test_view_key_from_file_and_defaults(tmp_path, wallet):
     assert isinstance(chain, MoneroChainConfig)
     assert (chain.account, chain.confirmations, chain.asset, chain.decimals) == (0, 10, "XMR", 12)
     assert chain.zmq_pub is None and chain.network.name == "mainnet"
+    assert chain.max_reorg_depth == 100
     assert chain.view_key.hex() == wallet.secret_view_key()
     assert wallet.secret_view_key() not in repr(chain)
     address, key = chain.address_deriver().derive(0)

@@ -8,6 +8,9 @@ from decimal import Decimal
 from watcherd.chains.monero import crypto as xmr_crypto
 from watcherd.config.reader import ZMQ_ENDPOINT, Table, common_chain_keys, is_http_url
 
+# A reorg deeper than this is more likely a wrong node than a real one.
+MAX_REORG_DEPTH = 100
+
 
 @dataclass(frozen=True)
 class MoneroNetwork:
@@ -29,6 +32,7 @@ class MoneroChainConfig:
     underpaid_tolerance_percent: Decimal = Decimal(0)
     invoice_expiry_seconds: int = 900
     node_down_after_seconds: float = 30.0
+    max_reorg_depth: int = MAX_REORG_DEPTH
     poll_interval_seconds: float = 2.0
     start_height: int | None = None  # None: start at the node's tip on the very first run
     asset: str = "XMR"
@@ -88,7 +92,7 @@ def parse_config(t: Table, name: str) -> MoneroChainConfig | None:
                 t.problem(source, "is not the private view key of primary_address (its public key differs)")
                 view_key = None
     account = t.integer("account", 0, lambda x: 0 <= x < 2**32, "an integer 0 ≤ x < 2^32")
-    common = common_chain_keys(t, confirmations=10)
+    common = common_chain_keys(t, confirmations=10, max_reorg_depth=MAX_REORG_DEPTH)
     chain = MoneroChainConfig(
         name=name,
         network=network,
