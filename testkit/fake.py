@@ -1,5 +1,5 @@
 """In memory, for tests: a chain adapter driving the core (addresses derived from a hash, no node), and a node
-that the shared follower follows (blocks a test mines and reorganises)."""
+that the shared follower follows (blocks a test mines, reorganises or serves from another network)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from decimal import Decimal
 from watcherd.chains.follow import Follower
 from watcherd.core.chain import ChainSink
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Watchlist
-from watcherd.exceptions import NodeUnavailable
+from watcherd.exceptions import ChainRefused, NodeUnavailable
 
 
 class FakeChain:
@@ -56,6 +56,7 @@ class FakeNodeConfig:
 
     name: str = "fake"
     asset: str = "FAKE"
+    network: str = "fakenet"
     confirmations: int = 1
     underpaid_tolerance_percent: Decimal = Decimal(0)
     invoice_expiry_seconds: int = 900
@@ -66,7 +67,7 @@ class FakeNodeConfig:
 class FakeNode(Follower):
     """The shared follower (chains/follow.py) over an in-memory node whose main chain is blocks "h0" ... "h<base>"
     (the cursor `open_core` sets is h100), then what the test mines. `reorg` replaces the top blocks,
-    `failing` makes its block reads fail like a node gone away."""
+    `serves` is the network the node answers for, `failing` makes its block reads fail like a node gone away."""
 
     decimals = 8
 
@@ -74,7 +75,9 @@ class FakeNode(Follower):
         super().__init__(config)
         self.hashes = [f"h{n}" for n in range(base + 1)]
         self.blocks: dict[str, ChainBlock] = {}  # every block ever mined, by hash (reorganised ones too)
+        self.serves = config.network
         self.failing = False
+        self.network_checks = 0
         self._forks = 0
 
     def mine(self, *txs: ChainTx) -> ChainBlock:
@@ -91,6 +94,12 @@ class FakeNode(Follower):
         self._forks += 1
         contents = list(blocks) + [()] * (depth + 1 - len(blocks))
         return [self.mine(*txs) for txs in contents]
+
+    async def check_network(self) -> None:
+        self.network_checks += 1
+        if self.serves != self.config.network:
+            raise ChainRefused(f"chains.{self.name}: the node serves {self.serves}, the config says "
+                               f"network = {self.config.network!r}")
 
     async def tip_height(self) -> int:
         return len(self.hashes) - 1

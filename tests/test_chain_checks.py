@@ -1,22 +1,37 @@
-"""A chain never walks back deeper than its max_reorg_depth, and a node it refuses stops that chain alone, with
-one CRITICAL line and a metric, undoing nothing (unit level, with the shared follower over testkit's in-memory
-node; the real-node versions are in tests/test_bitcoin_e2e.py and tests/test_ethereum_e2e.py)."""
+"""A chain follows only the network its config names, and never walks back deeper than its max_reorg_depth:
+either refusal stops that chain alone, with one CRITICAL line and a metric, and undoes nothing (unit level, with
+the shared follower over testkit's in-memory node and recorded node answers; the real-node versions are in
+tests/test_bitcoin_e2e.py, tests/test_monero_e2e.py and tests/test_ethereum_e2e.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from decimal import Decimal
+from typing import Any
 
 import pytest
-from test_config import EXAMPLE, MINIMAL, problems, write
+from harness import account_tpub
+from test_config import EXAMPLE, MINIMAL, ZPUB, problems, write
 from test_processor import events, open_core, tx
 
 from testkit.fake import FakeNode, FakeNodeConfig
 from watcherd import metrics
+from watcherd.chains.bitcoin.adapter import BitcoinAdapter
+from watcherd.chains.bitcoin.address import network
+from watcherd.chains.bitcoin.config import BitcoinChainConfig
 from watcherd.chains.follow import follow_forever
+from watcherd.chains.monero.adapter import MoneroAdapter
+from watcherd.chains.monero.config import MoneroChainConfig, MoneroNetwork
+from watcherd.chains.rpc import RpcError
 from watcherd.config import load
 from watcherd.core.types import Cursor
 from watcherd.exceptions import ChainRefused, NodeUnavailable, ReorgTooDeep
+
+# monerod 0.18 --regtest --offline, get_info as it answered (the fields the check reads, and a few around them)
+REGTEST_GET_INFO = {"height": 1, "mainnet": False, "nettype": "fakechain", "offline": True, "stagenet": False,
+                    "status": "OK", "testnet": False, "top_block_hash": "418015bb9ae982a1975da7d79277c2705727a56894"
+                    "ba0fb246adaabb1f4632e3", "version": "0.18.0.0-unknown"}
 
 
 @pytest.fixture
@@ -130,7 +145,29 @@ async def test_a_node_error_during_the_walk_back_is_no_reorg(core):
     assert (await processor.invoice_json(invoice["id"]))["status"] == "paid" and node.stopped is None
 
 
-# --- a refused node ----------------------------------------------------------------------------------------
+# --- the node's network -------------------------------------------------------------------------------------
+
+
+async def test_the_network_is_checked_per_connection_and_when_the_node_moves(core):
+    """Checked on the first reconcile of a connection and whenever the node's best block is not our cursor (a
+    node swapped between two polls shows there), not on every idle poll; a node now serving another network
+    is refused before anything of it is connected."""
+    processor, chain, _ = core
+    node = FakeNode(FakeNodeConfig())
+    sink = processor.sink("fake")
+    await node.reconcile(sink)
+    await node.reconcile(sink)
+    assert node.network_checks == 1  # connected, then idle at our cursor
+    node.mine()
+    await node.reconcile(sink)
+    assert node.network_checks == 2
+    invoice = await processor.create_invoice("fake", 1000)
+    node.serves = "othernet"  # restarted on another network between two polls, with a payment of its own
+    node.mine(tx("t-other", chain.derive(0)[1], 1000))
+    with pytest.raises(ChainRefused, match="the node serves othernet"):
+        await node.reconcile(sink)
+    assert await processor.store.cursor("fake") == Cursor(101, "h101")
+    assert (await processor.invoice_json(invoice["id"]))["status"] == "unpaid"
 
 
 async def test_a_node_of_another_network_stops_only_its_chain(caplog):
@@ -164,3 +201,104 @@ async def test_a_node_of_another_network_stops_only_its_chain(caplog):
         with pytest.raises(asyncio.CancelledError):
             await task
     assert [r.levelno for r in caplog.records] == [logging.CRITICAL]
+
+
+class RecordedRpc:
+    """Answers a node gave (method -> answer, or (method, first param) -> answer); asked anything else, fails."""
+
+    def __init__(self, answers: dict[Any, Any]):
+        self.answers = answers
+        self.asked: list[tuple[Any, ...]] = []
+
+    async def call(self, method: str, *params: Any, **named: Any) -> Any:
+        self.asked.append((method, *params))
+        answer = self.answers[(method, params[0]) if params else method]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def close(self) -> None:
+        pass
+
+
+def bitcoin_adapter(coin: str, network_name: str, answers: dict[Any, Any]) -> BitcoinAdapter:
+    adapter = BitcoinAdapter(BitcoinChainConfig(
+        name="btc", coin=coin, network=network(coin, network_name), asset="BTC", rpc_url="http://127.0.0.1:18443",
+        rpc_user="u", rpc_password="p", rpc_cookie_file=None, zmq_rawtx=None, zmq_hashblock=None,
+        poll_interval_seconds=1.0, xpub=ZPUB if network_name == "mainnet" else account_tpub(84), address_type="p2wpkh",
+        confirmations=1, underpaid_tolerance_percent=Decimal(0), invoice_expiry_seconds=900, start_height=None))
+    adapter._rpc = RecordedRpc(answers)  # type: ignore[assignment]
+    return adapter
+
+
+BTC_GENESIS = "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
+LTC_REGTEST_GENESIS = "530827f38f93b43ed12af0b3ad25a288dc02ed74d6d7857862df51fc56c416f9"
+BCH_478559 = "000000000000000000651ef99cb9fcbe0dadde1d424bd9f15ff20136191a5eec"
+BTC_478559 = "00000000000000000019f112ec0a9982926f1258cdcc558dd7c3b7e5dc7fa148"
+OUT_OF_RANGE = RpcError("getblockhash", -8, "Block height out of range")
+
+
+@pytest.mark.parametrize(("coin", "network_name", "answers", "served"), [
+    ("bitcoin", "regtest", {("getblockhash", 0): LTC_REGTEST_GENESIS},
+     f"litecoin regtest (genesis block {LTC_REGTEST_GENESIS})"),
+    ("litecoin", "mainnet", {("getblockhash", 0): BTC_GENESIS}, f"bitcoin mainnet (genesis block {BTC_GENESIS})"),
+    ("bitcoin", "testnet", {("getblockhash", 0): "00" * 32},
+     f"a chain watcherd does not know (genesis block {'00' * 32})"),
+    ("bitcoin", "mainnet", {("getblockhash", 0): BTC_GENESIS, ("getblockhash", 478_559): BCH_478559},
+     f"a fork of Bitcoin (Bitcoin Cash, Bitcoin SV: block 478559 is {BCH_478559})"),
+])
+async def test_a_bitcoin_family_node_of_another_network_is_refused(coin, network_name, answers, served):
+    """Its genesis block names what the node serves; on Bitcoin mainnet, the block where Bitcoin Cash left
+    (Bitcoin SV came from it) tells those apart, though they share Bitcoin's genesis."""
+    adapter = bitcoin_adapter(coin, network_name, answers)
+    with pytest.raises(ChainRefused) as refused:
+        await adapter.check_network()
+    assert str(refused.value) == (
+        f"chains.btc: the node at http://127.0.0.1:18443 serves {served}, the config says coin = {coin!r}, "
+        f"network = {network_name!r}; refusing to follow it (wrong node, or wrong config?)")
+
+
+@pytest.mark.parametrize(("network_name", "answers"), [
+    ("mainnet", {("getblockhash", 0): BTC_GENESIS, ("getblockhash", 478_559): BTC_478559}),
+    ("mainnet", {("getblockhash", 0): BTC_GENESIS, ("getblockhash", 478_559): OUT_OF_RANGE}),  # still syncing
+    ("testnet4", {("getblockhash", 0): "00000000da84f2bafbbc53dee25a72ae507ff4914b867c565be350b0da8bf043"}),
+])
+async def test_a_bitcoin_node_of_the_configured_network_is_followed(network_name, answers):
+    """The same check passes the right node, including a mainnet node not yet past the fork block (checked
+    again at its next block); it asks exactly what it needs."""
+    adapter = bitcoin_adapter("bitcoin", network_name, answers)
+    await adapter.check_network()
+    assert adapter._rpc.asked == list(answers)  # type: ignore[attr-defined]
+
+
+def monero_adapter(network_name: str, get_info: dict[str, Any]) -> MoneroAdapter:
+    from testkit.monero_node import new_keys, primary_address
+
+    spend, view = new_keys()
+    net = MoneroNetwork("mainnet", regtest=True) if network_name == "regtest" else MoneroNetwork(network_name)
+    adapter = MoneroAdapter(MoneroChainConfig(
+        name="xmr", network=net, rpc_url="http://127.0.0.1:18081", rpc_user=None, rpc_password=None, zmq_pub=None,
+        primary_address=primary_address(spend, view, net.name), view_key=view))
+    adapter._rpc = RecordedRpc({"get_info": get_info})  # type: ignore[assignment]
+    return adapter
+
+
+@pytest.mark.parametrize(("network_name", "nettype", "served"), [
+    ("mainnet", "fakechain", "regtest (nettype fakechain)"),  # regtest shares mainnet's genesis and addresses
+    ("mainnet", "stagenet", "stagenet"),
+    ("regtest", "mainnet", "mainnet"),
+    ("stagenet", "<script>", "nettype '<script>'"),
+])
+async def test_a_monerod_of_another_network_is_refused(network_name, nettype, served):
+    """monerod's get_info nettype against the config's network (regtest is "fakechain")."""
+    adapter = monero_adapter(network_name, {**REGTEST_GET_INFO, "nettype": nettype})
+    with pytest.raises(ChainRefused) as refused:
+        await adapter.check_network()
+    assert str(refused.value) == (
+        f"chains.xmr: the node at http://127.0.0.1:18081 serves Monero {served}, the config says "
+        f"network = {network_name!r}; refusing to follow it (wrong node, or wrong config?)")
+
+
+async def test_a_monerod_of_the_configured_network_is_followed():
+    """The recorded regtest answer passes a regtest config."""
+    await monero_adapter("regtest", REGTEST_GET_INFO).check_network()

@@ -1,9 +1,10 @@
-"""Following a node, once for every chain kind: reconnect with backoff, catch up from the durable cursor,
-walk back over reorgs (no deeper than `max_reorg_depth`), and diff the node's pool against what we have seen.
+"""Following a node, once for every chain kind: reconnect with backoff, check the node's network, catch up
+from the durable cursor, walk back over reorgs (no deeper than `max_reorg_depth`), and diff the node's pool
+against what we have seen.
 
-A chain kind subclasses `Follower` and supplies the node-specific reads (`tip_height`, `hash_at`,
-`parent_hash`, `next_block`, and for a pool diff `pool_txids` / `pool_txs` / `best_hash`); everything it
-learns goes to the `ChainSink` the ledger gave it.
+A chain kind subclasses `Follower` and supplies the node-specific reads (`check_network`, `tip_height`,
+`hash_at`, `parent_hash`, `next_block`, and for a pool diff `pool_txids` / `pool_txs` / `best_hash`);
+everything it learns goes to the `ChainSink` the ledger gave it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Follower:
         self.watchlist = Watchlist()
         self.connected = False
         self.stopped: str | None = None  # why this chain no longer follows its node (see stay_stopped)
+        self.network_checked = False  # the node answering now was checked to serve the configured network
         self.node_tip: int | None = None
         self._pool_seen: set[str] = set()
         self._pool_stale = True  # read the pool (what we have not seen of it) at the next reconcile
@@ -56,6 +58,10 @@ class Follower:
         self._retry.set()
 
     # --- what a chain kind supplies -----------------------------------------------------------------
+
+    async def check_network(self) -> None:
+        """ChainRefused unless the node serves the configured network (its genesis block, its nettype)."""
+        raise NotImplementedError
 
     async def tip_height(self) -> int:
         """The node's best height."""
@@ -201,10 +207,17 @@ class Follower:
         """Bring the store up to the node's tip from the cursor, then diff the pool.
 
         `full=False` is the cheap periodic check: it reads the pool only when it needs a re-read (after a
-        gap or reconnection), unless `pool_every_check` says the node's feed may miss pool transactions."""
+        gap or reconnection), unless `pool_every_check` says the node's feed may miss pool transactions.
+
+        The node's network is checked first on a new connection, and whenever its best block is not our
+        cursor: a node swapped for another network's between two calls shows there, before anything of it is
+        matched."""
         best = await self.best_hash()
         cursor = await sink.cursor()
         behind = cursor is None or best != cursor.hash
+        if behind or not self.network_checked:
+            await self.check_network()
+            self.network_checked = True
         # the node's tip is known before the chain counts as up: Processor.caught_up (expiry) reads "connected,
         # processed up to node_tip", which must not hold with a missing or stale tip while blocks wait
         if behind:

@@ -50,7 +50,7 @@ class BitcoinChainConfig:
 
 def parse_config(t: Table, name: str) -> BitcoinChainConfig | None:
     coin = t.choice("coin", ("bitcoin", "litecoin"))
-    network_name = t.choice("network", ("mainnet", "testnet", "signet", "regtest"))
+    network_name = t.choice("network", ("mainnet", "testnet", "testnet4", "signet", "regtest"))
     network = None
     if coin and network_name:
         try:

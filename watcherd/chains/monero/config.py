@@ -14,7 +14,18 @@ MAX_REORG_DEPTH = 100
 
 @dataclass(frozen=True)
 class MoneroNetwork:
-    name: str  # mainnet | stagenet | testnet (regtest uses mainnet's address prefixes)
+    name: str  # mainnet | stagenet | testnet: the address prefixes (regtest uses mainnet's)
+    regtest: bool = False
+
+    @property
+    def nettype(self) -> str:
+        """What monerod's get_info calls it (monerod --regtest: "fakechain")."""
+        return "fakechain" if self.regtest else self.name
+
+    @property
+    def configured(self) -> str:
+        """The config's `network`."""
+        return "regtest" if self.regtest else self.name
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ class MoneroChainConfig:
 
 def parse_config(t: Table, name: str) -> MoneroChainConfig | None:
     network_name = t.choice("network", ("mainnet", "stagenet", "testnet", "regtest"))
-    network = MoneroNetwork("mainnet" if network_name == "regtest" else network_name)
+    network = MoneroNetwork("mainnet", regtest=True) if network_name == "regtest" else MoneroNetwork(network_name)
     rpc_url = t.text("rpc_url")
     if rpc_url and not is_http_url(rpc_url):
         t.problem("rpc_url", "must be an http:// or https:// URL (monerod's RPC, e.g. http://127.0.0.1:18081)")
