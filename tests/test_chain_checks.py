@@ -58,6 +58,14 @@ def test_max_reorg_depth_is_a_chain_key_with_a_default_per_kind(tmp_path):
     assert {c.max_reorg_depth for c in load(EXAMPLE).chains.values()} == {100}
 
 
+def test_a_stopped_chain_pages():
+    """The alert the README promises on watcherd_chain_stopped (promtool validity and the metric's existence:
+    test_operator's alert rules test)."""
+    rules = (EXAMPLE.parent / "prometheus-alerts.yml").read_text()
+    block = rules.split("- alert: WatcherdChainStopped", 1)[1].split("- alert:", 1)[0]
+    assert "expr: watcherd_chain_stopped == 1" in block and "severity: page" in block
+
+
 async def test_a_reorg_deeper_than_max_reorg_depth_disconnects_nothing_and_stops_the_chain(core, caplog):
     """One block more than max_reorg_depth to undo: the payment stays paid, the cursor where it was, no event is
     written; the follower stays stopped (its task alive) with one CRITICAL line naming the depth, the chain not
