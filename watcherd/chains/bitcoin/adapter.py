@@ -147,10 +147,10 @@ class BitcoinAdapter(ZmqFollower):
             at_split = await self.hash_at(split_height)
             if at_split in (None, bitcoins):  # None: the node has not come that far (checked again later)
                 return
-            served = f"a fork of Bitcoin (Bitcoin Cash, Bitcoin SV: block {split_height} is {at_split})"
+            served = f"a fork of Bitcoin (Bitcoin Cash, Bitcoin SV: block {split_height} is {at_split[:64]})"
         else:
             known = [f"{coin} {network}" for (coin, network), block in GENESIS.items() if block == genesis]
-            served = f"{known[0] if known else 'a chain watcherd does not know'} (genesis block {genesis})"
+            served = f"{known[0] if known else 'a chain watcherd does not know'} (genesis block {str(genesis)[:64]})"
         raise ChainRefused(
             f"chains.{self.name}: the node at {self.describe_node()} serves {served}, the config says "
             f"coin = {configured[0]!r}, network = {configured[1]!r}; refusing to follow it (wrong node, or "
