@@ -187,3 +187,26 @@ class Daemon:
         raise AssertionError(
             f"invoice {invoice_id} not {status} within {timeout}s: {json.dumps(invoice)[:1500]}\n{self.log_tail()}"
         )
+
+
+def readiness(daemon: Daemon) -> dict[str, Any]:
+    """/readyz as the API token sees it, ready (200) or not (503)."""
+    return dict(daemon.readiness()[1])
+
+
+def wait_stopped(daemon: Daemon, chain: str, timeout: float = 30) -> str:
+    """Wait until /readyz shows `chain` stopped and the daemon not ready; the reason it gives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = readiness(daemon)
+        reason = shown["chains"].get(chain, {}).get("stopped")
+        if reason:
+            assert not shown["ready"] and not shown["chains"][chain]["ready"], shown
+            return str(reason)
+        assert time.monotonic() < deadline, f"{chain} not stopped: {shown}\n{daemon.log_tail()}"
+        time.sleep(0.1)
+
+
+def critical_lines(daemon: Daemon) -> list[str]:
+    """The CRITICAL lines of the daemon's (plain) log."""
+    return [line for line in daemon.log_path.read_text(errors="replace").splitlines() if " CRITICAL " in line]

@@ -10,7 +10,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from harness import chain_table, wait_delivered
+from harness import chain_table, critical_lines, readiness, wait_delivered, wait_stopped
 
 
 def test_exact_payment_over_zmq(bsv_node, daemon_factory, receiver):
@@ -248,3 +248,60 @@ def test_reorg_while_the_daemon_is_down(bsv_node, daemon_factory, receiver):
     assert paid["status"] == "paid" and paid["payments"][0]["txid"] == txid
     assert paid["payments"][0]["block_hash"] != first_block
     assert daemon.metric("watcherd_reorgs_total", chain="btc") == 1
+
+
+def test_a_bitcoin_chain_pointed_at_litecoind_is_refused(ltc_node, daemon_factory):
+    """A Bitcoin regtest chain whose rpc_url is litecoind's follows nothing of it: one CRITICAL line naming what
+    the node serves and what the config says, /readyz not ready for that chain with the same reason,
+    watcherd_chain_stopped{reason="network"}; the matching config on the same node, beside it, is followed."""
+    daemon = daemon_factory(chain_table("btc", ltc_node, confirmations=1, zmq=False, coin="bitcoin")
+                            + chain_table("ltc", ltc_node, confirmations=1, zmq=False))
+    refusal = (f"chains.btc: the node at {ltc_node.rpc_url} serves litecoin regtest (genesis block "
+               "530827f38f93b43ed12af0b3ad25a288dc02ed74d6d7857862df51fc56c416f9), the config says "
+               "coin = 'bitcoin', network = 'regtest'; refusing to follow it (wrong node, or wrong config?)")
+    assert wait_stopped(daemon, "btc") == refusal
+    [line] = critical_lines(daemon)
+    assert refusal in line and "this chain stops (the others go on)" in line
+    assert daemon.metric("watcherd_chain_stopped", chain="btc", reason="network") == 1
+    assert daemon.metric("watcherd_processed_height", chain="btc") == 0  # not even a first cursor
+    invoice = daemon.create_invoice("ltc", "0.1")
+    ltc_node.pay(invoice["address"], "0.1")
+    ltc_node.mine(1)
+    daemon.wait_status(invoice["id"], "paid")
+    shown = readiness(daemon)
+    assert shown["chains"]["ltc"]["ready"] and "stopped" not in shown["chains"]["ltc"]
+    assert not shown["ready"] and shown["chains"]["btc"]["processed_height"] is None
+
+
+def test_a_reorg_deeper_than_max_reorg_depth_stops_the_chain_and_undoes_nothing(bsv_node, daemon_factory, receiver):
+    """invalidateblock three blocks deep on a chain allowed two: the invoice paid in the invalidated block stays
+    paid (no webhook takes it back), the chain stops with one CRITICAL line, and /readyz and
+    watcherd_chain_stopped{reason="reorg_depth"} say so. (A reorg within the limit is
+    test_reorg_takes_invoice_back_then_pays_again.)"""
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1, max_reorg_depth=2))
+    invoice = daemon.create_invoice("btc", "0.01")
+    bsv_node.pay(invoice["address"], "0.01")
+    paying_block = bsv_node.mine(1)[0]
+    bsv_node.mine(2)
+    tip, tip_hash = bsv_node.tip()
+    daemon.wait_status(invoice["id"], "paid")
+    wait_delivered(receiver, invoice["id"], ["unpaid", "processing", "paid"])
+    deadline = time.monotonic() + 20
+    while daemon.metric("watcherd_processed_height", chain="btc") != tip:
+        assert time.monotonic() < deadline, daemon.log_tail()
+        time.sleep(0.1)
+    reorgs = daemon.metric("watcherd_reorgs_total", chain="btc")
+    bsv_node.invalidate(paying_block)
+    bsv_node.mine(4)
+    reason = wait_stopped(daemon, "btc")
+    assert f"more than max_reorg_depth = 2 blocks below our block {tip} {tip_hash}" in reason, reason
+    assert "nothing was disconnected" in reason
+    [line] = critical_lines(daemon)
+    assert reason in line
+    assert daemon.metric("watcherd_chain_stopped", chain="btc", reason="reorg_depth") == 1
+    time.sleep(1.0)  # what a disconnect would have sent, it would have sent by now
+    shown = daemon.invoice(invoice["id"])
+    assert shown["status"] == "paid" and shown["payments"][0]["block_hash"] == paying_block
+    assert receiver.statuses(invoice["id"]) == ["unpaid", "processing", "paid"]
+    assert daemon.metric("watcherd_reorgs_total", chain="btc") == reorgs
+    assert daemon.metric("watcherd_processed_height", chain="btc") == tip

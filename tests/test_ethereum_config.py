@@ -47,7 +47,7 @@ def test_minimal_ethereum_chain_defaults(tmp_path):
     assert isinstance(chain, EthereumChainConfig)
     assert (chain.kind, chain.chain_id, chain.confirmations, chain.finality, chain.asset, chain.tokens) == (
         "ethereum", 1, 12, None, "ETH", ())
-    assert chain.invoice_expiry_seconds == 900 and chain.start_height is None
+    assert chain.invoice_expiry_seconds == 900 and chain.start_height is None and chain.max_reorg_depth == 128
 
 
 def test_tokens_are_parsed_and_checksummed(tmp_path):

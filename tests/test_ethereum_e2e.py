@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from harness import Daemon, eth_table, wait_delivered
+from harness import Daemon, critical_lines, eth_table, readiness, wait_delivered, wait_stopped
 
 from testkit.eth_node import FEE_TOKEN
 
@@ -272,15 +272,16 @@ def test_websocket_drop_and_sigkill_lose_nothing_and_count_once(eth_node, daemon
     wait_delivered(receiver, third["id"], ["unpaid", "processing", "paid"])
 
 
-def test_node_with_another_chain_id_is_refused(eth_node, tmp_path):
-    """A config naming chain id 1 against anvil (31337) must not start watching: clear error, non-zero exit."""
-    daemon = Daemon(tmp_path / "d", eth_table("eth", eth_node, confirmations=1, chain_id=1))
-    done = subprocess.run([sys.executable, "-m", "watcherd", "--config", str(daemon.config_path), "run"],
-                          capture_output=True, text=True, timeout=60, check=False)
-    output = done.stdout + done.stderr + daemon.log_path.read_text(errors="replace") if daemon.log_path.exists() \
-        else done.stdout + done.stderr
-    assert done.returncode != 0
-    assert "serves chain id 31337, the config says chain_id = 1" in output, output[-2000:]
+def test_node_with_another_chain_id_is_refused(eth_node, daemon_factory):
+    """A config naming chain id 1 against anvil (31337) follows nothing of it: one CRITICAL line naming both ids,
+    the chain stopped in /readyz and watcherd_chain_stopped; the daemon and its API stay up."""
+    daemon = daemon_factory(eth_table("eth", eth_node, confirmations=1, chain_id=1))
+    reason = wait_stopped(daemon, "eth")
+    assert "serves chain id 31337, the config says chain_id = 1; refusing to follow it" in reason, reason
+    [line] = critical_lines(daemon)
+    assert reason in line
+    assert daemon.metric("watcherd_chain_stopped", chain="eth", reason="network") == 1
+    assert readiness(daemon)["chains"]["eth"]["processed_height"] is None and daemon.alive()
 
 
 def test_operator_cli_creates_shows_lists_cancels_and_redelivers(eth_node, daemon_factory, receiver):

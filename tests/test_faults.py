@@ -139,8 +139,8 @@ def test_one_node_answering_garbage_forever_stops_only_its_chain(tmp_path, bsv_n
     never stops: the ltc invoices are still paid and delivered, the daemon stays up, /readyz names btc, the
     outage is one warning in the log, and a btc invoice can still be created (its address comes from the xpub);
     once the node heals, btc catches up from its cursor by itself and that invoice is paid too."""
-    # in turn, the follower's first three attempts fail on: not JSON, no result, then a getblockcount answering
-    # a string (after a getbestblockhash naming no block)
+    # in turn, the follower's first three attempts fail on: not JSON, no result, then the network check's
+    # getblockhash answering a list (after a getbestblockhash naming no block)
     garbage = ("notjson", "noresult", "wrongtype", "wrongtype")
     with FaultProxy(bsv_node.rpc_url, share=1.0, faults=garbage, in_turn=True) as proxy:
         proxy.enabled = False  # healthy at first: btc gets its cursor, so what is mined during the outage counts
@@ -194,7 +194,7 @@ def test_one_node_answering_garbage_forever_stops_only_its_chain(tmp_path, bsv_n
             assert scrape[("watcherd_chain_failures_total", "node")] == failures, scrape
             assert scrape[("watcherd_malformed_messages_total", "rpc")] == failures, scrape
             assert set(proxy.injected) == set(GARBAGE_FAULTS), proxy.injected
-            assert any("getblockcount: answered a str" in e["msg"] for e in btc_lines), btc_lines
+            assert any("getblockhash: answered a list" in e["msg"] for e in btc_lines), btc_lines
             assert not [e for e in btc_lines if "answers" in e["msg"]], btc_lines
             assert len(btc_lines) <= 2 * failures + 2, [e["msg"] for e in btc_lines]
             assert sum(proxy.injected.values()) >= failures, proxy.injected

@@ -44,7 +44,8 @@ def test_view_key_from_file_and_defaults(tmp_path, wallet):
     chain = loaded.chains["xmr"]
     assert isinstance(chain, MoneroChainConfig)
     assert (chain.account, chain.confirmations, chain.asset, chain.decimals) == (0, 10, "XMR", 12)
-    assert chain.zmq_pub is None and chain.network.name == "mainnet"
+    assert chain.zmq_pub is None and chain.network.name == "mainnet" and chain.network.nettype == "mainnet"
+    assert chain.max_reorg_depth == 100
     assert chain.view_key.hex() == wallet.secret_view_key()
     assert wallet.secret_view_key() not in repr(chain)
     address, key = chain.address_deriver().derive(0)
@@ -55,6 +56,7 @@ def test_regtest_uses_mainnet_prefixes_and_stagenet_address_is_rejected(tmp_path
     lines = chain_lines(wallet.public_address(), f'view_key = "{wallet.secret_view_key()}"', "regtest")
     loaded = load(config(tmp_path, lines + 'zmq_pub = "tcp://127.0.0.1:18083"\naccount = 3\n'))
     assert loaded.chains["xmr"].account == 3
+    assert (loaded.chains["xmr"].network.name, loaded.chains["xmr"].network.nettype) == ("mainnet", "fakechain")
     stagenet = wallet.public_address(net="stage")
     found = problems(config(tmp_path, chain_lines(stagenet, f'view_key = "{wallet.secret_view_key()}"')))
     assert "stagenet address" in found["chains.xmr.primary_address"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from harness import Daemon, monero_table, wait_delivered
+from harness import Daemon, critical_lines, monero_table, readiness, wait_delivered, wait_stopped
 
 from testkit.monero_node import new_keys, primary_address
 from watcherd.chains.monero.crypto import SubaddressDeriver, scalar_base
@@ -219,3 +219,16 @@ def test_malformed_zmq_messages_are_counted_and_survived(xmr_node, daemon_factor
     finally:
         publisher.close(linger=0)
         context.term()
+
+
+def test_a_mainnet_chain_pointed_at_a_regtest_monerod_is_refused(xmr_node, daemon_factory):
+    """Regtest shares mainnet's addresses and genesis block: only monerod's nettype ("fakechain") tells a
+    mainnet config it is fed free coins. One CRITICAL line, the chain stopped in /readyz and the metric."""
+    daemon = daemon_factory(Operator().table(xmr_node, confirmations=1, network="mainnet"))
+    refusal = (f"chains.xmr: the node at {xmr_node.rpc_url} serves Monero regtest (nettype fakechain), the config "
+               "says network = 'mainnet'; refusing to follow it (wrong node, or wrong config?)")
+    assert wait_stopped(daemon, "xmr") == refusal
+    [line] = critical_lines(daemon)
+    assert refusal in line
+    assert daemon.metric("watcherd_chain_stopped", chain="xmr", reason="network") == 1
+    assert readiness(daemon)["chains"]["xmr"]["processed_height"] is None

@@ -14,7 +14,7 @@ from watcherd.chains import follow
 from watcherd.chains.follow import follow_forever
 from watcherd.chains.rpc import NodeBusy, RpcError, retrying
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
-from watcherd.exceptions import ChainRefused, NodeProtocolError, NodeUnavailable
+from watcherd.exceptions import NodeProtocolError, NodeUnavailable
 from watcherd.ledger import Processor
 from watcherd.store import KEEP_BLOCKS
 
@@ -162,16 +162,6 @@ async def test_a_chain_failing_on_the_store_goes_on_as_soon_as_the_store_is_back
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-
-
-async def test_a_node_of_another_chain_still_ends_the_daemon():
-    """The one refusal that is the operator's to fix: a node serving another chain than the config says."""
-
-    async def session() -> None:
-        raise ChainRefused("chain id 5, config says 1")
-
-    with pytest.raises(ChainRefused):
-        await follow_forever(Follower(), session)  # type: ignore[arg-type]
 
 
 async def test_a_block_whose_commit_fails_moves_nothing(core, monkeypatch, caplog):

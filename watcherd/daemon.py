@@ -85,6 +85,8 @@ class Daemon:
                 "connected": connected, "node_tip": node_tip, "processed_height": cursor.height if cursor else None,
                 "lag": lag, "ready": connected and lag is not None and lag <= READY_LAG_BLOCKS,
             }
+            if chain.stopped:
+                chains[name]["stopped"] = chain.stopped
         writable = self.store_writable and (bool(cursors) or not self.chains)
         shown: dict[str, Any] = {"ready": writable and all(c["ready"] for c in chains.values()),
                                  "store_writable": writable, "chains": chains, "instance": self.leases.instance,
@@ -330,6 +332,8 @@ class Daemon:
             tip = chain.node_tip
             if name in self.processor.elsewhere:
                 parts.append(f"{name}: followed by {self.leases.holder(f'chain:{name}')}")
+            elif chain.stopped:
+                parts.append(f"{name}: stopped (see the log)")
             elif not chain.connected:
                 parts.append(f"{name}: node unreachable")
             elif cursor is None or tip is None:

@@ -28,7 +28,17 @@ class NodeProtocolError(NodeError):
 
 
 class ChainRefused(WatcherdError):
-    """The node serves another chain than the config names: refusing to watch it is the only safe answer."""
+    """The node serves another chain than the config names: refusing to follow it is the only safe answer.
+    The chain stops (the others go on) until the operator changes its config or restarts watcherd."""
+
+    reason = "network"  # the `reason` label of watcherd_chain_stopped
+
+
+class ReorgTooDeep(ChainRefused):
+    """The node's chain leaves ours deeper than the chain's max_reorg_depth: more likely a wrong node than a
+    real reorg, so nothing is disconnected and an operator decides."""
+
+    reason = "reorg_depth"
 
 
 class DecodeError(WatcherdError):

@@ -20,6 +20,12 @@ CHAIN_FAILURES = Counter(
     "A chain's follower stopped and backed off: kind node (down or unusable answers), store, or unexpected",
     ["chain", "kind"],
 )
+CHAIN_STOPPED = Gauge(
+    "watcherd_chain_stopped",
+    "1 while a chain is stopped: its node serves another network (reason network) or a reorg deeper than "
+    "max_reorg_depth (reason reorg_depth); an operator decides",
+    ["chain", "reason"],
+)
 REORGS = Counter("watcherd_reorgs_total", "Chain reorganisations handled", ["chain"])
 REORG_DEPTH = Histogram(
     "watcherd_reorg_depth_blocks", "Blocks disconnected per reorg", ["chain"], buckets=(1, 2, 3, 6, 10, 20, 100)

@@ -1,15 +1,17 @@
-"""Following a node, once for every chain kind: reconnect with backoff, catch up from the durable cursor,
-walk back over reorgs, and diff the node's pool against what we have seen.
+"""Following a node, once for every chain kind: reconnect with backoff, check the node's network, catch up
+from the durable cursor, walk back over reorgs (no deeper than `max_reorg_depth`), and diff the node's pool
+against what we have seen.
 
-A chain kind subclasses `Follower` and supplies the node-specific reads (`tip_height`, `hash_at`,
-`parent_hash`, `next_block`, and for a pool diff `pool_txids` / `pool_txs` / `best_hash`); everything it
-learns goes to the `ChainSink` the ledger gave it.
+A chain kind subclasses `Follower` and supplies the node-specific reads (`check_network`, `tip_height`,
+`hash_at`, `parent_hash`, `next_block`, and for a pool diff `pool_txids` / `pool_txs` / `best_hash`);
+everything it learns goes to the `ChainSink` the ledger gave it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +21,7 @@ from typing import Any
 from watcherd import metrics
 from watcherd.core.chain import ChainSink
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Watchlist
-from watcherd.exceptions import ChainRefused, NodeError, NodeProtocolError, StoreError
+from watcherd.exceptions import ChainRefused, NodeError, NodeProtocolError, ReorgTooDeep, StoreError
 from watcherd.logs import redact_url
 from watcherd.retry import backoff
 
@@ -40,8 +42,11 @@ class Follower:
         self.confirmations: int = config.confirmations
         self.underpaid_tolerance_percent = Decimal(config.underpaid_tolerance_percent)
         self.invoice_expiry_seconds: int = config.invoice_expiry_seconds
+        self.max_reorg_depth: int = config.max_reorg_depth
         self.watchlist = Watchlist()
         self.connected = False
+        self.stopped: str | None = None  # why this chain no longer follows its node (see stay_stopped)
+        self.network_checked = False  # the node answering now was checked to serve the configured network
         self.node_tip: int | None = None
         self._pool_seen: set[str] = set()
         self._pool_stale = True  # read the pool (what we have not seen of it) at the next reconcile
@@ -54,6 +59,10 @@ class Follower:
         self._retry.set()
 
     # --- what a chain kind supplies -----------------------------------------------------------------
+
+    async def check_network(self) -> None:
+        """ChainRefused unless the node serves the configured network (its genesis block, its nettype)."""
+        raise NotImplementedError
 
     async def tip_height(self) -> int:
         """The node's best height."""
@@ -142,14 +151,24 @@ class Follower:
         return Cursor(block.height, block.hash)
 
     async def walk_back(self, sink: ChainSink, cursor: Cursor, tip: int) -> Cursor:
-        """Disconnect our blocks until the cursor is on the node's main chain again (the common ancestor)."""
-        depth = 0
-        while (await self.hash_at(cursor.height) if cursor.height <= tip else None) != cursor.hash:
-            parent_hash = await sink.block_hash(cursor.height - 1) or await self.parent_hash(cursor)
-            parent = Cursor(cursor.height - 1, parent_hash)
-            await sink.block_disconnected(cursor.height, cursor.hash, parent)
-            cursor = parent
-            depth += 1
+        """Disconnect our blocks until the cursor is on the node's main chain again (the common ancestor).
+
+        The ancestor is found first, reading only: one more than `max_reorg_depth` blocks to undo and nothing
+        is disconnected (ReorgTooDeep). Only "no block there" counts against a block; a node error propagates."""
+        ours = [cursor]  # from the cursor down, until one of them is on the node's main chain
+        while (await self.hash_at(ours[-1].height) if ours[-1].height <= tip else None) != ours[-1].hash:
+            if len(ours) > self.max_reorg_depth:
+                raise ReorgTooDeep(
+                    f"chains.{self.name}: the node's chain leaves ours more than max_reorg_depth = "
+                    f"{self.max_reorg_depth} blocks below our block {cursor.height} {cursor.hash} (its tip is "
+                    f"{tip}); nothing was disconnected: a reorg that deep is more likely a wrong node than a "
+                    "real one (check the node; raise max_reorg_depth to follow it)")
+            block = ours[-1]
+            ours.append(Cursor(block.height - 1, await sink.block_hash(block.height - 1)
+                               or await self.parent_hash(block)))
+        for block, parent in itertools.pairwise(ours):
+            await sink.block_disconnected(block.height, block.hash, parent)
+        cursor, depth = ours[-1], len(ours) - 1
         if depth:
             self._pool_stale = True  # disconnected transactions went back to the pool
             metrics.REORGS.labels(self.name).inc()
@@ -189,10 +208,17 @@ class Follower:
         """Bring the store up to the node's tip from the cursor, then diff the pool.
 
         `full=False` is the cheap periodic check: it reads the pool only when it needs a re-read (after a
-        gap or reconnection), unless `pool_every_check` says the node's feed may miss pool transactions."""
+        gap or reconnection), unless `pool_every_check` says the node's feed may miss pool transactions.
+
+        The node's network is checked first on a new connection, and whenever its best block is not our
+        cursor: a node swapped for another network's between two calls shows there, before anything of it is
+        matched."""
         best = await self.best_hash()
         cursor = await sink.cursor()
         behind = cursor is None or best != cursor.hash
+        if behind or not self.network_checked:
+            await self.check_network()
+            self.network_checked = True
         # the node's tip is known before the chain counts as up: Processor.caught_up (expiry) reads "connected,
         # processed up to node_tip", which must not hold with a missing or stale tip while blocks wait
         if behind:
@@ -222,7 +248,8 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
     stops and backs off (up to 30 s; from the start again once a session ran healthy, or committed a block
     before it failed, as a websocket cut now and then does): the other chains, the
     API and delivery go on. The outage is logged once, when it starts. A `ChainRefused` (the node serves
-    another chain than configured) ends the daemon: that is the operator's config to fix."""
+    another network than configured, a reorg deeper than max_reorg_depth) stops this chain for good: see
+    `stay_stopped`."""
     delays = backoff()
     failing_since: float | None = None
     details: BaseException | None  # logged with its traceback: what failed unexpectedly
@@ -231,8 +258,9 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
         follower.progressed = False
         try:
             await session()
-        except (ChainRefused, asyncio.CancelledError):
-            raise
+        except ChainRefused as refusal:
+            await stay_stopped(follower, refusal)
+            return
         except NodeError as exc:
             kind, problem, details = "node", f"{exc}", None
             if isinstance(exc, NodeProtocolError):
@@ -261,3 +289,20 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
         follower._retry.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(follower._retry.wait(), delay)
+
+
+async def stay_stopped(follower: Follower, refusal: ChainRefused) -> None:
+    """Follow nothing more of this node, until cancelled (a reload that changes the chain's config, the daemon
+    stopping): one CRITICAL line says why, `watcherd_chain_stopped` alerts, /readyz shows the chain not ready
+    with the reason. The other chains, the API and delivery go on. Waiting here rather than returning keeps
+    the follower's task alive, so the systemd watchdog does not restart the daemon into the same refusal."""
+    follower.stopped = str(refusal)
+    follower.connected = False
+    stopped = metrics.CHAIN_STOPPED.labels(follower.name, refusal.reason)
+    stopped.set(1)
+    log.critical("%s; this chain stops (the others go on) until its config changes or watcherd restarts", refusal,
+                 extra={"chain": follower.name})
+    try:
+        await asyncio.Event().wait()
+    finally:
+        stopped.set(0)

@@ -3,7 +3,8 @@
 The feed only says "something happened"; the adapter's `reconcile` over RPC is the truth. It runs once the
 subscription is set up, after every (re)connection of the socket (whatever was published meanwhile is lost),
 whenever the adapter asks for it (`_resync`: a sequence gap, a malformed message), and every poll interval
-even when the feed is silent.
+even when the feed is silent. A session, and each (re)connection of the socket, checks the node's network
+again before a message of it is matched (a node restarted on another network reconnects).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ZmqFollower(Follower):
 
     async def _follow_polling(self, sink: ChainSink) -> None:
         """Without a feed: the same reconcile, on the poll interval."""
+        self.network_checked = False
         while True:
             await self.reconcile(sink)
             await asyncio.sleep(self.config.poll_interval_seconds)
@@ -46,6 +48,7 @@ class ZmqFollower(Follower):
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RCVHWM, 0)  # never drop a notification on our side; the node's HWM still applies
         monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self.network_checked = False
         try:
             for topic in topics:
                 socket.setsockopt(zmq.SUBSCRIBE, topic)
@@ -64,6 +67,8 @@ class ZmqFollower(Follower):
                 ready = dict(await poller.poll(timeout_ms))
                 if monitor in ready:
                     self._on_monitor(await monitor.recv_multipart())
+                    if not self.network_checked:
+                        await self.reconcile(sink, full=False)  # checks it, before any message of the node
                 if socket in ready:
                     await self.on_message(sink, await socket.recv_multipart())
                 if time.monotonic() >= next_mempool_read:
@@ -86,6 +91,7 @@ class ZmqFollower(Follower):
             metrics.RECONNECTS.labels(self.name).inc()
             log.info("ZMQ connected to %s", endpoint, extra={"chain": self.name})
             self._on_zmq_connected()
+            self.network_checked = False
         else:
             log.warning("ZMQ disconnected from %s", endpoint, extra={"chain": self.name})
         self._pool_stale = True  # whatever was published while we were away: read the mempool

@@ -252,10 +252,11 @@ class CommonChainKeys:
     invoice_expiry_seconds: int
     start_height: int | None  # None: start at the node's tip on the very first run
     node_down_after_seconds: float  # a node failing (busy, unreachable) this long counts as down
+    max_reorg_depth: int  # a walk-back deeper than this stops the chain instead (see chains/follow.py)
 
 
-def common_chain_keys(t: Table, confirmations: int) -> CommonChainKeys:
-    """Read the keys every chain table has; `confirmations` is the kind's default."""
+def common_chain_keys(t: Table, confirmations: int, max_reorg_depth: int) -> CommonChainKeys:
+    """Read the keys every chain table has; `confirmations` and `max_reorg_depth` are the kind's defaults."""
     tolerance = t.number("underpaid_tolerance_percent", 0, lambda x: 0 <= x < 100, "a number 0 ≤ x < 100")
     return CommonChainKeys(
         confirmations=t.integer("confirmations", confirmations, lambda x: x >= 1, "an integer ≥ 1"),
@@ -265,6 +266,7 @@ def common_chain_keys(t: Table, confirmations: int) -> CommonChainKeys:
         start_height=t.optional_integer("start_height", lambda x: x >= 0, "an integer ≥ 0"),
         node_down_after_seconds=t.number("node_down_after_seconds", 30.0, lambda x: 1 <= x <= 3600,
                                          "a number of seconds, 1 ≤ x ≤ 3600"),
+        max_reorg_depth=t.integer("max_reorg_depth", max_reorg_depth, lambda x: x >= 1, "an integer ≥ 1"),
     )
 
 

@@ -68,6 +68,7 @@ class ChainAdapter(Protocol):
     invoice_expiry_seconds: int
     watchlist: Watchlist
     connected: bool  # the node answered on the last attempt
+    stopped: str | None  # why the chain no longer follows its node (another network, a reorg too deep)
     node_tip: int | None  # the node's best height, once known
 
     async def address(self, index: int) -> tuple[str, bytes]:

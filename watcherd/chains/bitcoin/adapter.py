@@ -4,6 +4,11 @@ The ZMQ feed only says "something happened"; the durable cursor and RPC are the 
 on every (re)connection of the feed and on every sequence gap, the adapter catches up block by block from the
 cursor (walking back over a reorg first) and re-reads the mempool. Without ZMQ, the same catch-up runs on a
 short polling interval. Transactions are decoded here and matched in memory; no RPC per transaction.
+
+The node's network is its genesis block (`getblockhash 0`): each coin and network has its own, except that
+Bitcoin Cash and Bitcoin SV kept Bitcoin's and left it at block 478,559, which tells them apart on mainnet.
+A node of another one is refused (ChainRefused), however alike its addresses look: a script paid on testnet
+or on a fork is no payment on the configured network.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from watcherd.chains.zmqfeed import ZmqFollower
 from watcherd.core.chain import ChainSink
 from watcherd.core.money import to_decimal_string
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
-from watcherd.exceptions import DecodeError, NodeProtocolError
+from watcherd.exceptions import ChainRefused, DecodeError, NodeProtocolError
 
 if TYPE_CHECKING:
     from watcherd.chains.bitcoin.config import BitcoinChainConfig
@@ -32,6 +37,20 @@ log = logging.getLogger("watcherd.chains.bitcoin")
 MEMPOOL_BATCH = 500
 NULL_OUTPOINT = bytes(32) + b"\xff\xff\xff\xff"  # what every coinbase "spends": never a conflict
 RPC_HEIGHT_OUT_OF_RANGE = -8  # getblockhash above the node's tip: the only "no block there"
+
+# (coin, network) -> its genesis block hash; the SV code base's regtest has Bitcoin's (checked on it).
+GENESIS = {
+    ("bitcoin", "mainnet"): "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f",
+    ("bitcoin", "testnet"): "000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943",  # testnet3
+    ("bitcoin", "testnet4"): "00000000da84f2bafbbc53dee25a72ae507ff4914b867c565be350b0da8bf043",
+    ("bitcoin", "signet"): "00000008819873e925422c1ff0f99f7cc9bbb232af63a077a480a3633bee1ef6",  # every signet
+    ("bitcoin", "regtest"): "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206",
+    ("litecoin", "mainnet"): "12a765e31ffd4059bada1e25190f6e98c99d9714d334efa41a195a7e7e04bfe2",
+    ("litecoin", "testnet"): "4966625a4b2851d9fdee139e56211a0d88575f59ed816ff5e6a63deb4e3e29a0",  # testnet4
+    ("litecoin", "regtest"): "530827f38f93b43ed12af0b3ad25a288dc02ed74d6d7857862df51fc56c416f9",
+}
+# Bitcoin's block at the height where Bitcoin Cash (and later Bitcoin SV, from it) split off with its own block.
+BITCOIN_CASH_SPLIT = (478_559, "00000000000000000019f112ec0a9982926f1258cdcc558dd7c3b7e5dc7fa148")
 
 
 class BitcoinAdapter(ZmqFollower):
@@ -117,6 +136,26 @@ class BitcoinAdapter(ZmqFollower):
             metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
 
     # --- the node reads the shared follower needs ---------------------------------------------------
+
+    async def check_network(self) -> None:
+        configured = (self.config.coin, self.config.network.name)
+        genesis = await self.hash_at(0)
+        if genesis == GENESIS[configured]:
+            if configured != ("bitcoin", "mainnet"):
+                return
+            split_height, bitcoins = BITCOIN_CASH_SPLIT
+            at_split = await self.hash_at(split_height)
+            if at_split in (None, bitcoins):  # None: the node has not come that far (checked again later)
+                return
+            served = f"a fork of Bitcoin (Bitcoin Cash, Bitcoin SV: block {split_height} is {at_split[:64]})"
+        else:
+            known = [f"{coin} {network}" for (coin, network), block in GENESIS.items() if block == genesis]
+            served = f"{known[0] if known else 'a chain watcherd does not know'} (genesis block {str(genesis)[:64]})"
+        raise ChainRefused(
+            f"chains.{self.name}: the node at {self.describe_node()} serves {served}, the config says "
+            f"coin = {configured[0]!r}, network = {configured[1]!r}; refusing to follow it (wrong node, or "
+            "wrong config?)"
+        )
 
     async def best_hash(self) -> str:
         return _expect("getbestblockhash", await self._rpc.call("getbestblockhash"), str)

@@ -26,7 +26,7 @@ class Network:
     """One coin on one network: what its addresses and its keys look like."""
 
     coin: str  # "bitcoin" | "litecoin"
-    name: str  # "mainnet" | "testnet" | "signet" | "regtest"
+    name: str  # "mainnet" | "testnet" | "testnet4" | "signet" | "regtest"
     p2pkh_version: int
     p2sh_version: int
     hrp: str
@@ -45,6 +45,7 @@ class Network:
 _NETWORKS = {
     ("bitcoin", "mainnet"): Network("bitcoin", "mainnet", 0, 5, "bc", 0, "bitcoin"),
     ("bitcoin", "testnet"): Network("bitcoin", "testnet", 111, 196, "tb", 1, "bitcoin"),
+    ("bitcoin", "testnet4"): Network("bitcoin", "testnet4", 111, 196, "tb", 1, "bitcoin"),
     ("bitcoin", "signet"): Network("bitcoin", "signet", 111, 196, "tb", 1, "bitcoin"),
     ("bitcoin", "regtest"): Network("bitcoin", "regtest", 111, 196, "bcrt", 1, "bitcoin"),
     ("litecoin", "mainnet"): Network("litecoin", "mainnet", 48, 50, "ltc", 2, "litecoin", (5,)),

@@ -10,6 +10,9 @@ from urllib.parse import urlsplit
 from watcherd.chains.bitcoin import address as btc_address
 from watcherd.config.reader import ZMQ_ENDPOINT, Table, common_chain_keys, is_http_url
 
+# A reorg deeper than this is more likely a wrong node than a real one (100 blocks: coinbase maturity).
+MAX_REORG_DEPTH = 100
+
 
 @dataclass(frozen=True)
 class BitcoinChainConfig:
@@ -32,6 +35,7 @@ class BitcoinChainConfig:
     invoice_expiry_seconds: int
     start_height: int | None  # None: start at the node's tip on the very first run
     node_down_after_seconds: float = 30.0
+    max_reorg_depth: int = MAX_REORG_DEPTH
     kind: str = "bitcoin"
     decimals: int = 8
 
@@ -46,7 +50,7 @@ class BitcoinChainConfig:
 
 def parse_config(t: Table, name: str) -> BitcoinChainConfig | None:
     coin = t.choice("coin", ("bitcoin", "litecoin"))
-    network_name = t.choice("network", ("mainnet", "testnet", "signet", "regtest"))
+    network_name = t.choice("network", ("mainnet", "testnet", "testnet4", "signet", "regtest"))
     network = None
     if coin and network_name:
         try:
@@ -95,7 +99,7 @@ def parse_config(t: Table, name: str) -> BitcoinChainConfig | None:
             t.problem(t.secret_key("xpub"), str(e))
 
     poll_interval_seconds = t.number("poll_interval_seconds", 2.0, lambda x: x > 0, "a number > 0")
-    common = common_chain_keys(t, confirmations=2)
+    common = common_chain_keys(t, confirmations=2, max_reorg_depth=MAX_REORG_DEPTH)
     chain = BitcoinChainConfig(
         name=name,
         coin=coin,

@@ -191,11 +191,7 @@ class EthereumAdapter(Follower):
     # --- the supervisor-facing loop -----------------------------------------------------------------
 
     async def run(self, sink: ChainSink) -> None:
-        try:
-            await follow_forever(self, lambda: self._follow(sink))
-        except ChainMismatch as exc:
-            log.critical("%s", exc, extra={"chain": self.name})
-            raise
+        await follow_forever(self, lambda: self._follow(sink))
 
     async def close(self) -> None:
         close = getattr(self._rpc, "close", None)
@@ -207,7 +203,7 @@ class EthereumAdapter(Follower):
         if node_chain_id != self.config.chain_id:
             raise ChainMismatch(
                 f"chains.{self.name}: the node at ws_url serves chain id {node_chain_id}, the config says "
-                f"chain_id = {self.config.chain_id}; refusing to start (wrong node, or wrong config?)"
+                f"chain_id = {self.config.chain_id}; refusing to follow it (wrong node, or wrong config?)"
             )
 
     async def _follow(self, sink: ChainSink) -> None:

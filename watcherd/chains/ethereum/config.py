@@ -9,6 +9,10 @@ from decimal import Decimal
 from watcherd.chains.ethereum import address as eth_address
 from watcherd.config.reader import Table, common_chain_keys, has_userinfo
 
+# Ethereum finalizes 64 to 96 blocks behind its head: a reorg deeper than 128 is a wrong node, or a chain
+# (Polygon PoS has had deeper ones) whose operator raises this.
+MAX_REORG_DEPTH = 128
+
 
 @dataclass(frozen=True)
 class EthToken:
@@ -36,6 +40,7 @@ class EthereumChainConfig:
     invoice_expiry_seconds: int
     start_height: int | None  # None: start at the node's tip on the very first run
     node_down_after_seconds: float = 30.0
+    max_reorg_depth: int = MAX_REORG_DEPTH
     kind: str = "ethereum"
     decimals: int = 18
     coin: str = "ethereum"
@@ -75,7 +80,7 @@ def parse_config(t: Table, name: str) -> EthereumChainConfig | None:
         t.problem("finality", "set confirmations or finality = \"finalized\", not both")
     asset = t.text("asset", default="ETH")
     tokens = _tokens(t, asset)
-    common = common_chain_keys(t, confirmations=12)
+    common = common_chain_keys(t, confirmations=12, max_reorg_depth=MAX_REORG_DEPTH)
     chain = EthereumChainConfig(
         name=name,
         ws_url=ws_url,

@@ -9,6 +9,9 @@ Watch key of an invoice: its subaddress public spend key D. An output pays D whe
 An output only counts when its decrypted amount opens its Pedersen commitment, its unlock time is zero,
 and its one-time key P has not paid us before (the "burning bug": a second output with the same P is unspendable;
 the core keeps P with the payment and refuses the second one).
+
+The node's network is the `nettype` of its get_info (mainnet, stagenet, testnet; "fakechain" for --regtest,
+whose genesis block is mainnet's): a node of another one is refused (ChainRefused).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from watcherd.chains.zmqfeed import ZmqFollower
 from watcherd.core.chain import ChainSink
 from watcherd.core.money import to_decimal_string
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
-from watcherd.exceptions import NodeProtocolError
+from watcherd.exceptions import ChainRefused, NodeProtocolError
 
 if TYPE_CHECKING:
     from watcherd.chains.monero.config import MoneroChainConfig
@@ -152,6 +155,19 @@ class MoneroAdapter(ZmqFollower):
         metrics.DETECTION_LATENCY.labels(self.name).observe(time.monotonic() - received_at)
 
     # --- the node reads the shared follower needs ---------------------------------------------------
+
+    async def check_network(self) -> None:
+        nettype = (await self._rpc.call("get_info")).get("nettype")
+        if not isinstance(nettype, str):
+            raise NodeProtocolError(f"get_info: no nettype in the answer (monerod older than 0.12?): {nettype!r}")
+        network = self.config.network
+        if nettype != network.nettype:
+            served = {"mainnet": "mainnet", "stagenet": "stagenet", "testnet": "testnet",
+                      "fakechain": "regtest (nettype fakechain)"}.get(nettype, f"nettype {nettype[:40]!r}")
+            raise ChainRefused(
+                f"chains.{self.name}: the node at {self.describe_node()} serves Monero {served}, the config says "
+                f"network = {network.configured!r}; refusing to follow it (wrong node, or wrong config?)"
+            )
 
     async def _last_header(self) -> dict[str, Any]:
         header: dict[str, Any] = (await self._rpc.call("get_last_block_header"))["block_header"]

@@ -8,10 +8,24 @@ from decimal import Decimal
 from watcherd.chains.monero import crypto as xmr_crypto
 from watcherd.config.reader import ZMQ_ENDPOINT, Table, common_chain_keys, has_userinfo, is_http_url
 
+# A reorg deeper than this is more likely a wrong node than a real one.
+MAX_REORG_DEPTH = 100
+
 
 @dataclass(frozen=True)
 class MoneroNetwork:
-    name: str  # mainnet | stagenet | testnet (regtest uses mainnet's address prefixes)
+    name: str  # mainnet | stagenet | testnet: the address prefixes (regtest uses mainnet's)
+    regtest: bool = False
+
+    @property
+    def nettype(self) -> str:
+        """What monerod's get_info calls it (monerod --regtest: "fakechain")."""
+        return "fakechain" if self.regtest else self.name
+
+    @property
+    def configured(self) -> str:
+        """The config's `network`."""
+        return "regtest" if self.regtest else self.name
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,7 @@ class MoneroChainConfig:
     underpaid_tolerance_percent: Decimal = Decimal(0)
     invoice_expiry_seconds: int = 900
     node_down_after_seconds: float = 30.0
+    max_reorg_depth: int = MAX_REORG_DEPTH
     poll_interval_seconds: float = 2.0
     start_height: int | None = None  # None: start at the node's tip on the very first run
     asset: str = "XMR"
@@ -43,7 +58,7 @@ class MoneroChainConfig:
 
 def parse_config(t: Table, name: str) -> MoneroChainConfig | None:
     network_name = t.choice("network", ("mainnet", "stagenet", "testnet", "regtest"))
-    network = MoneroNetwork("mainnet" if network_name == "regtest" else network_name)
+    network = MoneroNetwork("mainnet", regtest=True) if network_name == "regtest" else MoneroNetwork(network_name)
     rpc_url = t.text("rpc_url")
     if rpc_url and not is_http_url(rpc_url):
         t.problem("rpc_url", "must be an http:// or https:// URL (monerod's RPC, e.g. http://127.0.0.1:18081)")
@@ -90,7 +105,7 @@ def parse_config(t: Table, name: str) -> MoneroChainConfig | None:
                 t.problem(source, "is not the private view key of primary_address (its public key differs)")
                 view_key = None
     account = t.integer("account", 0, lambda x: 0 <= x < 2**32, "an integer 0 ≤ x < 2^32")
-    common = common_chain_keys(t, confirmations=10)
+    common = common_chain_keys(t, confirmations=10, max_reorg_depth=MAX_REORG_DEPTH)
     chain = MoneroChainConfig(
         name=name,
         network=network,
