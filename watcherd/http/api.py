@@ -305,7 +305,8 @@ async def create_invoice(request: web.Request) -> web.Response:
 async def activate_method(request: web.Request) -> web.Response:
     """The customer (through the billing system) picked a coin: it gets its address now."""
     try:
-        invoice = await request.app[PROCESSOR].activate_method(request.match_info["id"], request.match_info["method"])
+        invoice = await request.app[PROCESSOR].activate_method(request.match_info["id"], request.match_info["method"],
+                                                               capped=False)  # the billing system: its own call
     except KeyError:
         raise error(404, "not_found", f"no invoice {request.match_info['id']!r}", "id") from None
     except InvoiceError as exc:

@@ -25,11 +25,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from watcherd.exceptions import STORE_ERRORS, InvoiceError
+from watcherd.exceptions import STORE_ERRORS, InvoiceError, MethodLimit
 from watcherd.http.page import public, qr
 from watcherd.http.page.render import Assets, qr_shown, render_message, render_page
 from watcherd.http.page.strings import Strings, negotiate
-from watcherd.ledger import Processor
+from watcherd.ledger import MAX_UNPAID_METHODS, Processor
 from watcherd.live import Coalescer
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,11 @@ async def activate_method(request: web.Request) -> web.Response:
         if wants_json:
             return _json_error(404, "not_found", f"no invoice {invoice_id!r}", "id")
         return _message_page(strings, 404, "not_found", strings("msg_not_found"), root="../../")
+    except MethodLimit as exc:
+        if wants_json:
+            return _json_error(409, "methods_limit", str(exc), exc.field)
+        message = strings("methods_limit", n=MAX_UNPAID_METHODS)
+        return _message_page(strings, 409, "page_title", message, root="../../", back=back)
     except InvoiceError as exc:
         if wants_json:
             return _json_error(422, "invalid_method", str(exc), exc.field)
