@@ -20,7 +20,7 @@ from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import Status
 from watcherd.core.money import MAX_ATOMIC, to_atomic
 from watcherd.exceptions import STORE_ERRORS, InvoiceError, RatesUnavailable
-from watcherd.http import checkout, openapi
+from watcherd.http import checkout, limits, openapi
 from watcherd.ledger import Processor
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
             body = {"error": {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason}}
             return web.json_response(body, status=exc.status)
 
-    app = web.Application(middlewares=[json_errors, auth], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[json_errors, auth, limits.body_in_time], client_max_size=64 * 1024)
     app[PROCESSOR] = processor
     app[READINESS] = readiness
     app[RATES] = rates
