@@ -37,6 +37,7 @@ from watcherd.http import metrics as metrics_http
 from watcherd.http.api import make_app
 from watcherd.leases import Leaseholder, watch_others
 from watcherd.ledger import Processor
+from watcherd.live import own_file_limit
 from watcherd.rates import RateBook
 from watcherd.store import Store
 
@@ -125,6 +126,10 @@ class Daemon:
                                         compat, self.config.api.embed_origins))
         watched = (*transports, *((HookSender.transport,) if self.hooks is not None else ()))
         metrics_runner = limits.runner(metrics_http.make_app(store, watched))
+        self.processor.live.max_seconds = self.config.api.live_stream_seconds
+        log.info("live streams: at most %d (%d per invoice) with a file limit of %d, each for at most %.0f s",
+                 self.processor.live.max_total, self.processor.live.max_per_invoice, own_file_limit(),
+                 self.processor.live.max_seconds)
         await runner.setup()
         await metrics_runner.setup()
         if self.config.webhook is not None:
