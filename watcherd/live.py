@@ -59,8 +59,7 @@ class Live:
     def watch(self, invoice_id: str) -> Iterator[Watcher]:
         """A watcher set whenever the invoice may have changed; clear it before re-reading. Crowded when the
         invoice has `max_per_invoice` already, or everything `max_total`."""
-        watchers = self._watchers.get(invoice_id)
-        if self._count >= self.max_total or (watchers is not None and len(watchers) >= self.max_per_invoice):
+        if self._count >= self.max_total or len(self._watchers.get(invoice_id, ())) >= self.max_per_invoice:
             metrics.LIVE_REFUSED.inc()
             raise Crowded(invoice_id)
         watcher = Watcher()
