@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -72,10 +73,13 @@ def wait_delivered(receiver: Any, invoice_id: str, statuses: list[str], timeout:
 
 class Daemon:
     def __init__(self, workdir: Path, chains: str, webhook_url: str | None = None, extra: str = "",
-                 env: dict[str, str] | None = None, log_format: str = "plain", store: str | None = None):
+                 env: dict[str, str] | None = None, log_format: str = "plain", store: str | None = None,
+                 files: int | None = None):
         """`extra`: more TOML tables (e.g. [mqtt]); `env`: extra environment for the process; `store`: the
-        [store] table's keys (default: a SQLite file in `workdir`)."""
+        [store] table's keys (default: a SQLite file in `workdir`); `files`: the process's RLIMIT_NOFILE (soft
+        and hard; default: this one's)."""
         self.env = {**os.environ, **(env or {})}
+        self.files = files
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -97,6 +101,7 @@ class Daemon:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "watcherd", "--config", str(self.config_path), "run"],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                preexec_fn=None if self.files is None else self._limit_files,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -108,6 +113,10 @@ class Daemon:
             except OSError:
                 time.sleep(0.1)
         raise AssertionError(f"daemon API did not come up:\n{self.log_tail()}")
+
+    def _limit_files(self) -> None:
+        assert self.files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.files, self.files))
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -48,14 +48,14 @@ def stopped_gauge(chain: str, reason: str) -> float:
 # --- max_reorg_depth ----------------------------------------------------------------------------------------
 
 
-def test_max_reorg_depth_is_a_chain_key_with_a_default_per_kind(tmp_path):
+def test_max_reorg_depth_is_a_chain_key_with_a_default_per_kind(tmp_path, example_config):
     """Every kind has it: 100 by default for Bitcoin-family chains, an integer of at least 1 when given."""
     assert load(write(tmp_path, MINIMAL)).chains["btc"].max_reorg_depth == 100
     assert load(write(tmp_path, MINIMAL + "max_reorg_depth = 6\n")).chains["btc"].max_reorg_depth == 6
     for bad in ("0", "-1", "true", '"100"', "1.5"):
         found = problems(write(tmp_path, MINIMAL + f"max_reorg_depth = {bad}\n"))
         assert found == {"chains.btc.max_reorg_depth": "must be an integer ≥ 1"}, bad
-    assert {c.max_reorg_depth for c in load(EXAMPLE).chains.values()} == {100}
+    assert {c.max_reorg_depth for c in load(example_config).chains.values()} == {100}
 
 
 def test_a_stopped_chain_pages():

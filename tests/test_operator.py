@@ -15,6 +15,7 @@ from harness import TOKEN, WEBHOOK_SECRET, Daemon, chain_table
 
 from testkit.receiver import WebhookReceiver
 from watcherd import metrics
+from watcherd.live import MAX_TOTAL, total_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "watcherd.service"
@@ -32,6 +33,9 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path):
                       "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes", "RestrictAddressFamilies=",
                       "SystemCallFilter=@system-service"):
         assert directive in unit
+    # every connection is a descriptor: the unit's limit lets the live streams reach their cap with room to spare
+    files = re.search(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
+    assert files and total_for(int(files.group(1))) == MAX_TOTAL < int(files.group(1)) // 2
     # verify checks that ExecStart exists: point it at this checkout's installed watcherd, nothing else changes
     installed = Path(sys.executable).parent / "watcherd"
     assert installed.exists()

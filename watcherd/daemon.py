@@ -32,11 +32,12 @@ from watcherd.delivery.hooks import HookSender
 from watcherd.delivery.mqtt import MqttPublisher
 from watcherd.delivery.webhook import WebhookSender
 from watcherd.exceptions import STORE_ERRORS, ConfigError
-from watcherd.http import bitpay, greenfield
+from watcherd.http import bitpay, greenfield, limits
 from watcherd.http import metrics as metrics_http
 from watcherd.http.api import make_app
 from watcherd.leases import Leaseholder, watch_others
 from watcherd.ledger import Processor
+from watcherd.live import own_file_limit
 from watcherd.rates import RateBook
 from watcherd.store import Store
 
@@ -124,12 +125,14 @@ class Daemon:
             self.processor.event_listeners.append(BitPayNotifications(self.processor.clock))
             self.hooks = HookSender(store, self.processor.outbox_listener(),
                                     max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72)
-        runner = web.AppRunner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
-                                        compat, self.config.api.embed_origins),
-                               access_log=None, handle_signals=False)
+        runner = limits.runner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
+                                        compat, self.config.api.embed_origins))
         watched = (*transports, *((HookSender.transport,) if self.hooks is not None else ()))
-        metrics_runner = web.AppRunner(metrics_http.make_app(store, watched), access_log=None,
-                                       handle_signals=False)
+        metrics_runner = limits.runner(metrics_http.make_app(store, watched))
+        self.processor.live.max_seconds = self.config.api.live_stream_seconds
+        log.info("live streams: at most %d (%d per invoice) with a file limit of %d, each for at most %.0f s",
+                 self.processor.live.max_total, self.processor.live.max_per_invoice, own_file_limit(),
+                 self.processor.live.max_seconds)
         await runner.setup()
         await metrics_runner.setup()
         if self.config.webhook is not None:

@@ -65,5 +65,9 @@ class InvoiceError(WatcherdError):
         super().__init__(message)
 
 
+class MethodLimit(InvoiceError):
+    """An invoice with nothing paid has as many payment methods picked as it may: no address for another."""
+
+
 class RatesUnavailable(WatcherdError):
     """No fresh exchange rate for a pair: pricing on it now would be a guess (the API answers 503)."""

@@ -39,6 +39,11 @@ UNUSED_ADDRESS_RUN = Gauge(
     ["chain"],
 )
 EVENTS = Counter("watcherd_events_total", "Invoice events written to the outbox", ["chain", "type"])
+LIVE_STREAMS = Gauge("watcherd_live_streams", "Payment pages' live streams (SSE) open now")
+LIVE_REFUSED = Counter(
+    "watcherd_live_streams_refused_total",
+    "Live streams answered 503: the invoice had its per-invoice streams already, or the daemon its total",
+)
 DELIVERED = Counter("watcherd_notifications_delivered_total", "Notifications delivered", ["transport"])
 DELIVERY_FAILURES = Counter(
     "watcherd_notification_attempts_failed_total", "Failed delivery attempts", ["transport"]

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from watcherd.config.reader import Table, host_port, is_http_url, is_loopback
 from watcherd.core.currencies import MINOR_UNITS
+from watcherd.live import MAX_SECONDS
 from watcherd.rates.config import DEFAULT_CURRENCIES, DEFAULT_SOURCES, SOURCE_URLS, RatesConfig
 
 STORE_SSL_MODES = ("disable", "prefer", "require", "verify-full")
@@ -62,6 +63,7 @@ class ApiConfig:
     token: str = field(repr=False)
     public_url: str = ""  # where customers reach the payment pages (/i/<id>); default http://<listen>
     embed_origins: tuple[str, ...] = ("*",)  # who may frame the payment page in modal mode (?view=modal)
+    live_stream_seconds: float = MAX_SECONDS  # a payment page's live stream then ends; the browser reconnects
 
     @property
     def listen(self) -> str:
@@ -209,8 +211,9 @@ def parse_api(t: Table) -> ApiConfig:
             t.problem("embed_origins", 'must be a list of origins such as ["https://shop.example.com"], or ["*"]')
         else:
             origins = tuple(o.rstrip("/") for o in embed) or ("'none'",)
+    live_seconds = t.number("live_stream_seconds", MAX_SECONDS, lambda x: 1 <= x <= 86400, "1 to 86400 seconds")
     t.finish()
-    api = ApiConfig(host=host, port=port, token=token, embed_origins=origins)
+    api = ApiConfig(host=host, port=port, token=token, embed_origins=origins, live_stream_seconds=live_seconds)
     return replace(api, public_url=(public_url or f"http://{api.listen}").rstrip("/"))
 
 

@@ -30,7 +30,7 @@ from watcherd.core.money import (
     to_atomic,
 )
 from watcherd.exceptions import STORE_ERRORS, InvoiceError, RatesUnavailable
-from watcherd.http import checkout, openapi
+from watcherd.http import checkout, limits, openapi
 from watcherd.ledger import Processor
 from watcherd.logs import CONTEXT_FIELDS
 
@@ -122,7 +122,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
             body = {"error": {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason}}
             return web.json_response(body, status=exc.status)
 
-    app = web.Application(middlewares=[json_errors, auth], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[json_errors, auth, limits.body_in_time], client_max_size=MAX_BODY_BYTES)
     app[PROCESSOR] = processor
     app[READINESS] = readiness
     app[RATES] = rates
@@ -390,7 +390,8 @@ async def create_invoice(request: web.Request) -> web.Response:
 async def activate_method(request: web.Request) -> web.Response:
     """The customer (through the billing system) picked a coin: it gets its address now."""
     try:
-        invoice = await request.app[PROCESSOR].activate_method(request.match_info["id"], request.match_info["method"])
+        invoice = await request.app[PROCESSOR].activate_method(request.match_info["id"], request.match_info["method"],
+                                                               capped=False)  # the billing system: its own call
     except KeyError:
         raise error(404, "not_found", f"no invoice {quoted(request.match_info['id'])}", "id") from None
     except InvoiceError as exc:

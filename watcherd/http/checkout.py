@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -25,12 +26,12 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from watcherd.exceptions import STORE_ERRORS, InvoiceError
+from watcherd.exceptions import STORE_ERRORS, InvoiceError, MethodLimit
 from watcherd.http.page import public, qr
 from watcherd.http.page.render import Assets, qr_shown, render_message, render_page
 from watcherd.http.page.strings import Strings, negotiate
-from watcherd.ledger import Processor
-from watcherd.live import Coalescer
+from watcherd.ledger import MAX_UNPAID_METHODS, Processor
+from watcherd.live import Coalescer, Crowded, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,11 @@ async def activate_method(request: web.Request) -> web.Response:
         if wants_json:
             return _json_error(404, "not_found", f"no invoice {invoice_id!r}", "id")
         return _message_page(strings, 404, "not_found", strings("msg_not_found"), root="../../")
+    except MethodLimit as exc:
+        if wants_json:
+            return _json_error(409, "methods_limit", str(exc), exc.field)
+        message = strings("methods_limit", n=MAX_UNPAID_METHODS)
+        return _message_page(strings, 409, "page_title", message, root="../../", back=back)
     except InvoiceError as exc:
         if wants_json:
             return _json_error(422, "invalid_method", str(exc), exc.field)
@@ -194,53 +200,70 @@ async def status(request: web.Request) -> web.Response:
 
 async def live(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: `id: <version>` + `data: <public invoice JSON>` whenever what the page shows changed,
-    a comment every HEARTBEAT_SECONDS, and the end of the stream once the invoice is final (or at shutdown).
+    a comment every HEARTBEAT_SECONDS, and the end of the stream once the invoice is final (or at shutdown, or
+    after the live channel's `max_seconds`: the browser then reconnects with the last version it got).
 
     The page passes the version it was rendered with (`?v=`; the browser sends `Last-Event-ID` when it
     reconnects), so an unchanged invoice sends nothing. A final invoice the client already shows answers 204,
-    which tells EventSource to stop reconnecting."""
-    processor = request.app[PROCESSOR]
+    which tells EventSource to stop reconnecting. One stream too many (on the invoice or in all) answers 503 and
+    closes the connection: EventSource does not retry a 503, and the page's script polls /status instead."""
     invoice_id = request.match_info["invoice_id"]
+    try:
+        # watch before the first read: a change committed between the two would otherwise go unseen
+        with request.app[PROCESSOR].live.watch(invoice_id) as woken:
+            return await _stream(request, invoice_id, woken)
+    except Crowded:
+        response = _json_error(503, "too_many_streams", "too many live streams open; poll the status instead")
+        response.headers["Retry-After"] = "30"
+        response.force_close()  # its descriptor is what ran short
+        return response
+
+
+async def _stream(request: web.Request, invoice_id: str, woken: Watcher) -> web.StreamResponse:
+    processor = request.app[PROCESSOR]
     shown_version = request.headers.get("Last-Event-ID") or request.query.get("v")
     closing = request.app[CLOSING]
     reads = request.app[LIVE_READS]
-    # watch before the first read: a change committed between the two would otherwise go unseen
-    with processor.live.watch(invoice_id) as woken:
-        invoice = await _invoice(request)
-        if invoice is None:
-            return _json_error(404, "not_found", f"no invoice {invoice_id!r}", "id")
-        woken.chains = frozenset(m["chain"] for m in invoice["payment_methods"])  # blocks elsewhere change nothing
-        shown = public.public_invoice(invoice)
-        if public.is_final(shown) and public.version(shown) == shown_version:
-            return web.Response(status=204, headers=SECURITY_HEADERS)
-        response = web.StreamResponse(headers=STREAM_HEADERS)
-        await response.prepare(request)
-        try:
-            await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
-            while not closing.is_set():
-                current = public.version(shown)
-                if current != shown_version:
-                    data = json.dumps(shown, separators=(",", ":"))
-                    await response.write(f"id: {current}\ndata: {data}\n\n".encode())
-                    shown_version = current
-                if public.is_final(shown):
-                    break
-                try:
-                    async with asyncio.timeout(HEARTBEAT_SECONDS):
-                        await woken.wait()
-                except TimeoutError:
+    loop = asyncio.get_running_loop()
+    # spread out: streams opened together (a restart's reconnections) must not all end together again
+    ends = loop.time() + processor.live.max_seconds * random.uniform(0.9, 1.0)
+    invoice = await _invoice(request)
+    if invoice is None:
+        return _json_error(404, "not_found", f"no invoice {invoice_id!r}", "id")
+    woken.chains = frozenset(m["chain"] for m in invoice["payment_methods"])  # blocks elsewhere change nothing
+    shown = public.public_invoice(invoice)
+    if public.is_final(shown) and public.version(shown) == shown_version:
+        return web.Response(status=204, headers=SECURITY_HEADERS)
+    response = web.StreamResponse(headers=STREAM_HEADERS)
+    await response.prepare(request)
+    try:
+        await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+        while not closing.is_set():
+            current = public.version(shown)
+            if current != shown_version:
+                data = json.dumps(shown, separators=(",", ":"))
+                await response.write(f"id: {current}\ndata: {data}\n\n".encode())
+                shown_version = current
+            left = ends - loop.time()
+            if public.is_final(shown) or left <= 0:
+                break
+            try:
+                async with asyncio.timeout(min(HEARTBEAT_SECONDS, left)):
+                    await woken.wait()
+            except TimeoutError:
+                if ends > loop.time():
                     await response.write(b": heartbeat\n\n")
-                    continue
-                woken.clear()
-                invoice = await reads.read(invoice_id)
-                if invoice is None:
-                    break
-                shown = public.public_invoice(invoice)
-        except ConnectionError:
-            pass  # the customer left
-        except STORE_ERRORS as exc:
-            log.warning("live stream of %s ended: store unavailable: %s", invoice_id, exc)  # the browser retries
-        return response
+                continue
+            woken.clear()
+            invoice = await reads.read(invoice_id)
+            if invoice is None:
+                break
+            shown = public.public_invoice(invoice)
+    except ConnectionError:
+        pass  # the customer left
+    except STORE_ERRORS as exc:
+        log.warning("live stream of %s ended: store unavailable: %s", invoice_id, exc)  # the browser retries
+    return response
 
 
 async def qr_code(request: web.Request) -> web.Response:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from watcherd.ledger.base import EventListener, EventRecord, new_id
 from watcherd.ledger.chains import ChainLedger, LedgerSink
-from watcherd.ledger.invoices import GAP_LIMIT, InvoiceLedger
+from watcherd.ledger.invoices import GAP_LIMIT, MAX_UNPAID_METHODS, InvoiceLedger
 
-__all__ = ["GAP_LIMIT", "EventListener", "EventRecord", "LedgerSink", "Processor", "new_id"]
+__all__ = ["GAP_LIMIT", "MAX_UNPAID_METHODS", "EventListener", "EventRecord", "LedgerSink", "Processor", "new_id"]
 
 
 class Processor(InvoiceLedger, ChainLedger):

@@ -14,11 +14,12 @@ from watcherd import metrics
 from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import FINALITY, Status
 from watcherd.core.money import MAX_ATOMIC
-from watcherd.exceptions import InvoiceError
+from watcherd.exceptions import InvoiceError, MethodLimit
 from watcherd.ledger.base import _PENDING, LedgerBase, log, new_id
 from watcherd.store import KEEP_BLOCKS, InvoiceRow, MethodRow
 
 GAP_LIMIT = 20  # wallets stop scanning after 20 unused addresses in a row (BIP44 gap limit)
+MAX_UNPAID_METHODS = 3  # methods one invoice may have picked while nothing is paid (first, second thoughts, a third)
 
 
 class InvoiceLedger(LedgerBase):
@@ -173,18 +174,24 @@ class InvoiceLedger(LedgerBase):
                 extra={"chain": chain_name, "invoice_id": invoice_id},
             )
 
-    async def activate_method(self, invoice_id: str, method: str) -> dict[str, Any]:
-        """The customer picked `method`: give it its address (once; again is a no-op). KeyError for an unknown
-        invoice, InvoiceError("method") for a method the invoice does not offer or an invoice no longer open."""
+    async def activate_method(self, invoice_id: str, method: str, *, capped: bool = True) -> dict[str, Any]:
+        """The customer picked `method`: give it its address (once; again is a no-op, which reads but never
+        writes). KeyError for an unknown invoice, InvoiceError("method") for a method the invoice does not
+        offer or an invoice no longer open, MethodLimit when `capped` and MAX_UNPAID_METHODS are picked already
+        with nothing paid (whoever holds an invoice id must not burn addresses past a wallet's gap limit)."""
+        invoice = await self.store.invoice(invoice_id)
+        if invoice is None:
+            raise KeyError(invoice_id)
+        methods = await self.store.methods_for(invoice_id)
+        chosen = self._offered(invoice_id, methods, method)
+        if chosen.activated_at is not None:  # a second click, a reload, a retry: answered from what is committed
+            return self._render(invoice, methods, await self.store.payments_for(invoice_id))
         async with self._transaction():
             invoice = await self.store.invoice(invoice_id, for_update=True)
             if invoice is None:
                 raise KeyError(invoice_id)
-            offered = {self._method_id(m.chain, m.asset): m for m in await self.store.methods_for(invoice_id)}
-            chosen = offered.get(method)
-            if chosen is None:
-                raise InvoiceError("method", f"invoice {invoice_id} is not payable with {method!r}; it offers "
-                                             f"{', '.join(offered)}")
+            methods = await self.store.methods_for(invoice_id)
+            chosen = self._offered(invoice_id, methods, method)
             if chosen.activated_at is None:
                 if invoice.status not in (Status.UNPAID, Status.PROCESSING) or invoice.cancelled_at is not None:
                     raise InvoiceError("method", f"invoice {invoice_id} is {invoice.status}: no new address")
@@ -192,6 +199,11 @@ class InvoiceLedger(LedgerBase):
                     raise InvoiceError("method", f"invoice {invoice_id} is expired: no new address")
                 if chosen.chain not in self.chains:
                     raise InvoiceError("method", f"{method} is no longer configured")
+                picked = sum(m.activated_at is not None for m in methods)
+                if capped and picked >= MAX_UNPAID_METHODS and not any(
+                        p.payment.counts for p in await self.store.payments_for(invoice_id)):
+                    raise MethodLimit("method", f"invoice {invoice_id} has {picked} payment methods picked and "
+                                                f"nothing paid yet: pay with one of them")
                 await self._activate(chosen, int(self.clock()))
                 await self._reassess(invoice_id, force_type="invoice.updated")
                 activated = chosen.chain
@@ -199,6 +211,14 @@ class InvoiceLedger(LedgerBase):
                 activated = None
         self._after_activation(activated, invoice_id)
         return await self._shown(invoice_id)
+
+    def _offered(self, invoice_id: str, methods: list[MethodRow], method: str) -> MethodRow:
+        offered = {self._method_id(m.chain, m.asset): m for m in methods}
+        chosen = offered.get(method)
+        if chosen is None:
+            raise InvoiceError("method", f"invoice {invoice_id} is not payable with {method!r}; it offers "
+                                         f"{', '.join(offered)}")
+        return chosen
 
     async def cancel_invoice(self, invoice_id: str) -> dict[str, Any]:
         async with self._transaction():
