@@ -1,12 +1,16 @@
 """The operator's command line: check-config refuses private keys; invoice commands talk to the daemon."""
 
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from bip_utils import Bip32Slip10Secp256k1
+from conftest import wait_for
 from harness import TESTNET_VERSIONS
 
 
@@ -252,3 +256,112 @@ def test_invoice_tables_show_methods_amounts_page_and_the_picked_address(tmp_pat
         assert bad_rate.returncode == 2 and "'BTC' is not COIN=PRICE" in bad_rate.stderr
     finally:
         daemon.stop()
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "cli"
+SGR = re.compile(r"\x1b\[([\d;]*)m")
+PALETTE = {30: "#2e3436", 31: "#cc0000", 32: "#4e9a06", 33: "#c4a000", 34: "#3465a4", 35: "#75507b", 36: "#06989a",
+           37: "#d3d7cf", 90: "#888a85", 91: "#ef2929", 92: "#8ae234", 93: "#fce94f", 94: "#729fcf", 95: "#ad7fa8",
+           96: "#34e2e2", 97: "#eeeeec"}
+
+
+def render_png(ansi: str, path: Path) -> None:
+    """The terminal capture as a picture (black on white, its colours and bold), for a human to look at."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = Path("/usr/share/fonts/truetype/dejavu")
+    regular = ImageFont.truetype(str(fonts / "DejaVuSansMono.ttf"), 14)
+    bold = ImageFont.truetype(str(fonts / "DejaVuSansMono-Bold.ttf"), 14)
+    lines = ansi.rstrip("\n").split("\n")
+    cell_w, cell_h = regular.getlength("M"), 18  # a monospace advance
+    width = max(len(SGR.sub("", line)) for line in lines) + 2
+    image = Image.new("RGB", (round(width * cell_w), (len(lines) + 1) * cell_h), "white")
+    draw = ImageDraw.Draw(image)
+    for row, line in enumerate(lines):
+        column, fg, is_bold, at = 1, "black", False, 0
+        for match in [*SGR.finditer(line), None]:
+            text = line[at:match.start() if match else len(line)]
+            draw.text((column * cell_w, (row + 0.5) * cell_h), text, fill=fg, font=bold if is_bold else regular)
+            column += len(text)
+            if match is None:
+                break
+            at = match.end()
+            for code in map(int, (match[1] or "0").split(";")):
+                if code == 0:
+                    fg, is_bold = "black", False
+                elif code == 1:
+                    is_bold = True
+                elif code == 22:
+                    is_bold = False
+                elif code == 39:
+                    fg = "black"
+                elif code in PALETTE:
+                    fg = PALETTE[code]
+    image.save(path)
+
+
+def test_tables_in_a_terminal_after_a_payment_in_two_coins(bsv_node, ltc_node, daemon_factory, tmp_path):
+    """What an operator sees in a terminal (tmux) for a 49.00 USD invoice paid half in BTC, half in LTC: the
+    list, the invoice with both methods' own addresses and both payments, its webhook deliveries and the status,
+    coloured. Saved under test-artifacts/cli/ (text, ANSI and a picture) for a human to look at."""
+    from harness import chain_table
+
+    tmux = shutil.which("tmux")
+    assert tmux, "tmux is not installed (Debian package tmux)"
+    daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1) + chain_table("ltc", ltc_node,
+                                                                                         confirmations=1))
+    config = daemon.config_path
+    created = watcherd("invoice", "create", "--currency", "USD", "--amount", "49.00", "--rate", "BTC=50000",
+                       "--rate", "LTC=100", "--order-id", "A-1", "--quiet", config=config)
+    assert created.returncode == 0, created.stderr
+    invoice_id = created.stdout.strip()
+    assert watcherd("invoice", "create", "--chain", "btc", "--amount", "0.015", "--order-id", "B-2",
+                    config=config).returncode == 0
+    btc = json.loads(watcherd("invoice", "pick", invoice_id, "btc", "--json", config=config).stdout)
+    btc_address = next(m["address"] for m in btc["payment_methods"] if m["method"] == "btc")
+    bsv_node.pay(btc_address, "0.00049")
+    daemon.wait_status(invoice_id, "unpaid", where=lambda inv: inv["amount_received"] == "24.50")
+    ltc = json.loads(watcherd("invoice", "pick", invoice_id, "ltc", "--json", config=config).stdout)
+    ltc_method = next(m for m in ltc["payment_methods"] if m["method"] == "ltc")
+    assert ltc_method["due"] == "0.245"
+    ltc_node.pay(ltc_method["address"], ltc_method["due"])
+    daemon.wait_status(invoice_id, "processing")
+    bsv_node.mine(1)
+    ltc_node.mine(1)
+    daemon.wait_status(invoice_id, "paid")
+    wait_for(lambda: len(daemon.api("GET", f"/v1/webhooks?invoice_id={invoice_id}&state=delivered")["deliveries"])
+             >= 5, 30, "the invoice's webhooks delivered")
+
+    script = tmp_path / "session.sh"
+    done = tmp_path / "done"
+    shown = ["invoice list", f"invoice show {invoice_id}", f"webhooks list --invoice {invoice_id}", "status"]
+    script.write_text(
+        f'watcherd() {{ {sys.executable} -m watcherd --config {config} "$@"; }}\n'
+        + "".join(f"echo '$ watcherd {command}'; watcherd {command}; echo\n" for command in shown)
+        + f"touch {done}; sleep 120\n")
+    socket_path = tmp_path / "tmux.sock"
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    subprocess.run([tmux, "-S", str(socket_path), "new-session", "-d", "-x", "175", "-y", "70", "-c",
+                    str(Path(__file__).resolve().parent.parent), f"bash --norc {script}"], check=True, env=env,
+                   timeout=30)
+    try:
+        wait_for(done.exists, 60, "the commands in tmux")
+        capture = [tmux, "-S", str(socket_path), "capture-pane", "-p", "-t", "0"]
+        plain = subprocess.run(capture, capture_output=True, text=True, check=True, timeout=30).stdout
+        ansi = subprocess.run([*capture, "-e"], capture_output=True, text=True, check=True, timeout=30).stdout
+    finally:
+        subprocess.run([tmux, "-S", str(socket_path), "kill-server"], capture_output=True, timeout=30)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "tables.txt").write_text(plain)
+    (ARTIFACTS / "tables.ansi").write_text(ansi)
+    render_png(ansi, ARTIFACTS / "tables.png")
+
+    assert re.search(rf"^{invoice_id} +paid +49\.00 USD +49\.00 +A-1 +\S+ +0\.00098 BTC, 0\.49 LTC$", plain,
+                     re.MULTILINE), plain
+    assert re.search(rf"^btc +0\.00098 BTC +0 BTC +50000 USD +1 +{btc_address}$", plain, re.MULTILINE), plain
+    assert re.search(rf"^ltc +0\.49 LTC +0 LTC +100 USD +1 +{ltc_method['address']}$", plain, re.MULTILINE), plain
+    assert re.search(r"^btc +0\.00049 BTC +24\.50 USD +1/1 +confirmed +\S+ +\w{64}:\d+$", plain, re.MULTILINE), plain
+    assert re.search(r"^ltc +0\.245 LTC +24\.50 USD +1/1 +confirmed +\S+ +\w{64}:\d+$", plain, re.MULTILINE), plain
+    assert re.search(rf"^evt_\w+ +invoice\.paid +{invoice_id} +webhook +delivered +1 ", plain, re.MULTILINE), plain
+    assert "\x1b[1m" in ansi and "\x1b[1m" not in plain  # headers bold, on a terminal only
+    assert re.search(r"\x1b\[32m(\x1b\[\d+m)*paid", ansi), ansi  # paid in green
