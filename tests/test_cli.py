@@ -201,8 +201,8 @@ def test_invoice_tables_show_methods_amounts_page_and_the_picked_address(tmp_pat
     """A priced invoice made from the command line (rates and methods as options) shows each method's amount
     (0.00098 BTC / 0.49 LTC at 50,000 and 100 USD), its order id, expiry and page; after the customer picks LTC,
     `show` gives LTC's own address on LTC's row; tables have a header and aligned columns, an empty list says
-    so, colour appears only on a terminal and never with NO_COLOR, and redelivery without a [webhook] is refused
-    instead of answered "queued". Against the real daemon."""
+    so, colour appears only on a terminal and never with NO_COLOR, redelivery without a [webhook] is refused
+    instead of answered "queued", and an id never reaches another route. Against the real daemon."""
     from harness import Daemon
 
     daemon = Daemon(tmp_path / "d", offline_chains()).start()
@@ -252,6 +252,9 @@ def test_invoice_tables_show_methods_amounts_page_and_the_picked_address(tmp_pat
         redeliver = watcherd("webhooks", "redeliver", event_id, config=config)
         assert redeliver.returncode == 1 and "queued" not in redeliver.stdout
         assert "has no [webhook] (nor [mqtt]) table: there is nowhere to redeliver" in redeliver.stderr
+        # an id is one path segment: "<id>/events" names no invoice, it does not reach the events route
+        other_route = watcherd("invoice", "show", f"{invoice_id}/events", config=config)
+        assert other_route.returncode == 1 and f"404: no invoice '{invoice_id}/events'" in other_route.stderr
         bad_rate = watcherd("invoice", "create", "--currency", "USD", "--amount", "1", "--rate", "BTC", config=config)
         assert bad_rate.returncode == 2 and "'BTC' is not COIN=PRICE" in bad_rate.stderr
     finally:

@@ -280,6 +280,11 @@ def _daemon_api(options: Options, *, token: bool = True) -> DaemonApi:
     return DaemonApi(api, frozenset(document))
 
 
+def _part(text: str) -> str:
+    """One path segment: an id with a `/` or `?` in it must not reach another route."""
+    return urllib.parse.quote(text, safe="")
+
+
 def _show(invoice: dict[str, Any], as_json: bool, pay_with: str | None = None) -> None:
     if as_json:
         click.echo(json.dumps(invoice, indent=2))
@@ -391,7 +396,8 @@ def invoice_create(options: Options, chain: str | None, currency: str | None, me
 @click.pass_obj
 def invoice_pick(options: Options, invoice_id: str, method: str, as_json: bool) -> None:
     """Pick a payment method of a priced invoice, as the customer does on its page: it gets its address."""
-    _show(_daemon_api(options).call("POST", f"/v1/invoices/{invoice_id}/payment-methods/{method}"), as_json, method)
+    _show(_daemon_api(options).call("POST", f"/v1/invoices/{_part(invoice_id)}/payment-methods/{_part(method)}"),
+          as_json, method)
 
 
 @invoice.command("show")
@@ -401,7 +407,7 @@ def invoice_pick(options: Options, invoice_id: str, method: str, as_json: bool) 
 @click.pass_obj
 def invoice_show(options: Options, invoice_id: str, as_json: bool) -> None:
     """One invoice: its amounts, expiry, page, each method's amount, due and address, and its payments."""
-    _show(_daemon_api(options).call("GET", f"/v1/invoices/{invoice_id}"), as_json)
+    _show(_daemon_api(options).call("GET", f"/v1/invoices/{_part(invoice_id)}"), as_json)
 
 
 @invoice.command("list")
@@ -434,7 +440,7 @@ def invoice_list(options: Options, status: str | None, chain: str | None, order_
 @click.pass_obj
 def invoice_cancel(options: Options, invoice_id: str, as_json: bool) -> None:
     """Cancel an invoice that holds no money being processed."""
-    _show(_daemon_api(options).call("POST", f"/v1/invoices/{invoice_id}/cancel"), as_json)
+    _show(_daemon_api(options).call("POST", f"/v1/invoices/{_part(invoice_id)}/cancel"), as_json)
 
 
 @main.group()
@@ -470,5 +476,5 @@ def webhooks_redeliver(options: Options, event_id: str) -> None:
     if not transports:
         raise click.ClickException(f"{Path(options.config_path).absolute()} has no [webhook] (nor [mqtt]) table: "
                                    f"there is nowhere to redeliver {event_id} to")
-    daemon.call("POST", f"/v1/webhooks/{event_id}/redeliver")
+    daemon.call("POST", f"/v1/webhooks/{_part(event_id)}/redeliver")
     click.echo(f"{event_id}: queued for redelivery ({' and '.join(transports)})")
