@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from bip_utils import Bip32Slip10Secp256k1
 from conftest import wait_for
 from harness import TESTNET_VERSIONS
@@ -197,6 +198,7 @@ def column_starts(line, names):
     return [line.index(name) for name in names]
 
 
+@pytest.mark.nodes  # the daemon as a process
 def test_invoice_tables_show_methods_amounts_page_and_the_picked_address(tmp_path):
     """A priced invoice made from the command line (rates and methods as options) shows each method's amount
     (0.00098 BTC / 0.49 LTC at 50,000 and 100 USD), its order id, expiry and page; after the customer picks LTC,
