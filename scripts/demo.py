@@ -189,6 +189,7 @@ def main() -> int:
         else:
             say(f"work directory kept: {workdir}")
     say("demo complete: every invoice went UNPAID -> PROCESSING -> PAID")
+    say("next, try it by hand (README, \"Try it\"): scripts/devnet up")
     return 0
 
 

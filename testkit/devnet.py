@@ -5,6 +5,11 @@ password and pid in `state.json`; a later `pay`, `status` or `down` finds the sa
 also keeps the operator's keys (an HD seed, a Monero spend/view pair, mode 0600), standing in for a cold
 wallet: only public keys (and Monero's view key) ever reach the daemon config `write_config` writes.
 
+Beside the nodes it can run the billing side, a webhook receiver process (`DevnetReceiver`) that checks each
+signature and appends what it accepts to `webhooks.jsonl`, and it keeps what `scripts/devnet up` chose for the
+daemon's config (API port and token, webhook, store) in `state.json`, so that a second `up` writes the same ones
+under a daemon already running.
+
 The node kinds live in their own modules (bitcoin_node, eth_node, monero_node); this one only picks the class
 for a chain, and never reaches into a node's process.
 """
@@ -14,19 +19,30 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import sys
+import threading
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from testkit.bitcoin_node import BITCOIN_CHAINS, Node
 from testkit.configs import bitcoin_table, ethereum_table, monero_table, toml_value
-from testkit.eth_node import EthNode
+from testkit.eth_node import TOKENS, EthNode
 from testkit.monero_node import MoneroNode, new_keys, primary_address
-from testkit.process import free_ports, port_free
+from testkit.process import REPO_ROOT, NodeProcess, free_ports, port_free
+from testkit.rpc import NodeRPCError
 
 # chain name -> node kind
 CHAIN_KINDS = {**BITCOIN_CHAINS, "eth": EthNode.kind, "xmr": MoneroNode.kind}
 
 AnyNode = Node | EthNode | MoneroNode
+
+# The devnet's fixed exchange rates (USD per whole coin), written as [rates.fixed]: a priced invoice works
+# offline, and the README's example prices 49.00 USD at 0.00098 BTC or 0.49 LTC.
+USD_RATES = {"BTC": "50000", "LTC": "100", "ETH": "2500", "USDC": "1", "DAI": "1", "XMR": "150"}
 
 
 def _node_class(kind: str) -> type[Node] | type[EthNode] | type[MoneroNode]:
@@ -110,13 +126,62 @@ class Devnet:
                 self._save_state()
 
     def down(self) -> None:
-        """Stop every node this devnet started, each by its own pid (and its PostgreSQL, if it has one)."""
+        """Stop every node this devnet started, each by its own pid (and its PostgreSQL and webhook receiver, if
+        it has them)."""
         for name in self.chains():
             self.node(name).stop()
         self._save_state()
         postgres = self.postgres()
         if postgres is not None:
             postgres.stop()
+        receiver = self.receiver()
+        if receiver is not None:
+            receiver.process.stop()
+
+    def _update_state(self, key: str, value: Any) -> None:
+        state = self._load_state()
+        state[key] = value
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.state_path)
+
+    # ---- the daemon's config, as `scripts/devnet up` chose it ----------------------------------------------
+
+    def daemon_settings(self) -> dict[str, Any] | None:
+        """What the last `up` wrote into the config (api_port, api_token, webhook_url, store_url); None before."""
+        settings: dict[str, Any] | None = self._load_state().get("daemon")
+        return settings
+
+    def keep_daemon_settings(self, settings: dict[str, Any]) -> None:
+        self._update_state("daemon", settings)
+
+    # ---- the billing side: a webhook receiver process -------------------------------------------------------
+
+    def webhook_secret(self) -> str:
+        """The webhook signing secret, made once and kept in the devnet dir (mode 0600)."""
+        path = self.root / "webhook-secret"
+        if not path.exists():
+            self._write_secret(path, secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip()
+
+    def receiver(self) -> DevnetReceiver | None:
+        """The webhook receiver as `receiver_up` left it (None: this devnet has none)."""
+        known = self._load_state().get("webhook_receiver")
+        if known is None:
+            return None
+        return DevnetReceiver(self.root, known["port"], pid=known.get("pid"), die_with_parent=self.die_with_parent)
+
+    def receiver_up(self) -> DevnetReceiver:
+        """Start (or find running) the devnet's webhook receiver, on the port it had before if it is free."""
+        self.webhook_secret()
+        receiver = self.receiver()
+        if receiver is None or (not receiver.process.running() and not port_free(receiver.port)):
+            receiver = DevnetReceiver(self.root, free_ports(1)[0], die_with_parent=self.die_with_parent)
+        if not receiver.process.running():
+            receiver.start()
+        self._update_state("webhook_receiver", {"port": receiver.port, "pid": receiver.process.pid})
+        return receiver
 
     # ---- PostgreSQL (scripts/devnet up --postgres) -------------------------------------------------------
 
@@ -217,8 +282,10 @@ class Devnet:
         confirmations: int = 2,
         poll_interval_seconds: float = 0.5,
         store_url: str | None = None,
+        usd_rates: bool = False,
     ) -> Path:
-        """Write a watcherd TOML config watching every running node of this devnet."""
+        """Write a watcherd TOML config watching every running node of this devnet (`usd_rates`: with
+        [rates.fixed] USD prices of their coins and tokens, no exchange asked)."""
         q = toml_value
         lines = [
             "# Written by testkit.devnet for the local regtest devnet. Holds only public keys (and, for Monero,",
@@ -234,9 +301,81 @@ class Devnet:
         if webhook_url is not None:
             lines += ["[webhook]", f"url = {q(webhook_url)}", f"secret = {q(webhook_secret or '')}", ""]
         lines += ["[log]", 'level = "info"', ""]
-        for node in sorted(self.running_nodes(), key=lambda n: n.name):
+        nodes = sorted(self.running_nodes(), key=lambda n: n.name)
+        if usd_rates:
+            assets = {asset for node in nodes for asset in _assets(node)}
+            lines += ["[rates]", "sources = []", 'currencies = ["USD"]', "[rates.fixed]"]
+            lines += [f"{asset}_USD = {q(rate)}" for asset, rate in USD_RATES.items() if asset in assets] + [""]
+        for node in nodes:
             lines.append(self.chain_table(node, confirmations, poll_interval_seconds))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines))
         return path
+
+
+def _assets(node: Any) -> tuple[str, ...]:
+    if isinstance(node, EthNode):
+        return ("ETH", *TOKENS)
+    return ("XMR",) if isinstance(node, MoneroNode) else (COIN_ASSETS[node.kind],)
+
+
+COIN_ASSETS = {"bsv": "BTC", "bitcoin": "BTC", "litecoin": "LTC"}
+
+
+class DevnetReceiver:
+    """The devnet's billing side: a process serving testkit.receiver's WebhookReceiver (signatures checked with
+    the devnet's webhook secret) that appends every event it accepts, as one JSON line with its arrival time, to
+    DIR/webhooks.jsonl. Like the nodes it outlives the command that started it and is stopped by its pid."""
+
+    def __init__(self, root: Path, port: int, *, pid: int | None = None, die_with_parent: bool = False):
+        self.root = root
+        self.port = port
+        self.events_path = root / "webhooks.jsonl"
+        # the events file is unique to this devnet: a pid whose command line lacks it is not this receiver
+        self.process = NodeProcess("webhook receiver", [str(self.events_path)], root / "webhook-receiver.log",
+                                   die_with_parent=die_with_parent, pid=pid)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/crypto"
+
+    def start(self) -> None:
+        code = "import sys; sys.path.insert(0, sys.argv[1]); from testkit.devnet import receive; receive(*sys.argv[2:])"
+        self.process.start([sys.executable, "-c", code, str(REPO_ROOT), str(self.port),
+                            str(self.root / "webhook-secret"), str(self.events_path)], ready=self._answers)
+
+    def _answers(self) -> None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2):
+                pass
+        except OSError as exc:  # refused while it binds
+            raise NodeRPCError("GET /", None, str(exc)) from None
+
+    def events(self) -> list[dict[str, Any]]:
+        """What it accepted so far, oldest first."""
+        try:
+            lines = self.events_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def receive(port: str, secret_file: str, events_file: str) -> None:
+    """The receiver process (DevnetReceiver.start): serve until SIGTERM."""
+    from testkit.receiver import WebhookReceiver
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    written = threading.Lock()  # the server answers each delivery in a thread of its own
+    with WebhookReceiver(Path(secret_file).read_text().strip(), port=int(port)) as receiver, \
+            open(events_file, "a") as events:
+
+        def record(event: dict[str, Any]) -> None:
+            arrived = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            with written:
+                events.write(json.dumps({"received_at": arrived, **event}) + "\n")
+                events.flush()
+
+        receiver.on_event = record
+        stop.wait()

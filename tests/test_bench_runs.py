@@ -8,6 +8,42 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
 
 
+def load_bench():
+    from importlib.machinery import SourceFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    loader = SourceFileLoader("bench", str(BENCH))
+    spec = spec_from_loader("bench", loader)
+    assert spec is not None
+    bench = module_from_spec(spec)
+    loader.exec_module(bench)
+    return bench
+
+
+def test_a_full_run_that_misses_a_target_exits_non_zero():
+    """A full run's FAIL is a missed target and fails the run (an operator's script or CI sees it); a quick run
+    judges no target, only whether every section measured the right thing."""
+    exit_status = load_bench().exit_status
+    assert exit_status(False, [("a", True), ("b", False)], []) == 1
+    assert exit_status(False, [("a", True)], []) == 0
+    assert exit_status(True, [("a", True), ("b", False)], []) == 0
+    assert exit_status(True, [("a", True)], ["planted matches missing"]) == 1
+
+
+def test_bench_lag_diagnose_runs_as_the_readme_prints_it():
+    """`python scripts/bench_lag.py --diagnose` from a python outside the project's virtualenv: the bench module
+    it loads switches to the virtualenv and must come back as bench_lag with its own arguments (it came back as
+    the bench, which refused --diagnose)."""
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    assert Path(sys.prefix).resolve() != Path(base_python).resolve().parent.parent  # really from outside
+    done = subprocess.run([base_python, "scripts/bench_lag.py", "--diagnose"], cwd=BENCH.parent.parent,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^lag while both chains are in flight, p50/p99/max ms: [\d.]+, [\d.]+, [\d.]+$", done.stdout,
+                     re.MULTILINE), done.stdout
+    assert re.search(r"^\d+ callbacks held the loop >= 3 ms; the longest:$", done.stdout, re.MULTILINE), done.stdout
+
+
 def test_bench_quick_runs_and_reports_scan_tx_throughput():
     """A bench that silently stopped measuring (or stopped running) would mislead every later decision."""
     done = subprocess.run(
@@ -65,3 +101,6 @@ def test_bench_quick_runs_and_reports_scan_tx_throughput():
                      r"\(lease_seconds = \d+", done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^(PASS|FAIL): failover <= 10 s$", done.stdout, re.MULTILINE), done.stdout
     assert "BROKEN" not in done.stdout
+    # and it says what a quick run's FAIL lines mean
+    assert re.search(r"^quick run: it checks that every section works; .* Only a full run \(scripts/bench\) judges "
+                     r"the targets\.$", done.stdout, re.MULTILINE), done.stdout

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import tomllib
@@ -444,6 +447,99 @@ def test_scripts_devnet_runs_monerod_with_a_customer_wallet(tmp_path: Path) -> N
         devnet_cli("down")
     assert not Devnet(root).node("xmr").is_running()
     assert not any(pid_alive(pid) for pid in pids if pid)  # a zombie awaiting its reaper counts as gone
+
+
+def test_write_config_prices_the_running_chains_coins_in_usd(devnet: Devnet, tmp_path: Path) -> None:
+    """With usd_rates the config carries fixed USD prices of the running nodes' coins (no exchange asked, so a
+    priced invoice works offline) and nothing for coins it does not watch; the daemon's loader accepts it."""
+    path = devnet.write_config(tmp_path / "c.toml", store_path=tmp_path / "s.sqlite3", api_port=18444,
+                               api_token="0123456789abcdef0", webhook_url=None, webhook_secret=None, usd_rates=True)
+    config = tomllib.loads(path.read_text())
+    assert config["rates"] == {"sources": [], "currencies": ["USD"], "fixed": {"BTC_USD": "50000", "LTC_USD": "100"}}
+    check = subprocess.run([sys.executable, "-m", "watcherd", "--config", str(path), "check-config"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+def test_devnet_help_shows_no_path_of_this_machine() -> None:
+    """`scripts/devnet --help` and each command's help name the default directory as the checkout's devnet/, not
+    this machine's path, and document --chains, --dir and --webhook-url."""
+    commands = ["", "up", "down", "status", "pay", "webhooks", "mine", "bump", "tip"]
+    shown = {c: subprocess.run([str(REPO_ROOT / "scripts" / "devnet"), *c.split(), "--help"], capture_output=True,
+                               text=True, timeout=60, check=True).stdout for c in commands}
+    for command, text in shown.items():
+        assert str(REPO_ROOT) not in text, (command, text)
+    up = " ".join(shown["up"].split())
+    assert "--dir DIRECTORY" in up and "[default: (devnet/ in the checkout)]" in up
+    assert "--chains TEXT Comma-separated chains to start, of: btc, eth, ltc, xmr." in up
+    assert "--webhook-url URL Where the daemon POSTs its webhooks" in up
+
+
+def test_a_second_up_keeps_the_config_and_the_postgres_store() -> None:
+    """A second `up` under a daemon keeps its API port and token, the webhook and its secret, and the store:
+    `up --postgres` then a plain `up` stays on PostgreSQL (it flipped back to SQLite, and the port and token
+    changed, so the next CLI call met a refused connection)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="watcherd-devnet-"))  # outside pytest's tree, private to root: the
+    base.chmod(0o755)  # server runs as the postgres user
+    root = base / "dn"
+    try:
+        first_out = run_devnet_cli(root, "up", "--chains", "btc", "--postgres", timeout=180)
+        first = tomllib.loads((root / "watcherd.toml").read_text())
+        assert first["store"]["url"].startswith("postgresql://")
+        assert "next: start the daemon:" in first_out
+        again = run_devnet_cli(root, "up", "--chains", "btc", timeout=180)
+        second = tomllib.loads((root / "watcherd.toml").read_text())
+        for table in ("store", "api", "webhook", "rates"):
+            assert second[table] == first[table], table
+        assert "postgres:" in again
+        assert "postgres" not in run_devnet_cli(root, "down", timeout=120).replace("stopping postgres", "")
+        receiver = Devnet(root).receiver()
+        assert receiver is not None and not receiver.process.running()
+    finally:
+        run_devnet_cli(root, "down", timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_readme_try_it_runs_as_printed(tmp_path: Path) -> None:
+    """Every command of the README's "Try it" section, as printed, in one shell from a checkout: devnet up, the
+    daemon, a 49.00 USD invoice at 0.00098 BTC or 0.49 LTC, paid with `devnet pay`, its webhooks received with
+    their signatures checked, paid; then everything stopped. The README cannot drift from what runs."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Try it\n"):]
+    section = section[:section.index("\n---\n")]
+    commands = [line[4:] for line in section.splitlines() if line.startswith("    ")]
+    assert commands[0].startswith("scripts/devnet up") and commands[-1].startswith("kill %1")
+    # a checkout of its own: the repository's scripts and virtualenv, its devnet directory here
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("scripts", ".venv"):
+        (checkout / name).symlink_to(REPO_ROOT / name)
+    env = {**os.environ, "WATCHERD_DEVNET_DIR": str(checkout / "devnet"), "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("WATCHERD_CONFIG", None)
+    shell = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + "\n".join(commands)], cwd=checkout, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = shell.communicate(timeout=scaled(300))
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGTERM)  # the shell and the daemon it started in the background
+            shell.wait(30)
+        subprocess.run([str(REPO_ROOT / "scripts" / "devnet"), "down", "--dir", str(checkout / "devnet")],
+                       capture_output=True, timeout=scaled(120))
+    log = (checkout / "devnet" / "watcherd.log").read_text(errors="replace") if shell.returncode else ""
+    assert shell.returncode == 0, out + log
+    # (the repository's virtualenv, named from this checkout of symlinks by its real path)
+    assert f"next: start the daemon:  {REPO_ROOT}/.venv/bin/watcherd --config devnet/watcherd.toml run" in out
+    assert re.search(r"^btc +0\.00098 BTC +0\.00098 BTC +50000 USD +2 +not picked$", out, re.MULTILINE), out
+    assert re.search(r"^ltc +0\.49 LTC +0\.49 LTC +100 USD +2 +not picked$", out, re.MULTILINE), out
+    assert re.search(r"invoice\.processing +inv_\w+ +processing +received 49\.00 of 49\.00 USD +signature ok", out)
+    assert re.search(r"invoice\.paid +inv_\w+ +paid +received 49\.00 of 49\.00 USD +signature ok", out), out
+    assert re.search(r"^status +paid$", out, re.MULTILINE), out
+    assert re.search(r"^btc +0\.00098 BTC +49\.00 USD +2/2 +confirmed ", out, re.MULTILINE), out
+    assert not Devnet(checkout / "devnet").running_nodes()
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
