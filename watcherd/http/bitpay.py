@@ -18,6 +18,7 @@ from aiohttp import web
 from watcherd.compat import bitpay
 from watcherd.config import GreenfieldConfig
 from watcherd.core.currencies import minor_units
+from watcherd.delivery.addresses import url_refusal
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.http import api
 from watcherd.ledger import Processor
@@ -94,6 +95,8 @@ async def create_invoice(request: web.Request) -> web.Response:
     if notification_url is not None and (not isinstance(notification_url, str)
                                          or not notification_url.startswith(("http://", "https://"))):
         raise failure(400, "notificationURL: must be an http(s) URL")
+    if notification_url is not None and (refused := url_refusal(notification_url, config.hook_allow_networks)):
+        raise failure(400, f"notificationURL: must not point at an internal address ({refused})")
     metadata = {k: body[k] for k in ("orderId", "itemDesc", "itemCode", "buyerName", "buyerEmail", "physical")
                 if body.get(k) is not None}
     buyer = body.get("buyer")
