@@ -9,9 +9,12 @@ import contextlib
 import json
 import re
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +34,7 @@ from watcherd.compat.bitpay import BitPayNotifications
 from watcherd.compat.greenfield import GreenfieldHooks
 from watcherd.config import GreenfieldConfig, load
 from watcherd.core.types import Cursor
+from watcherd.delivery import dispatch
 from watcherd.delivery.addresses import POLICY, GuardedResolver, Refused, literal, refusal, url_refusal, why_refused
 from watcherd.delivery.dispatch import MAX_BODY
 from watcherd.delivery.hooks import PER_TARGET, HookSender
@@ -252,9 +256,11 @@ async def shop(store_location: Any, allow: tuple[Any, ...] = ()) -> AsyncIterato
 
     subs = [("/api/v1", greenfield.make_app(processor, config, readiness, Rates)),
             ("/invoices", bitpay.make_app(processor, config, Rates))]
-    async with TestClient(TestServer(make_app(processor, TOKEN, readiness, Rates, subs))) as client:
-        yield SimpleNamespace(client=client, processor=processor, chain=chain, store=store)
-    await store.close()
+    try:
+        async with TestClient(TestServer(make_app(processor, TOKEN, readiness, Rates, subs))) as client:
+            yield SimpleNamespace(client=client, processor=processor, chain=chain, store=store)
+    finally:
+        await store.close()
 
 
 async def _json(response: Any, status: int = 200) -> Any:
@@ -417,11 +423,13 @@ async def test_a_store_has_at_most_max_hooks_webhooks(store_location):
         await _json(await env.client.post(f"{BASE}/webhooks", json={"url": "https://b.example/x"}, headers=GF))
 
 
-async def test_one_slow_hook_holds_up_no_other(store_location):
-    """A hook (and a notification URL) that never answer, with a delivery for each of 150 invoices queued first:
-    every delivery to another hook and another notification URL is acknowledged while none of the slow ones has
-    even timed out, and the slow endpoints never had more than PER_TARGET sends at once (sharing slots, the slow
-    ones took them all and the others waited for their timeouts)."""
+async def test_one_slow_hook_holds_up_no_other(store_location, monkeypatch):
+    """A hook and a notification URL that never answer, each with a delivery for 150 invoices queued before
+    everything else: every delivery to another hook and another notification URL is acknowledged while none of
+    the slow ones has even timed out, and the slow endpoints never had more than PER_TARGET sends at once.
+    (Sharing slots, the slow ones took them all and the others waited for their timeouts; and the pages full of
+    the slow ones' rows are read past at once, not at the next idle read, which is put off here for an hour.)"""
+    monkeypatch.setattr(dispatch, "IDLE_READ_SECONDS", 3600.0)
     fast: list[str] = []
     held = {"/slow-hook": 0, "/slow-ipn": 0}
     most = dict(held)
@@ -441,18 +449,19 @@ async def test_one_slow_hook_holds_up_no_other(store_location):
     for path in ("/slow-hook", "/fast-hook", "/slow-ipn", "/fast-ipn"):
         app.router.add_post(path, endpoint)
     store = await Store.open(store_location)
-    async with TestServer(app) as server:
+    async with TestServer(app) as server, contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(store.close)
         async with store.transaction():
             for hook in ("slow", "fast"):
                 await store.add_hook(hook, str(server.make_url(f"/{hook}-hook")), "s3cret-0123456789", enabled=True,
                                      automatic_redelivery=True, events=None, now=1)
             now = int(time.time())
-            for i in range(150):
-                for target in ("slow", "fast"):
+            for target in ("slow", "fast"):
+                for i in range(150):
                     delivery = f"{target}-hook-{i}"
                     body = json.dumps({"deliveryId": delivery})
                     await store.add_hook_delivery(delivery, target, "unused", f"inv{i}", "InvoiceCreated", body, now)
-                for target in ("slow", "fast"):
+                for i in range(150):
                     delivery = f"{target}-ipn-{i}"
                     await store.add_hook_delivery(delivery, None, str(server.make_url(f"/{target}-ipn")), f"inv{i}",
                                                   "paid", json.dumps({"deliveryId": delivery}), now)
@@ -470,4 +479,91 @@ async def test_one_slow_hook_holds_up_no_other(store_location):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             released.set()
-    await store.close()
+
+
+# ---- the real daemon ----------------------------------------------------------------------------------
+
+@contextmanager
+def internal_service() -> Iterator[Any]:
+    """A service on 127.0.0.1 (threads, for the real daemon's tests): notes each connection and each request's
+    path and body."""
+    seen: dict[str, Any] = {"connections": 0, "requests": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            seen["requests"].append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            seen["connections"] += 1
+            return True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _call(daemon: Any, method: str, path: str, body: Any, auth: str) -> Any:
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.port}{path}", method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": auth})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["default", "allowed"])
+def test_the_daemon_reaches_a_loopback_service_only_once_allowed(bsv_node, tmp_path, allowed):
+    """The real daemon on a regtest node: a Greenfield webhook and a BitPay notificationURL aimed at
+    localhost:<port> (a name: accepted at registration, judged on the address it resolves to), and the invoice
+    paid. By default the service on 127.0.0.1 receives no connection, the deliveries API shows only "connection
+    refused by policy" and the operator's log names the refused address; with hook_allow_networks =
+    ["127.0.0.0/8"] both notifications arrive."""
+    from harness import Daemon, chain_table
+
+    allow = 'hook_allow_networks = ["127.0.0.0/8"]\n' if allowed else ""
+    extra = (f'[greenfield]\nstore_id = "{STORE}"\nstore_name = "Shop"\napi_key = "{KEY}"\n{allow}'
+             '[rates]\nsources = []\ncurrencies = ["USD"]\n[rates.fixed]\nBTC_USD = "50000"\n')
+    with internal_service() as (port, seen):
+        daemon = Daemon(tmp_path / "d", chain_table("btc", bsv_node, confirmations=1), None, extra=extra).start()
+        try:
+            hook = _call(daemon, "POST", f"{BASE}/webhooks", {"url": f"http://localhost:{port}/hook"},
+                         GF["Authorization"])
+            created = _call(daemon, "POST", "/invoices", {"price": 10, "currency": "USD",
+                                                         "notificationURL": f"http://localhost:{port}/ipn"},
+                            BASIC["Authorization"])["data"]
+            picked = daemon.api("POST", f"/v1/invoices/{created['id']}/payment-methods/btc")
+            btc = next(m for m in picked["payment_methods"] if m["method"] == "btc")
+            bsv_node.pay(btc["address"], btc["due"])
+            daemon.wait_status(created["id"], "processing", timeout=scaled(30))
+            deliveries = f"{BASE}/webhooks/{hook['id']}/deliveries"
+            deadline = time.monotonic() + scaled(30)
+            if allowed:
+                while {path for path, _ in seen["requests"]} != {"/hook", "/ipn"}:
+                    assert time.monotonic() < deadline, (seen, daemon.log_tail())
+                    time.sleep(0.1)
+                ipn = next(body for path, body in seen["requests"] if path == "/ipn")
+                assert (ipn["id"], ipn["status"]) == (created["id"], "paid")
+                return
+            while ("connection refused by policy" not in (shown := json.dumps(
+                    _call(daemon, "GET", deliveries, None, GF["Authorization"])))
+                   or "paid delivery" not in daemon.log_tail(500)):
+                assert time.monotonic() < deadline, (shown, daemon.log_tail())
+                time.sleep(0.1)
+            # the first is retried with backoff, the invoice's later ones wait behind it (not attempted yet)
+            assert {d["errorMessage"] for d in json.loads(shown)} - {""} == {"connection refused by policy"}
+            assert f":{port}" not in shown and "127.0.0.1" not in shown and "localhost" not in shown
+            assert "refused: localhost resolves only to refused addresses" in daemon.log_tail(500)
+            assert "127.0.0.1 is loopback" in daemon.log_tail(500)  # the operator's log says what to allow
+            assert seen == {"connections": 0, "requests": []}
+        finally:
+            daemon.stop()

@@ -46,14 +46,15 @@ def btcpay_sig(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _failure(exc: BaseException) -> str:
-    """The generic reason a send that got no answer failed: nothing of the host, port or address."""
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """Why a send that got no answer failed: the generic reason (nothing of the host, port or address), and the
+    detail for the operator's log."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, Refused):
-            return POLICY
+            return POLICY, f"refused: {seen}"
         seen = seen.__cause__ or getattr(seen, "os_error", None)
-    return TIMEOUT if isinstance(exc, TimeoutError) else FAILED
+    return TIMEOUT if isinstance(exc, TimeoutError) else FAILED, f"{type(exc).__name__}: {exc}"
 
 
 class HookSender(Dispatcher[HookDelivery]):
@@ -115,7 +116,8 @@ class HookSender(Dispatcher[HookDelivery]):
                 code = response.status
                 await read_capped(response)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            return Attempt(self.clock(), _failure(exc), final=not retries, detail=f"{type(exc).__name__}: {exc}")
+            reason, detail = _failure(exc)
+            return Attempt(self.clock(), reason, final=not retries, detail=detail)
         if 200 <= code < 300:
             return Attempt(self.clock(), code=code)
         permanent = 400 <= code < 500 and code not in RETRYABLE_STATUS
