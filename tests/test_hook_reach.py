@@ -121,6 +121,20 @@ def test_literals_and_names():
                 "http://10.0.0.1:8080/x", "https://[fe80::1%25eth0]/"):
         assert url_refusal(url, ()) is not None, url
     assert url_refusal("http://127.0.0.1/", LOOPBACK) is None
+    for url in ("http://[::1/", "http:///x", "http://evil.example\\@127.0.0.1/"):
+        with pytest.raises(ValueError):
+            url_refusal(url, ())
+
+
+async def test_urls_without_a_host_are_refused_as_no_url(store_location):
+    """A URL the parser refuses, or one without a host, answers the field's plain error (not a 500)."""
+    async with shop(store_location) as env:
+        for url in ("http://[::1/", "http:///x", "http://evil.example\\@127.0.0.1/"):
+            refused = await _json(await env.client.post(f"{BASE}/webhooks", json={"url": url}, headers=GF), 422)
+            assert refused == [{"path": "url", "message": "must be an http(s) URL"}]
+            refused = await _json(await env.client.post("/invoices", headers=BASIC, json={
+                "price": 10, "currency": "USD", "notificationURL": url}), 400)
+            assert refused == {"error": "notificationURL: must be an http(s) URL"}
 
 
 class MappedResolver(AbstractResolver):

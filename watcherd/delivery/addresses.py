@@ -121,13 +121,14 @@ def check_host(host: str | None, allow: Iterable[Network]) -> None:
 
 def url_refusal(url: str, allow: Iterable[Network]) -> str | None:
     """Why a hook URL may not be registered, for an early 422 (an IP literal the policy refuses); None: it may
-    (a name is judged at each connection)."""
+    (a name is judged at each connection). ValueError: it is no URL with a host."""
+    host = URL(url).raw_host
+    if not host:
+        raise ValueError("the URL names no host")
     try:
-        check_host(URL(url).raw_host, allow)
+        check_host(host, allow)
     except Refused as exc:
         return str(exc)
-    except ValueError:
-        return "is not a valid URL"
     return None
 
 

@@ -95,7 +95,11 @@ async def create_invoice(request: web.Request) -> web.Response:
     if notification_url is not None and (not isinstance(notification_url, str)
                                          or not notification_url.startswith(("http://", "https://"))):
         raise failure(400, "notificationURL: must be an http(s) URL")
-    if notification_url is not None and (refused := url_refusal(notification_url, config.hook_allow_networks)):
+    try:
+        refused = url_refusal(notification_url, config.hook_allow_networks) if notification_url else None
+    except ValueError:
+        raise failure(400, "notificationURL: must be an http(s) URL") from None
+    if refused:
         raise failure(400, f"notificationURL: must not point at an internal address ({refused})")
     metadata = {k: body[k] for k in ("orderId", "itemDesc", "itemCode", "buyerName", "buyerEmail", "physical")
                 if body.get(k) is not None}

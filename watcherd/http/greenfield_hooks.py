@@ -32,9 +32,13 @@ def _hook_json(hook: dict[str, Any]) -> dict[str, Any]:
 
 def _hook_fields(request: web.Request, body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
     url = body.get("url", current["url"] if current else None)
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2000:
-        raise invalid("url", "must be an http(s) URL")
-    if (refused := url_refusal(url, request.app[CONFIG].hook_allow_networks)) is not None:
+    try:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2000:
+            raise ValueError(url)
+        refused = url_refusal(url, request.app[CONFIG].hook_allow_networks)
+    except ValueError:
+        raise invalid("url", "must be an http(s) URL") from None
+    if refused is not None:
         raise invalid("url", f"must not point at an internal address ({refused}); the operator may allow its "
                              "network in [greenfield] hook_allow_networks")
     flags = {}
