@@ -37,7 +37,7 @@ from watcherd.core.types import Cursor
 from watcherd.delivery import dispatch
 from watcherd.delivery.addresses import POLICY, GuardedResolver, Refused, literal, refusal, url_refusal, why_refused
 from watcherd.delivery.dispatch import MAX_BODY
-from watcherd.delivery.hooks import PER_TARGET, HookSender
+from watcherd.delivery.hooks import PER_HOOK, PER_URL, HookSender
 from watcherd.delivery.webhook import WebhookSender
 from watcherd.exceptions import ConfigError
 from watcherd.http import bitpay, greenfield
@@ -440,7 +440,7 @@ async def test_a_store_has_at_most_max_hooks_webhooks(store_location):
 async def test_one_slow_hook_holds_up_no_other(store_location, monkeypatch):
     """A hook and a notification URL that never answer, each with a delivery for 150 invoices queued before
     everything else: every delivery to another hook and another notification URL is acknowledged while none of
-    the slow ones has even timed out, and the slow endpoints never had more than PER_TARGET sends at once.
+    the slow ones has even timed out, and the slow endpoints never had more than their caps of sends at once.
     (Sharing slots, the slow ones took them all and the others waited for their timeouts; and the pages full of
     the slow ones' rows are read past at once, not at the next idle read, which is put off here for an hour.)"""
     monkeypatch.setattr(dispatch, "IDLE_READ_SECONDS", 3600.0)
@@ -486,7 +486,7 @@ async def test_one_slow_hook_holds_up_no_other(store_location, monkeypatch):
             await async_wait_for(lambda: len(fast) == 300, 25, "every delivery to the fast hook and URL")
             slow = await store.hook_deliveries("slow", limit=1000)
             assert len(slow) == 150 and all(r["attempts"] == 0 for r in slow)  # none timed out yet: nobody waited
-            assert most == {"/slow-hook": PER_TARGET, "/slow-ipn": PER_TARGET}
+            assert most == {"/slow-hook": PER_HOOK, "/slow-ipn": PER_URL}
             assert sorted(fast) == sorted(f"fast-{kind}-{i}" for kind in ("hook", "ipn") for i in range(150))
         finally:
             task.cancel()

@@ -9,8 +9,9 @@ registered with automaticRedelivery false gets one attempt (a redelivery through
 These URLs come from whoever holds the compat key, so they reach no internal address (addresses.py: judged on
 the address connected to, unless `allow_networks` holds it), a failure is recorded with a generic reason only
 ("connection refused by policy", "connection failed", "timeout", "HTTP 500": what the deliveries API shows; the
-operator's log has the detail), and each hook has PER_TARGET sends in flight at most, the notification URLs
-IPN_SLOTS together (PER_TARGET each): one slow endpoint holds up no other.
+operator's log has the detail), and each target has slots of its own within the SLOTS in all: a webhook PER_HOOK
+sends in flight at most, a notification URL PER_URL, the notification URLs IPN_SLOTS together. One slow endpoint
+fills only its own and holds up no other.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ from watcherd.delivery.addresses import POLICY, GuardedResolver, Network, Refuse
 from watcherd.delivery.dispatch import RETRYABLE_STATUS, Attempt, Dispatcher, read_capped
 from watcherd.delivery.schedule import retry_delay
 from watcherd.store import HookDelivery, Store
-from watcherd.store.hooks import MAX_HOOKS
 
 log = logging.getLogger("watcherd.hooks")
 
 TRANSPORT = "hooks"  # the label in metrics
-PER_TARGET = 2  # sends in flight to one hook, or to one notification URL
-IPN_SLOTS = 8  # sends in flight to invoices' notification URLs together
+SLOTS = 64  # sends in flight at once, in all (each a connection)
+PER_HOOK = 8  # to one registered webhook: as many as all of them shared before they had slots of their own
+PER_URL = 4  # to one notification URL (each invoice names its own: they are many, and cheap to make)
+IPN_SLOTS = 16  # to notification URLs together
 IPN: Hashable = "notification URLs"  # the group every notification URL's sends count in
+CAPS: dict[Hashable, int] = {"hook": PER_HOOK, "url": PER_URL, IPN: IPN_SLOTS}  # by a group's kind
 FAILED, TIMEOUT = "connection failed", "timeout"
 
 
@@ -64,8 +67,7 @@ class HookSender(Dispatcher[HookDelivery]):
     def __init__(self, store: Store, wakeup: asyncio.Event, *, max_retry_hours: float = 72,
                  timeout_seconds: float = 10, clock: Callable[[], float] = time.time,
                  allow_networks: tuple[Network, ...] = (), resolver: AbstractResolver | None = None):
-        # every hook its own slots (MAX_HOOKS of them), the notification URLs theirs: the total never binds first
-        super().__init__(store, wakeup, clock, MAX_HOOKS * PER_TARGET + IPN_SLOTS)
+        super().__init__(store, wakeup, clock, SLOTS)
         self.max_retry_hours = max_retry_hours
         self.timeout_seconds = timeout_seconds
         self.allow_networks = allow_networks  # [greenfield] hook_allow_networks
@@ -95,7 +97,7 @@ class HookSender(Dispatcher[HookDelivery]):
         return IPN, ("url", delivery.url)
 
     def _cap(self, group: Hashable) -> int:
-        return IPN_SLOTS if group == IPN else PER_TARGET
+        return CAPS[group[0] if isinstance(group, tuple) else group]
 
     async def _send(self, session: aiohttp.ClientSession, delivery: HookDelivery) -> Attempt:
         body = delivery.body.encode()
