@@ -172,16 +172,15 @@ class Dispatcher(ABC, Generic[D]):
             self.log.warning("%s drain stopped: the store cannot record deliveries (%s); %d sent but unrecorded "
                              "will be sent again after the restart", self.transport, exc, len(self._unrecorded))
 
-    async def deliver_due(self, session: aiohttp.ClientSession | None = None) -> int:
+    async def deliver_due(self) -> int:
         """Deliver what is due now, and what becomes due as those sends settle their lanes, until nothing more
-        is; how many sends that took (through the transport's own session unless one is given). Raises a store
-        error (after every send ended) if an outcome could not be recorded."""
-        if session is not None:
+        is; how many sends that took. Raises a store error (after every send ended) if an outcome could not be
+        recorded."""
+        async with self._session(self._timeout_seconds()) as session:
             return await self._until_idle(session, None)
-        async with self._session(self._timeout_seconds()) as own:
-            return await self._until_idle(own, None)
 
     def _session(self, timeout_seconds: float) -> aiohttp.ClientSession:
+        """Every send goes through a session of the transport's own (its connector may guard where it connects)."""
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_seconds), connector=self._connector())
 
     def _connector(self) -> aiohttp.TCPConnector:

@@ -81,9 +81,10 @@ class HookSender(Dispatcher[HookDelivery]):
         return aiohttp.TCPConnector(limit=self.concurrency, resolver=resolver)
 
     async def _due(self, now: float, limit: int, full: frozenset[Hashable]) -> list[HookDelivery]:
-        hooks = [key for kind, key in (g for g in full if isinstance(g, tuple)) if kind == "hook"]
-        urls = [key for kind, key in (g for g in full if isinstance(g, tuple)) if kind == "url"]
-        return await self.store.due_hook_deliveries(now, limit, skip_hooks=hooks, skip_urls=urls, urls=IPN not in full)
+        keyed = [group for group in full if isinstance(group, tuple)]
+        return await self.store.due_hook_deliveries(now, limit, skip_hooks=[k for kind, k in keyed if kind == "hook"],
+                                                    skip_urls=[k for kind, k in keyed if kind == "url"],
+                                                    urls=IPN not in full)
 
     def _seq(self, delivery: HookDelivery) -> int:
         return delivery.seq
