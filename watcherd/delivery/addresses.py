@@ -14,10 +14,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import TYPE_CHECKING
 
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
+
+if TYPE_CHECKING:
+    from aiohttp.abc import ResolveResult
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
