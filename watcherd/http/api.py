@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from watcherd import views
 from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import Status
 from watcherd.core.money import (
@@ -453,7 +454,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
     rows = await request.app[PROCESSOR].store.deliveries(
         transport=request.query.get("transport"), state=state, invoice_id=request.query.get("invoice_id"),
     )
-    return web.json_response({"deliveries": rows})
+    return web.json_response({"deliveries": [views.delivery_json(r) for r in rows]})
 
 
 async def redeliver_webhook(request: web.Request) -> web.Response:
