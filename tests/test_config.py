@@ -11,7 +11,7 @@ import pytest
 from bip_utils import Bip39SeedGenerator, Bip44, Bip44Changes, Bip44Coins, Bip84, Bip84Coins, P2PKHPubKeyModes
 from conftest import EXAMPLE_OPERATOR_SEED, example_operator_zpubs
 
-from watcherd.config import Config, load
+from watcherd.config import ChainLabel, Config, load
 from watcherd.exceptions import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcherd.example.toml"
@@ -661,3 +661,28 @@ def test_store_instance_and_lease(tmp_path):
     found = problems(write(tmp_path, MINIMAL.replace(
         'path = "watcherd.sqlite3"', 'path = "watcherd.sqlite3"\ninstance = "pay 1"\nlease_seconds = 0.5')))
     assert "letters, digits" in found["store.instance"] and "1 to 600" in found["store.lease_seconds"]
+
+
+def test_chains_get_display_names_for_the_payment_page(tmp_path):
+    """A chain's `display_name` names it to the customer; without one, a name from its coin or its EVM chain id,
+    never the operator's key for it; a test network is flagged for the page's badge."""
+    from harness import eth_account_xpub
+
+    base = MINIMAL.split("[chains.btc]")[0]
+    btc = "[chains.btc]" + MINIMAL.split("[chains.btc]")[1]
+    eth = f'[chains.{{name}}]\nkind = "ethereum"\nws_url = "ws://127.0.0.1:8546"\nxpub = "{eth_account_xpub()}"\n'
+    text = (base + btc.replace("[chains.btc]", "[chains.main-btc]")
+            + eth.format(name="l1") + "chain_id = 1\n" + eth.format(name="poly") + "chain_id = 137\n"
+            + eth.format(name="dev") + 'chain_id = 31337\ndisplay_name = "Ethereum (devnet)"\n'
+            + eth.format(name="odd") + "chain_id = 424242\n")
+    labels = load(write(tmp_path, text)).labels
+    assert {name: (label.display_name, label.test_network) for name, label in labels.items()} == {
+        "main-btc": ("Bitcoin", False), "l1": ("Ethereum", False), "poly": ("Polygon", False),
+        "dev": ("Ethereum (devnet)", True), "odd": ("EVM chain 424242", False)}
+    regtest = load(write(tmp_path, MINIMAL.replace('network = "mainnet"', 'network = "regtest"').replace(
+        ZPUB, Bip84.FromSeed(EXAMPLE_OPERATOR_SEED, Bip84Coins.BITCOIN_TESTNET).Purpose().Coin().Account(0)
+        .PublicKey().ToExtended())))
+    assert regtest.labels["btc"] == ChainLabel("Bitcoin", True)
+    for bad in ('" Bitcoin"', '"' + "x" * 41 + '"', '"Bit\\ncoin"', "7"):
+        found = problems(write(tmp_path, MINIMAL + f"display_name = {bad}\n"))
+        assert list(found) == ["chains.btc.display_name"], bad

@@ -126,7 +126,7 @@ class Daemon:
             self.hooks = HookSender(store, self.processor.outbox_listener(),
                                     max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72)
         runner = limits.runner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
-                                        compat, self.config.api.embed_origins))
+                                        compat, self.config.api.embed_origins, lambda: self.config.labels))
         watched = (*transports, *((HookSender.transport,) if self.hooks is not None else ()))
         metrics_runner = limits.runner(metrics_http.make_app(store, watched))
         self.processor.live.max_seconds = self.config.api.live_stream_seconds

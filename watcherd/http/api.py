@@ -87,9 +87,9 @@ def audit(api: str, action: str, **ids: str) -> None:
 def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]],
              rates: Callable[[], Quotes | None] = lambda: None,
              compat: Sequence[tuple[str, web.Application]] = (),
-             embed_origins: Sequence[str] = ("*",)) -> web.Application:
+             embed_origins: Sequence[str] = ("*",), labels: checkout.Labels = dict) -> web.Application:
     """The native API; `compat` mounts the compatible APIs (prefix, sub-application), each with its own
-    authentication and error shapes."""
+    authentication and error shapes; `labels`: how the payment page names the chains."""
     prefixes = tuple(prefix for prefix, _ in compat)
 
     def compatible(path: str) -> bool:
@@ -128,7 +128,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
     app[READINESS] = readiness
     app[RATES] = rates
     app[TOKEN] = token
-    checkout.setup(app, processor, embed_origins)
+    checkout.setup(app, processor, embed_origins, labels)
     app.add_routes([
         web.post("/v1/invoices", create_invoice),
         web.get("/v1/invoices", list_invoices),
