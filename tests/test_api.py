@@ -135,6 +135,7 @@ async def test_amounts_are_exact_past_28_digits(client):
     (b'{"chain": "btc", "amount": NaN}', 400),
     (b'{"chain": "btc", "amount": "1", "metadata": {"x": 1e400}}', 400),  # would go out as Infinity
     (b'{"chain": "btc", "amount": "1", "order_id": "\\ud800"}', 400),  # a lone surrogate no store can encode
+    (b'{"chain": "btc", "amount": "1", "order_id": "a\\u0000b"}', 400),  # a NUL, which PostgreSQL refuses
     (b'{"chain": "btc", "amount": "1", "metadata": {"\\udfff": 1}}', 400),
     (b"\xff\xfe{", 400),
     (b'{"chain": "btc", "amount": "1", "order_id": "\xed\xa0\x80"}', 400),  # a surrogate, UTF-8 encoded
@@ -146,6 +147,16 @@ async def test_hostile_bodies_answer_4xx(client, body, status):
     assert response.status == status
     assert (await response.json())["error"]["code"] in ("invalid_json", "request_entity_too_large")
     assert (await (await client.get("/v1/invoices", headers=AUTH)).json())["invoices"] == []
+
+
+@pytest.mark.parametrize("path", ["/v1/invoices/inv%00x", "/v1/invoices?order_id=a%00b", "/invoices/x%00y",
+                                  "/api/v1/stores/s/invoices/x%00y", "/i/x%00y/status"])
+async def test_a_nul_in_the_url_is_a_400_on_every_route(client, path):
+    """PostgreSQL keeps no NUL character: a URL holding one is refused at the door (400), never sent to the store
+    as a lookup that fails (which answered 503, the store's outage, on PostgreSQL)."""
+    response = await client.get(path, headers=AUTH)
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "invalid_request"
 
 
 async def test_nesting_to_the_limit_is_accepted(client):

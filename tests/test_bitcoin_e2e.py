@@ -237,6 +237,7 @@ def test_reorg_while_the_daemon_is_down(bsv_node, daemon_factory, receiver):
     daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1))
     invoice = daemon.create_invoice("btc", "0.05")
     txid = bsv_node.pay(invoice["address"], "0.05")
+    daemon.wait_status(invoice["id"], "processing")  # seen in the pool first, as the events below expect
     first_block = bsv_node.mine(1)[0]
     daemon.wait_status(invoice["id"], "paid")
     daemon.kill()

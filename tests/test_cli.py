@@ -168,10 +168,10 @@ def host_config(daemon, path):
 
 
 def test_status_and_invoice_commands_work_on_the_host_with_a_token_file(daemon_factory, tmp_path):
-    """After the install's credential step the config names files only the service can read: `status` needs no
-    token at all, `invoice list` works with --token-file or WATCHERD_TOKEN_FILE (the one after the command wins),
-    neither reads the webhook secret nor a chain's password, and without a token file the refusal says what to
-    pass. Against the real daemon."""
+    """After the install's credential step the config names files only the service can read: `status` tells
+    whether it is ready without a token (the detail with one), `invoice list` works with --token-file or
+    WATCHERD_TOKEN_FILE (the one after the command wins), neither reads the webhook secret nor a chain's
+    password, and without a token file the refusal says what to pass. Against the real daemon."""
     from harness import TOKEN
 
     daemon = daemon_factory("")
@@ -181,7 +181,10 @@ def test_status_and_invoice_commands_work_on_the_host_with_a_token_file(daemon_f
     wrong = tmp_path / "wrong-token"
     wrong.write_text("not-the-token-0123456789\n")
 
-    status = watcherd("status", config=config)
+    status = watcherd("status", config=config)  # no token: /readyz tells only whether it is ready
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("ready (the API token gives the detail") and "btc" not in status.stdout
+    status = watcherd("status", "--token-file", token_file, config=config)
     assert status.returncode == 0, status.stderr
     assert "ready, store writable" in status.stdout
 

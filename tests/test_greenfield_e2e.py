@@ -30,6 +30,7 @@ store_id = "{STORE}"
 store_name = "E2E shop"
 api_key = "{KEY}"
 speed_policy = "MediumSpeed"
+hook_allow_networks = ["127.0.0.0/8"]  # the test's webhook receivers listen on loopback
 [rates]
 sources = []
 currencies = ["USD"]

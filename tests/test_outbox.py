@@ -112,18 +112,14 @@ async def test_client_error_is_not_retried_but_kept_for_redelivery(core):
         config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
         sender = WebhookSender(processor.store, config, processor.outbox_listener())
         inv = await processor.create_invoice("fake", 1000)
-        import aiohttp
-
-        async with aiohttp.ClientSession() as session:
-            assert await sender.deliver_due(session) == 1
+        assert await sender.deliver_due() == 1
         failed = await processor.store.deliveries(state="failed")
         assert [d["last_error"] for d in failed] == ["HTTP 404"]
         assert await processor.store.failed_deliveries() == {"webhook": 1}
         receiver.fail_with = None
         async with processor.store.transaction():
             assert await processor.store.redeliver(failed[0]["id"], time.time())
-        async with aiohttp.ClientSession() as session:
-            assert await sender.deliver_due(session) == 1
+        assert await sender.deliver_due() == 1
     assert receiver.statuses(inv["id"]) == ["unpaid"]
 
 
@@ -131,15 +127,12 @@ async def test_redirect_is_not_followed_and_retried_until_the_url_is_right(core)
     """A 301 would make an HTTP client re-send the event as a GET and call it delivered: the sender does not
     follow it, says why, and keeps retrying until the endpoint answers the POST itself."""
     processor, _ = core
-    import aiohttp
-
     with WebhookReceiver(SECRET) as receiver:
         receiver.redirect_to = receiver.url + "/moved"
         config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
         sender = WebhookSender(processor.store, config, processor.outbox_listener())
         inv = await processor.create_invoice("fake", 1000)
-        async with aiohttp.ClientSession() as session:
-            assert await sender.deliver_due(session) == 1
+        assert await sender.deliver_due() == 1
         pending = await processor.store.deliveries(state="pending")
         assert receiver.gets == 0 and receiver.events == []
         assert len(pending) == 1 and pending[0]["last_error"].startswith("HTTP 301 redirect to ")
@@ -147,8 +140,7 @@ async def test_redirect_is_not_followed_and_retried_until_the_url_is_right(core)
         receiver.redirect_to = None
         async with processor.store.transaction():  # the retry is due (instead of waiting out the backoff)
             assert await processor.store.redeliver(pending[0]["id"], time.time())
-        async with aiohttp.ClientSession() as session:
-            assert await sender.deliver_due(session) == 1
+        assert await sender.deliver_due() == 1
     assert receiver.statuses(inv["id"]) == ["unpaid"]
 
 
@@ -161,26 +153,23 @@ async def test_an_event_rolled_back_never_goes_out(core):
     with WebhookReceiver(SECRET) as receiver:
         config = SimpleNamespace(url=receiver.url, secret=SECRET, timeout_seconds=5, max_retry_hours=72)
         sender = WebhookSender(processor.store, config, processor.outbox_listener())
-        import aiohttp
+        assert await sender.deliver_due() == 1  # invoice.created
+        looked_inside = asyncio.Event()
 
-        async with aiohttp.ClientSession() as session:
-            assert await sender.deliver_due(session) == 1  # invoice.created
-            looked_inside = asyncio.Event()
+        async def outbox_looks_meanwhile() -> int:
+            await looked_inside.wait()
+            return await sender.deliver_due()
 
-            async def outbox_looks_meanwhile() -> int:
-                await looked_inside.wait()
-                return await sender.deliver_due(session)
-
-            look = asyncio.create_task(outbox_looks_meanwhile())
-            with pytest.raises(RuntimeError, match="cancelled mid-block"):
-                async with processor._transaction():
-                    await processor._apply_tx(chain, ChainTx("t1", (Received(chain.derive(0)[1], 0, 1000),)), None)
-                    await processor._reassess(invoice["id"])
-                    assert len(await processor.store.events_for(invoice["id"])) == 2  # the writer sees it
-                    looked_inside.set()
-                    assert await look == 0, "the sender saw an uncommitted event"
-                    raise RuntimeError("cancelled mid-block")
-            assert await sender.deliver_due(session) == 0
+        look = asyncio.create_task(outbox_looks_meanwhile())
+        with pytest.raises(RuntimeError, match="cancelled mid-block"):
+            async with processor._transaction():
+                await processor._apply_tx(chain, ChainTx("t1", (Received(chain.derive(0)[1], 0, 1000),)), None)
+                await processor._reassess(invoice["id"])
+                assert len(await processor.store.events_for(invoice["id"])) == 2  # the writer sees it
+                looked_inside.set()
+                assert await look == 0, "the sender saw an uncommitted event"
+                raise RuntimeError("cancelled mid-block")
+        assert await sender.deliver_due() == 0
     assert receiver.statuses(invoice["id"]) == ["unpaid"]
     assert [e["type"] for e in await processor.store.events_for(invoice["id"])] == ["invoice.created"]
 

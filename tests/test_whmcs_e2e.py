@@ -23,6 +23,7 @@ store_id = "hosting"
 store_name = "Hosting"
 api_key = "{whmcs_v3.KEY}"
 speed_policy = "MediumSpeed"
+hook_allow_networks = ["127.0.0.0/8"]  # the WHMCS callback listens on loopback here
 [rates]
 sources = []
 currencies = ["USD"]

@@ -124,7 +124,8 @@ class Daemon:
                                                                   self.config.greenfield.scope))
             self.processor.event_listeners.append(BitPayNotifications(self.processor.clock))
             self.hooks = HookSender(store, self.processor.outbox_listener(),
-                                    max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72)
+                                    max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72,
+                                    allow_networks=self.config.greenfield.hook_allow_networks)
         runner = limits.runner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
                                         compat, self.config.api.embed_origins, lambda: self.config.labels))
         watched = (*transports, *((HookSender.transport,) if self.hooks is not None else ()))

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -118,6 +119,8 @@ class GreenfieldConfig:
     default_currency: str = "USD"
     speed_policy: str = "MediumSpeed"  # a key of SPEED_POLICIES
     scope: str = "compat"  # the invoices the key reaches: "compat" (those the compatible APIs created) or "all"
+    # the internal networks API-registered hooks (webhooks, notificationURL) may reach; none by default
+    hook_allow_networks: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -291,9 +294,32 @@ def parse_greenfield(t: Table) -> GreenfieldConfig:
     speed = t.choice("speed_policy", tuple(SPEED_POLICIES), default="MediumSpeed")
     scope = t.choice("scope", ("compat", "all"), default="compat")
     greenfield = GreenfieldConfig(store_id=store_id, store_name=store_name, api_key=api_key,
-                                  default_currency=currency, speed_policy=speed, scope=scope)
+                                  default_currency=currency, speed_policy=speed, scope=scope,
+                                  hook_allow_networks=_networks(t, "hook_allow_networks"))
     t.finish()
     return greenfield
+
+
+def _networks(t: Table, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """A list of CIDRs; one with host bits set ("10.0.0.1/8") is refused rather than read as its network."""
+    value = t.raw(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        t.problem(name, 'must be a list of networks in CIDR form, e.g. ["10.0.0.0/8", "fd00::/8"]')
+        return ()
+    networks = []
+    for cidr in value:
+        try:
+            networks.append(ip_network(cidr, strict=True))
+        except ValueError:
+            try:
+                meant = f": did you mean {str(ip_network(cidr, strict=False))!r}?"
+            except ValueError:
+                t.problem(name, f"{cidr!r} is not a network in CIDR form such as 10.0.0.0/8 or fd00::/8")
+            else:
+                t.problem(name, f"{cidr!r} has host bits set{meant}")
+    return tuple(networks)
 
 
 def parse_log(t: Table) -> LogConfig:

@@ -3,7 +3,9 @@
 A 4xx other than 408/429 is given up at once (the endpoint rejects the event itself); anything else is retried
 on the shared schedule until `webhook.max_retry_hours` have passed since the event. Up to `concurrency` events
 are in flight at once, each the oldest undelivered one of its invoice (dispatch.py). While the store cannot
-record outcomes (disk full, read-only), sending pauses and backs off; it resumes by itself.
+record outcomes (disk full, read-only), sending pauses and backs off; it resumes by itself. `webhook.url` is the
+operator's own and trusted as configured: unlike a hook registered through an API, any address is connected to,
+and a failure is logged and listed (`GET /v1/webhooks`) with its detail.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from watcherd import metrics
-from watcherd.delivery.dispatch import RETRYABLE_STATUS, Attempt, Dispatcher
+from watcherd.delivery.dispatch import RETRYABLE_STATUS, Attempt, Dispatcher, read_capped
 from watcherd.delivery.schedule import retry_delay
 from watcherd.delivery.signing import sign
 from watcherd.store import Delivery, Store
@@ -42,7 +44,7 @@ class WebhookSender(Dispatcher[Delivery]):
     def _timeout_seconds(self) -> float:
         return self.config.timeout_seconds
 
-    async def _due(self, now: float, limit: int) -> list[Delivery]:
+    async def _due(self, now: float, limit: int, full: frozenset[Hashable]) -> list[Delivery]:
         return await self.store.due_deliveries(self.transport, now, limit)
 
     def _seq(self, delivery: Delivery) -> int:
@@ -62,7 +64,7 @@ class WebhookSender(Dispatcher[Delivery]):
         try:
             # a followed redirect would turn the POST into a GET that "succeeds" without the event
             async with session.post(self.config.url, data=body, headers=headers, allow_redirects=False) as response:
-                await response.read()
+                await read_capped(response)
                 status = response.status
                 if 200 <= status < 300:
                     return Attempt(self.clock(), code=status)

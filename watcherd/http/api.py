@@ -110,6 +110,8 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
 
     @web.middleware
     async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if "\x00" in request.path or "\x00" in request.query_string:  # no store keeps a NUL (PostgreSQL refuses it)
+            raise error(400, "invalid_request", "the URL holds a NUL character (%00)")
         try:
             return await handler(request)
         except STORE_ERRORS as exc:
@@ -164,7 +166,8 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_flo
 
 def _check_json(value: Any) -> None:
     """Refuse what parsed but would fail a later reader: nesting deeper than MAX_JSON_DEPTH (the store, the
-    webhook bodies and the page all recurse) and lone surrogates ("\\ud800": no store can encode them)."""
+    webhook bodies and the page all recurse), lone surrogates ("\\ud800": no store can encode them) and NUL
+    characters ("\\u0000": PostgreSQL keeps none)."""
     pending = [(value, 0)]
     while pending:
         item, depth = pending.pop()
@@ -174,7 +177,9 @@ def _check_json(value: Any) -> None:
         for child in children:
             if isinstance(child, (dict, list)):
                 pending.append((child, depth + 1))
-            elif isinstance(child, str) and not child.isascii():
+            elif isinstance(child, str):
+                if "\x00" in child:
+                    raise ValueError("the request body has a NUL character (\\u0000) in a string")
                 try:
                     child.encode()
                 except UnicodeEncodeError:
@@ -192,7 +197,7 @@ async def read_json(request: web.Request) -> Any:
     except ValueError:  # UnicodeDecodeError included
         raise ValueError("the request body is not valid JSON") from None
     # the walk only when the bytes say it may find something: more brackets than levels, or a \uDxxx escape
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH or b"\\ud" in raw.lower():
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH or b"\\ud" in raw.lower() or b"\\u0000" in raw:
         _check_json([value])
     return value
 

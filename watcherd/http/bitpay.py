@@ -18,6 +18,7 @@ from watcherd.compat import bitpay
 from watcherd.compat import greenfield as gf
 from watcherd.config import GreenfieldConfig
 from watcherd.core.money import number_text, parse_decimal, quoted
+from watcherd.delivery.addresses import url_refusal
 from watcherd.exceptions import STORE_ERRORS, InvoiceError
 from watcherd.http import api
 from watcherd.ledger import Processor
@@ -99,6 +100,12 @@ async def create_invoice(request: web.Request) -> web.Response:
     notification_url = fields["notificationURL"] or None
     if notification_url is not None and not notification_url.startswith(("http://", "https://")):
         raise failure(400, "notificationURL: must be an http(s) URL")
+    try:
+        refused = url_refusal(notification_url, config.hook_allow_networks) if notification_url else None
+    except ValueError:
+        raise failure(400, "notificationURL: must be an http(s) URL") from None
+    if refused:
+        raise failure(400, f"notificationURL: must not point at an internal address ({refused})")
     metadata = {k: fields[k] for k in ("orderId", "itemDesc", "itemCode", "physical", *bitpay.BUYER_FIELDS.values())
                 if fields[k] is not None}
     native: dict[str, Any] = {"currency": currency, "amount": format(amount, "f"), "metadata": metadata}

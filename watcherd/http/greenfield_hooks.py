@@ -1,16 +1,27 @@
 """Greenfield's webhooks API: register, update and delete webhooks, list their deliveries, see what was sent,
-and redeliver. Each registered webhook is delivered from the durable outbox (delivery/hooks.py)."""
+and redeliver. Each registered webhook is delivered from the durable outbox (delivery/hooks.py).
+
+A store has MAX_HOOKS webhooks at most; a URL naming an internal address literally is refused here (a host name
+is judged at each connection, delivery/addresses.py), and a delivery's error is shown as one of the sender's
+generic reasons, never with a host, port or address."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
 from aiohttp import web
 
 from watcherd.compat import greenfield as gf
+from watcherd.delivery.addresses import url_refusal
 from watcherd.http.api import audit
 from watcherd.http.greenfield_common import CONFIG, PROCESSOR, invalid, problem, read_body
+from watcherd.store.hooks import MAX_HOOKS
+
+# what a delivery's error may show: the sender's generic reasons (rows from before them show "connection failed")
+_SHOWN_ERROR = re.compile(r"HTTP \d{3}|connection refused by policy|connection failed|timeout"
+                          r"|webhook deleted( or disabled)?")
 
 # --- webhooks ----------------------------------------------------------------------------------------
 
@@ -20,10 +31,17 @@ def _hook_json(hook: dict[str, Any]) -> dict[str, Any]:
                                                      "specificEvents": hook["events"] or []}}
 
 
-def _hook_fields(body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+def _hook_fields(request: web.Request, body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
     url = body.get("url", current["url"] if current else None)
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2000:
-        raise invalid("url", "must be an http(s) URL")
+    try:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2000:
+            raise ValueError(url)
+        refused = url_refusal(url, request.app[CONFIG].hook_allow_networks)
+    except ValueError:
+        raise invalid("url", "must be an http(s) URL") from None
+    if refused is not None:
+        raise invalid("url", f"must not point at an internal address ({refused}); the operator may allow its "
+                             "network in [greenfield] hook_allow_networks")
     flags = {}
     for name, key in (("enabled", "enabled"), ("automaticRedelivery", "automatic_redelivery")):
         value = body.get(name)
@@ -53,7 +71,9 @@ async def list_hooks(request: web.Request) -> web.Response:
 
 async def create_hook(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
-    fields = _hook_fields(await read_body(request), None)
+    fields = _hook_fields(request, await read_body(request), None)
+    if await processor.store.hook_count() >= MAX_HOOKS:
+        raise invalid("", f"a store has at most {MAX_HOOKS} webhooks: delete one first")
     secret = fields["secret"] or secrets.token_urlsafe(24)  # generated when none is sent, returned once here
     hook_id = secrets.token_hex(11)
     async with processor.store.transaction():
@@ -80,7 +100,7 @@ async def show_hook(request: web.Request) -> web.Response:
 async def update_hook(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     current = await _hook(request)
-    fields = _hook_fields(await read_body(request), current)
+    fields = _hook_fields(request, await read_body(request), current)
     async with processor.store.transaction():
         await processor.store.update_hook(current["id"], fields["url"], fields["secret"] or current["secret"],
                                           enabled=fields["enabled"],
@@ -108,7 +128,13 @@ def _delivery_json(d: dict[str, Any]) -> dict[str, Any]:
     else:
         status = "Failed"  # not answered (yet): a network error, or not attempted so far
     return {"id": d["id"], "timestamp": d["created_at"], "deliveryTime": d["last_attempt_at"] or d["created_at"],
-            "httpCode": d["http_code"], "errorMessage": d["last_error"] or "", "status": status}
+            "httpCode": d["http_code"], "errorMessage": _shown_error(d["last_error"]), "status": status}
+
+
+def _shown_error(error: str | None) -> str:
+    if not error:
+        return ""
+    return error if _SHOWN_ERROR.fullmatch(error) else "connection failed"
 
 
 def _compat_only(request: web.Request) -> bool:

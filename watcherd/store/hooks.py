@@ -7,6 +7,7 @@ registered at that moment: a hook registered later never receives older events."
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from watcherd.store.db import Database
@@ -15,6 +16,7 @@ from watcherd.store.rows import HookDelivery
 _DELIVERY = "seq, id, hook_id, url, invoice_id, type, body, created_at, attempts"
 _COMPAT = (" AND EXISTS (SELECT 1 FROM invoices i WHERE i.id = hook_deliveries.invoice_id"
            " AND i.api <> 'native')")
+MAX_HOOKS = 50  # webhooks registered at once (the API answers 422 beyond); each has its own delivery slots
 
 
 class HookQueries(Database):
@@ -49,6 +51,10 @@ class HookQueries(Database):
         row = await self._one("SELECT * FROM hooks WHERE id = ? AND deleted_at IS NULL", (hook_id,))
         return _hook(row) if row else None
 
+    async def hook_count(self) -> int:
+        row = await self._one("SELECT COUNT(*) FROM hooks WHERE deleted_at IS NULL")
+        return int(row[0]) if row else 0
+
     async def hooks(self, *, enabled_only: bool = False) -> list[dict[str, Any]]:
         sql = "SELECT * FROM hooks WHERE deleted_at IS NULL"
         if enabled_only:
@@ -63,16 +69,27 @@ class HookQueries(Database):
             (delivery_id, hook_id, url, invoice_id, type_, body, now, original_id, now),
         )
 
-    async def due_hook_deliveries(self, now: float, limit: int = 100) -> list[HookDelivery]:
-        """Undelivered, due, and each the oldest undelivered one of its invoice for its hook (or URL)."""
+    async def due_hook_deliveries(self, now: float, limit: int = 100, *, skip_hooks: Collection[str] = (),
+                                  skip_urls: Collection[str] = (), urls: bool = True) -> list[HookDelivery]:
+        """Undelivered, due, and each the oldest undelivered one of its invoice for its hook (or URL); none to the
+        hooks in `skip_hooks`, to the notification URLs in `skip_urls`, or to any notification URL unless `urls`
+        (the sender's slots for them are taken)."""
+        skip, params = "", [now, *skip_hooks]  # in the order of their placeholders
+        if skip_hooks:
+            skip += f" AND (d.hook_id IS NULL OR d.hook_id NOT IN ({', '.join('?' * len(skip_hooks))}))"
+        if not urls:
+            skip += " AND d.hook_id IS NOT NULL"
+        elif skip_urls:
+            skip += f" AND (d.hook_id IS NOT NULL OR d.url NOT IN ({', '.join('?' * len(skip_urls))}))"
+            params.extend(skip_urls)
         rows = await self._all(
             f"""SELECT {_DELIVERY} FROM hook_deliveries d
-                WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= ?
+                WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= ?{skip}
                   AND d.seq = (SELECT MIN(o.seq) FROM hook_deliveries o WHERE o.invoice_id = d.invoice_id
                       AND COALESCE(o.hook_id, o.url) = COALESCE(d.hook_id, d.url)
                       AND o.delivered_at IS NULL AND o.failed_at IS NULL)
                 ORDER BY d.seq LIMIT ?""",
-            (now, limit),
+            (*params, limit),
         )
         return [HookDelivery(*r) for r in rows]
 
