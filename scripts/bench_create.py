@@ -40,7 +40,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789abcdef"
-XPUB = "xpub6BgBgsespWvERF3LHQu6CnqdvfEvtMcQjYrcRzx53QJjSxarj2afYWcLteoGVky7D3UKDP9QyrLprQ3VCECoY49yfdDEHGCtMMj92pReUsQ"
+# The bench's own key (seed be..be at m/84'/0'/0'): a public test vector is refused on mainnet.
+XPUB = "xpub6CEwsXvU54bryCgLk4vWcfvpNp2X45HYr9V486UgrkbyL6M3XFrBb5Xgv15FTCrVuzVUC3NEhCSBYmHtHfdjLhL2XHJYuZrxWhi5uBk9vpX"
 CLIENTS = 32
 TARGET_CREATES_PER_S = 1000
 TARGET_CREATE_P99_MS = 50.0

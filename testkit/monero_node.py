@@ -59,13 +59,15 @@ class MoneroNode:
         self.name = name
         self.datadir = Path(datadir).absolute()
         self.rpc_port, self.zmq_rpc_port, self.zmq_port, self.p2p_port, self.wallet_port = ports or free_ports(5)
+        # both run in the datadir: monero's programs write a log named after themselves where they run when no
+        # --log-file applies yet (`monero-wallet-rpc --version` writes monero-wallet-rpc.log): never into a checkout
         self.monerod = NodeProcess(f"{name} monerod", ["--data-dir", str(self.datadir / "chain")],
                                    self.datadir / "monerod.console.log", logs=[self.datadir / "monerod.log"],
-                                   die_with_parent=die_with_parent, pid=pid)
+                                   die_with_parent=die_with_parent, pid=pid, cwd=self.datadir)
         self.wallet_process = NodeProcess(
             f"{name} monero-wallet-rpc", ["--wallet-dir", str(self.datadir / "wallets")],
             self.datadir / "wallet.console.log", logs=[self.datadir / "wallet-rpc.log"],
-            die_with_parent=die_with_parent, pid=wallet_pid,
+            die_with_parent=die_with_parent, pid=wallet_pid, cwd=self.datadir,
         )
         self.customer_address = customer_address
 

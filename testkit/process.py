@@ -147,8 +147,9 @@ class NodeProcess:
     must carry to be taken for this node."""
 
     def __init__(self, label: str, marker: Sequence[str], console_log: Path, *, logs: Sequence[Path] = (),
-                 die_with_parent: bool = False, pid: int | None = None):
+                 die_with_parent: bool = False, pid: int | None = None, cwd: Path | None = None):
         self.label = label  # for messages: "btc node", "xmr monero-wallet-rpc"
+        self.cwd = cwd  # where it runs (None: here); a program that writes files where it runs runs in its datadir
         self.marker = tuple(marker)
         self.console_log = console_log  # the program's stdout and stderr
         self.logs = tuple(logs)  # log files the program writes itself, shown after a failed start
@@ -176,6 +177,7 @@ class NodeProcess:
         with open(self.console_log, "ab") as console:
             self._proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=self.cwd,
                 # PDEATHSIG fires when the forking THREAD exits: only tie the node to the main thread, never to a
                 # worker (a restart() run via asyncio.to_thread would otherwise die with its pool).
                 preexec_fn=(_die_with_parent if self.die_with_parent

@@ -105,12 +105,29 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcherd.example.toml"
 
 
+# The example operator's own wallet (not a published test vector): the seed of the keys `example_config` sets.
+EXAMPLE_OPERATOR_SEED = bytes.fromhex("5eed" * 16)
+
+
+def example_operator_zpubs() -> dict[str, str]:
+    """chain -> the example operator's account key (m/84'/0'/0' for btc, m/84'/2'/0' for ltc)."""
+    from bip_utils import Bip84, Bip84Coins
+
+    return {chain: Bip84.FromSeed(EXAMPLE_OPERATOR_SEED, coin).Purpose().Coin().Account(0).PublicKey().ToExtended()
+            for chain, coin in (("btc", Bip84Coins.BITCOIN), ("ltc", Bip84Coins.LITECOIN))}
+
+
 @pytest.fixture
 def example_config(tmp_path: Path) -> Path:
-    """The shipped example as an operator leaves it once edited: its CHANGE-ME placeholders (which check-config
-    refuses) replaced by values of their own, everything else as shipped."""
+    """The shipped example as an operator leaves it once edited: what check-config refuses (its CHANGE-ME
+    placeholders, the example webhook host, the public test-vector keys) replaced by values of their own,
+    everything else as shipped."""
+    text = re.sub(r'"CHANGE-ME-([^"]*)"', r'"set-\1"', EXAMPLE.read_text())
+    text = text.replace("https://billing.example/", "https://billing.internal/")
+    keys = iter(example_operator_zpubs().values())  # the example's uncommented chains: btc, then ltc
+    text = re.sub(r'(?m)^xpub = "[^"]*"', lambda _: f'xpub = "{next(keys)}"', text)
     edited = tmp_path / "watcherd.example.toml"
-    edited.write_text(re.sub(r'"CHANGE-ME-([^"]*)"', r'"set-\1"', EXAMPLE.read_text()))
+    edited.write_text(text)
     return edited
 
 

@@ -1,11 +1,13 @@
 """The HTTP API as a billing system sees it: auth, validation naming the field, invoice JSON shape."""
 
+import re
+
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from testkit.fake import FakeChain
 from watcherd.core.types import Cursor
-from watcherd.http.api import make_app
+from watcherd.http.api import PROCESSOR, make_app
 from watcherd.ledger import Processor
 from watcherd.store import Store
 
@@ -229,3 +231,35 @@ async def test_idempotency_key_replays_instead_of_burning_an_address(client):
     assert different.status == 409 and (await different.json())["error"]["field"] == "Idempotency-Key"
     listed = await (await client.get("/v1/invoices", headers=AUTH)).json()
     assert len(listed["invoices"]) == 1
+
+
+async def test_delivery_rows_show_iso_times_and_null_for_what_does_not_apply(client):
+    """GET /v1/webhooks speaks as the invoices do: ISO 8601 times (never a float unix time), null for what does
+    not apply: a failed or delivered row has no next attempt, an event of a priced invoice nobody picked a coin
+    for has no chain (never the string "none")."""
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    one_coin = await (await client.post("/v1/invoices", json={"chain": "btc", "amount": "0.01"},
+                                        headers=AUTH)).json()
+    priced = await (await client.post("/v1/invoices", json={
+        "currency": "USD", "amount": "5.00", "payment_methods": ["btc"], "rates": {"FAKE": "50000"}},
+        headers=AUTH)).json()
+    store = client.server.app[PROCESSOR].store
+    async with store.transaction():
+        first = await store.due_deliveries("webhook", 2e9)
+        by_invoice = {d.invoice_id: d for d in first}
+        await store.mark_attempt_failed("webhook", by_invoice[one_coin["id"]].event_seq, "HTTP 500", 1.7e9 + 0.25,
+                                        1_700_000_000)
+        await store.mark_delivered("webhook", by_invoice[priced["id"]].event_seq, 1_700_000_001)
+    rows = {r["invoice_id"]: r for r in (await (await client.get("/v1/webhooks", headers=AUTH)).json())["deliveries"]}
+    failed, delivered = rows[one_coin["id"]], rows[priced["id"]]
+    assert (failed["chain"], failed["next_attempt_at"], failed["delivered_at"]) == ("btc", None, None)
+    assert failed["failed_at"] == "2023-11-14T22:13:20Z" and failed["last_error"] == "HTTP 500"
+    assert (delivered["chain"], delivered["next_attempt_at"], delivered["failed_at"]) == (None, None, None)
+    assert delivered["delivered_at"] == "2023-11-14T22:13:21Z"
+    for row in rows.values():
+        assert re.fullmatch(iso, row["created_at"]) and row["attempts"] == 1
+        assert not [v for v in row.values() if isinstance(v, float)]
+    async with store.transaction():
+        await store.redeliver(failed["id"], 1.7e9 + 5.5)
+    again = (await (await client.get("/v1/webhooks?state=pending", headers=AUTH)).json())["deliveries"]
+    assert [(r["id"], r["next_attempt_at"]) for r in again] == [(failed["id"], "2023-11-14T22:13:25Z")]

@@ -21,6 +21,7 @@ import segno
 from aiohttp.test_utils import TestClient, TestServer
 
 from testkit.fake import FakeChain
+from watcherd.config import ChainLabel
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Received
 from watcherd.exceptions import InvoiceError
 from watcherd.http import checkout
@@ -99,8 +100,15 @@ STATES: dict[str, dict[str, Any]] = {
 }
 
 
-def render_state(invoice: dict[str, Any], language: str = "en", method: str | None = None) -> str:
-    return render.render_page(invoice, strings.LANGUAGES[language], checkout.ASSETS, asked_method=method, now=NOW)
+# as the config names these chains (their display names; mainnet)
+LABELS = {"btc": ChainLabel("Bitcoin", False), "ltc": ChainLabel("Litecoin", False),
+          "eth": ChainLabel("Ethereum", False), "xmr": ChainLabel("Monero", False)}
+
+
+def render_state(invoice: dict[str, Any], language: str = "en", method: str | None = None,
+                 labels: dict[str, ChainLabel] = LABELS) -> str:
+    return render.render_page(invoice, strings.LANGUAGES[language], checkout.ASSETS, asked_method=method, now=NOW,
+                              labels=labels)
 
 
 # ---- rendering: every state, every language ----------------------------------------------------------------
@@ -155,7 +163,7 @@ def test_several_coins_list_their_amounts_and_offer_pay_with_buttons() -> None:
     for amount in ("0.00098 BTC", "0.7 LTC", "49 USDC", "0.326667 XMR"):
         assert amount in page
     assert 'action="inv_0123456789abcdef01234567/methods/eth%3AUSDC"' in page
-    assert "USDC on eth" in page and 'id="pay-address"' not in page
+    assert "USDC on Ethereum" in page and "on eth" not in page and 'id="pay-address"' not in page
     asked = render_state(usd_invoice(), method="ltc")
     assert '<li class="method chosen" aria-current="true"><span class="method-name">LTC</span>' in asked
     assert 'class="button">Pay with LTC</button>' in asked
@@ -305,6 +313,57 @@ def test_billing_system_text_is_escaped() -> None:
     assert page.count("<script") == 1 and "<script>alert" not in page  # only our own <script src=...>
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'href="https://shop.example/&quot;&gt;&lt;script&gt;x&lt;/script&gt;"' in page
+
+
+def test_a_chain_is_named_by_its_display_name_never_by_the_operators_key() -> None:
+    """The config's display name names a token's chain ("USDC on Ethereum", escaped like any text); a chain
+    without a label (left the config) shows the asset alone: the operator's key for a chain ("eth", "mainnet-2")
+    is never shown to the customer."""
+    invoice = usd_invoice()
+    invoice["payment_methods"][2]["chain"] = "mainnet-2"
+    page = render_state(invoice, method="eth:USDC", labels={**LABELS, "mainnet-2": ChainLabel("Eth <b>1</b>", False)})
+    assert "Pay with USDC on Eth &lt;b&gt;1&lt;/b&gt;" in page and "mainnet-2" not in page.replace(
+        "eth%3AUSDC", "")
+    bare = render_state(invoice, method="eth:USDC", labels={})
+    assert "Pay with USDC</h2>" in bare and "mainnet-2" not in bare and " on " not in bare.split("<main")[1]
+
+
+def test_a_coin_with_many_decimals_is_listed_rounded_up_and_sent_exactly() -> None:
+    """XMR's 0.326666666667 (12 decimals) is listed as 0.32666667 XMR: at most 8 decimals, rounded up, so it never
+    reads less than what is due; once picked, the amount to copy and the payment URI stay exact (copying the
+    rounded one would overpay)."""
+    invoice = usd_invoice()
+    invoice["payment_methods"][3].update(amount="0.326666666667", due="0.326666666667")
+    listed = render_state(invoice)
+    assert "0.32666667 XMR" in listed and "0.326666666667" not in listed
+    assert render.shown_amount("0.00000000001") == "0.00000001" and render.shown_amount("0.7") == "0.7"
+    assert render.shown_amount("1.000000001") == "1.00000001" and render.shown_amount("49") == "49"
+    assert '<p class="pay-amount">0.32666667 XMR</p>' in render_state(invoice, method="xmr")  # before it is picked
+    uri = "monero:84example?tx_amount=0.326666666667"
+    invoice["payment_methods"][3].update(activated=True, address="84example", payment_uri=uri)
+    picked = render_state(invoice, method="xmr")
+    assert '<code id="pay-amount" class="value">0.326666666667</code>' in picked and uri in picked
+
+
+def test_a_test_network_address_wears_a_badge() -> None:
+    """A regtest, testnet, signet or stagenet chain (the config's label says test_network) shows "Test network"
+    beside the address it asks to pay to, in the customer's language; a mainnet one shows nothing."""
+    test = {**LABELS, "btc": ChainLabel("Bitcoin", True)}
+    assert '<p class="tag test-network">Test network</p>' in render_state(STATES["unpaid"], labels=test)
+    assert "test-network" not in render_state(STATES["unpaid"])
+    assert '<p class="tag test-network">Testnetz</p>' in render_state(STATES["unpaid"], "de", labels=test)
+
+
+def test_without_an_order_id_the_heading_is_the_description_or_one_payment() -> None:
+    """No order id: the description heads the page, else a single "Payment" (never "PAYMENT" over "Payment");
+    with an order id, "Payment" over "Order A-1"."""
+    none = render_state(coin_invoice(order_id=None))
+    header = none.split('<header class="order">')[1].split("</header>")[0]
+    assert header.count("Payment") == 1 and "eyebrow" not in header and "<title>Payment</title>" in none
+    described = render_state(coin_invoice(order_id=None, metadata={"description": "2 × Widget"}))
+    assert '<h1 class="description">2 × Widget</h1>' in described and "<title>Payment · 2 × Widget</title>" in described
+    ordered = render_state(coin_invoice())
+    assert '<p class="eyebrow">Payment</p><h1><span class="label">Order</span> A-1</h1>' in ordered
 
 
 # ---- QR codes ------------------------------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def test_customer_pays_and_the_page_goes_processing_then_paid_without_reload(bsv
     page.wait(lambda d: page.text('button[data-copy="pay-address"]') == "Copy", "the script to reveal copy buttons")
     address, amount = page.text("#pay-address"), page.text("#pay-amount")
     assert (address, amount) == (invoice["address"], "0.015")
+    assert page.text(".pay .test-network") == "Test network"  # a regtest address: never real money
     method = invoice["payment_methods"][0]
 
     shots = page.screenshot("1-unpaid")
@@ -373,26 +374,31 @@ def served(app: Any) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
 
 def test_choosing_a_coin_on_a_usd_invoice_without_leaving_the_page(browser):
     """The invoice shape coming next (49.00 USD offered in four coins, none activated), served by the real
-    routes over a stub ledger: the list shows each coin's amount; pressing "Pay with LTC" activates it through
-    the script (no navigation) and the page shows the LTC address and QR; a later underpayment arrives live
-    and asks for the rest."""
-    from test_checkout import STUB_ADDRESSES, StubProcessor, payment, usd_invoice
+    routes over a stub ledger: the list shows each coin's amount (XMR's 12 decimals rounded up to 8), the token
+    on its chain's display name ("USDC on Ethereum"); pressing "Pay with LTC" activates it through the script
+    (no navigation) and the page shows the LTC address and QR, with its test network's badge; a later
+    underpayment arrives live and asks for the rest."""
+    from test_checkout import LABELS, STUB_ADDRESSES, StubProcessor, payment, usd_invoice
 
+    from watcherd.config import ChainLabel
     from watcherd.http.api import make_app
 
     async def readiness() -> dict[str, Any]:
         return {"ready": True}
 
     invoice = usd_invoice(expires_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900)))
+    invoice["payment_methods"][3]["amount"] = "0.326666666667"  # XMR's 12 decimals, as the daemon gives them
     stub = StubProcessor([invoice])
     stub.clock = time.time
-    with served(make_app(stub, "token", readiness)) as (origin, loop):
+    labels = {**LABELS, "ltc": ChainLabel("Litecoin", True)}  # the stub's rltc1 address is a regtest one
+    with served(make_app(stub, "token", readiness, labels=lambda: labels)) as (origin, loop):
         page = Page(browser, origin)
         page.open(f"/i/{invoice['id']}", accept_language="en")
         assert page.headline() == "Waiting for payment"
         methods = page.text(".methods")
-        for amount in ("0.00098 BTC", "0.7 LTC", "49 USDC", "0.326667 XMR"):
+        for amount in ("0.00098 BTC", "0.7 LTC", "49 USDC", "0.32666667 XMR"):
             assert amount in methods
+        assert "USDC on Ethereum" in methods and "0.326666666667" not in methods
         page.screenshot("6-usd-choose-coin")
         browser.execute_script("window.__sameDocument = true")
         browser.find_element("css selector", 'form[action$="/methods/ltc"] button').click()
@@ -400,6 +406,7 @@ def test_choosing_a_coin_on_a_usd_invoice_without_leaving_the_page(browser):
         assert browser.current_url.endswith(f"/i/{invoice['id']}?method=ltc")
         assert browser.execute_script("return window.__sameDocument") is True
         assert browser.execute_script("return document.activeElement.id") == "pay-title"
+        assert page.text(".pay .test-network") == "Test network"
         shots = page.screenshot("7-usd-ltc-chosen")
         ltc = next(m for m in stub.invoices[invoice["id"]]["payment_methods"] if m["method"] == "ltc")
         assert decode_qr(shots["360-light"]) == [ltc["payment_uri"]]

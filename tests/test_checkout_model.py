@@ -73,7 +73,7 @@ async def test_a_usd_invoice_is_offered_in_every_coin_and_burns_no_address_until
     assert (btc["method"], btc["asset"], btc["rate"], btc["amount"], btc["activated"]) == \
         ("btc", "BTC", "50000", "0.00098", False)
     assert (xmr["method"], xmr["rate"], xmr["amount"]) == ("xmr", "150", "0.326666666667")  # rounded up
-    assert "address" not in btc and invoice["address"] is None and invoice["chain"] is None
+    assert (btc["address"], btc["payment_uri"], invoice["address"], invoice["chain"]) == (None, None, None, None)
     assert all(not c.watchlist.keys for c in chains.values())
 
     response = await client.post(f"/v1/invoices/{invoice['id']}/payment-methods/xmr", headers=AUTH)

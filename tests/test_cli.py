@@ -59,8 +59,8 @@ def test_check_config_ok_and_every_error_named(tmp_path):
 
 
 def test_check_config_and_run_refuse_the_unedited_example_naming_each_placeholder(tmp_path):
-    """The shipped example fails until its CHANGE-ME secrets are set: one line per key, exit 2, and `run` starts
-    nothing on it."""
+    """The shipped example fails until its CHANGE-ME secrets, its webhook host and its public test-vector keys
+    are replaced: one line per key, exit 2, and `run` starts nothing on it."""
     example = EXAMPLE.read_text().replace("/var/lib/watcherd/watcherd.sqlite3", str(tmp_path / "s.sqlite3"))
     config = tmp_path / "watcherd.toml"
     config.write_text(example)
@@ -70,6 +70,11 @@ def test_check_config_and_run_refuse_the_unedited_example_naming_each_placeholde
         named = [line.split(": ")[1] for line in result.stderr.splitlines() if "placeholder (CHANGE-ME" in line]
         assert sorted(named) == ["api.token", "chains.btc.rpc_password", "chains.ltc.rpc_password",
                                  "webhook.secret"], result.stderr
+        vectors = {line.split(": ")[1]: line for line in result.stderr.splitlines() if "public test vector" in line}
+        assert sorted(vectors) == ["chains.btc.xpub", "chains.ltc.xpub"], result.stderr
+        assert "\"abandon ... about\" at m/84'/0'/0'" in vectors["chains.btc.xpub"]
+        assert "\"abandon ... about\" at m/84'/2'/0'" in vectors["chains.ltc.xpub"]
+        assert f"{config}: webhook.url: is the example's placeholder" in result.stderr
     assert not (tmp_path / "s.sqlite3").exists()
 
 

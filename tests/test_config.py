@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 from bip_utils import Bip39SeedGenerator, Bip44, Bip44Changes, Bip44Coins, Bip84, Bip84Coins, P2PKHPubKeyModes
+from conftest import EXAMPLE_OPERATOR_SEED, example_operator_zpubs
 
-from watcherd.config import Config, load
+from watcherd.config import ChainLabel, Config, load
 from watcherd.exceptions import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "watcherd.example.toml"
 WATCH_ONLY = ("watcherd is watch-only: configure the account's xpub/zpub (Monero: the private view key and the "
               "primary address) instead")
 MNEMONIC = " ".join(["abandon"] * 11 + ["about"])
-ZPUB = "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs"  # noqa: E501
+ZPUB = example_operator_zpubs()["btc"]  # the operator's own key (not a public test vector)
 TOKEN = "tok-0123456789abcdef"
 STORE_REQUIRED = 'is required (or url = "postgresql://user@host:5432/database" for PostgreSQL)'
 SECRET = "whsec-0123456789abcdef"
@@ -57,7 +58,6 @@ def private_material() -> dict[str, str]:
         "wif-uncompressed": first.ToWif(pub_key_mode=P2PKHPubKeyModes.UNCOMPRESSED),
         "wif-ltc": ltc44.Change(Bip44Changes.CHAIN_EXT).AddressIndex(0).PrivateKey().ToWif(),
         "mnemonic": MNEMONIC,
-        "vpub": tbtc84.PublicKey().ToExtended(),
     }
 
 
@@ -78,8 +78,8 @@ def problems(path: Path) -> dict[str, str]:
 
 
 def test_example_config_loads(example_config):
-    """The shipped example is valid once its placeholders are set (its keys are public test vectors, flagged in
-    the file), and warns of nothing."""
+    """The shipped example is valid once what it says to replace is replaced, and warns of nothing; the keys
+    set derive the operator's own wallet's addresses."""
     config = load(example_config)
     assert isinstance(config, Config)
     assert config.warnings == ()
@@ -91,8 +91,10 @@ def test_example_config_loads(example_config):
     assert ltc.rpc_user == "watcherd" and ltc.rpc_password
     assert (btc.asset, ltc.asset, btc.decimals) == ("BTC", "LTC", 8)
     assert ltc.underpaid_tolerance_percent == Decimal("0.5")
-    assert btc.address_deriver().derive(0)[0] == "bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu"
-    assert ltc.address_deriver().derive(0)[0] == "ltc1qjmxnz78nmc8nq77wuxh25n2es7rzm5c2rkk4wh"
+    for chain, coin in ((btc, Bip84Coins.BITCOIN), (ltc, Bip84Coins.LITECOIN)):
+        wallet = Bip84.FromSeed(EXAMPLE_OPERATOR_SEED, coin).Purpose().Coin().Account(0)
+        first = wallet.Change(Bip44Changes.CHAIN_EXT).AddressIndex(0).PublicKey().ToAddress()
+        assert chain.address_deriver().derive(0)[0] == first
     assert config.webhook is not None and config.webhook.max_retry_hours == 72
     assert config.api.listen == "127.0.0.1:8420"
 
@@ -224,7 +226,7 @@ def test_secret_files_relative_to_the_config(tmp_path):
     (tmp_path / "secrets" / "webhook").write_text(SECRET + "  \n\n")
     (tmp_path / "secrets" / "rpc").write_text("rpc-password\r\n")
     rpc = 'rpc_user = "watcherd"\nrpc_password_file = "secrets/rpc"'
-    webhook = '[webhook]\nurl = "https://billing.example/h"\nsecret_file = "secrets/webhook"\n'
+    webhook = '[webhook]\nurl = "https://billing.internal/h"\nsecret_file = "secrets/webhook"\n'
     text = (
         MINIMAL.replace(f'token = "{TOKEN}"', 'token_file = "secrets/api-token"')
         .replace('rpc_cookie_file = "bitcoind/.cookie"', rpc)
@@ -260,19 +262,96 @@ def test_secrets_never_in_messages_or_repr(tmp_path):
     assert found == {"api.token": "must be at least 16 characters"}
     assert short not in repr(found)
 
-    webhook = f'[webhook]\nurl = "https://h.example/x"\nsecret = "{SECRET}"\n'
+    webhook = f'[webhook]\nurl = "https://h.internal/x"\nsecret = "{SECRET}"\n'
     config = load(write(tmp_path, MINIMAL.replace("[store]", webhook + "[store]")))
     for secret in (TOKEN, SECRET, ZPUB):
         assert secret not in repr(config)
 
 
 def test_the_unedited_example_is_refused_naming_each_placeholder():
-    """The example's CHANGE-ME secrets would open the API and sign webhooks with values anyone can read: each is
-    refused by its key, nothing else in the example is."""
+    """The example's CHANGE-ME secrets would open the API and sign webhooks with values anyone can read, its keys
+    are public test vectors anyone can spend from, its webhook host never answers: each is refused by its key,
+    nothing else in the example is."""
     found = problems(EXAMPLE)
-    assert set(found) == {"api.token", "webhook.secret", "chains.btc.rpc_password", "chains.ltc.rpc_password"}
-    assert all(m.startswith("is the example's placeholder (CHANGE-ME...)") for m in found.values())
+    secrets = {"api.token", "webhook.secret", "chains.btc.rpc_password", "chains.ltc.rpc_password"}
+    assert set(found) == secrets | {"webhook.url", "chains.btc.xpub", "chains.ltc.xpub"}
+    assert all(found[key].startswith("is the example's placeholder (CHANGE-ME...)") for key in secrets)
+    assert found["webhook.url"].startswith("is the example's placeholder (a reserved example host")
+    assert found["chains.btc.xpub"].startswith("is a public test vector (the mnemonic \"abandon ... about\" at "
+                                               "m/84'/0'/0'): anyone can spend what is paid to it")
+    assert "m/84'/2'/0'" in found["chains.ltc.xpub"]
     assert "CHANGE-ME-0123" not in repr(found)  # the value itself is never shown
+
+
+def _mainnet_and_regtest(tmp_path: Path, chain: str) -> tuple[dict[str, str], Config]:
+    """(the problems on mainnet, the config on regtest) of MINIMAL with `chain` as its btc table's lines."""
+    base = MINIMAL.split("[chains.btc]")[0]
+    mainnet = problems(write(tmp_path, base + chain))
+    return mainnet, load(write(tmp_path, base + chain.replace('network = "mainnet"', 'network = "regtest"')))
+
+
+@pytest.mark.parametrize("path", ["m/84'/0'/0'", "m/44'/1'/0'", "m/0'"])
+def test_a_public_test_vector_key_is_refused_on_mainnet_in_any_encoding_and_file(tmp_path, path):
+    """A key whose seed is published (BIP39's "abandon ... about", BIP32's own vectors) lets anyone sweep the
+    invoices' money: refused on mainnet whatever its version bytes (the xpub and zpub encodings of one key) and
+    from a file alike, naming where it is published; on regtest (as tpub, vpub) it is accepted, as tests and
+    devnets use it."""
+    from bip_utils import Base58Decoder, Base58Encoder, Bip32Slip10Secp256k1
+
+    if path == "m/0'":
+        key = Bip32Slip10Secp256k1.FromSeed(bytes.fromhex("000102030405060708090a0b0c0d0e0f")).DerivePath(path)
+        where = "BIP32 test vector 1 at m/0'"
+    else:
+        key = Bip32Slip10Secp256k1.FromSeed(Bip39SeedGenerator(MNEMONIC).Generate()).DerivePath(path)
+        where = f'the mnemonic "abandon ... about" at {path}'
+    raw = Base58Decoder.CheckDecode(key.PublicKey().ToExtended())
+
+    def encoded(version: str) -> str:
+        return Base58Encoder.CheckEncode(bytes.fromhex(version) + raw[4:])
+
+    base = MINIMAL.split("[chains.btc]")[0]
+    chain = "[chains.btc]" + MINIMAL.split("[chains.btc]")[1]
+    for version in ("0488b21e", "04b24746"):  # xpub, zpub
+        found = problems(write(tmp_path, base + chain.replace(ZPUB, encoded(version))))
+        assert found == {"chains.btc.xpub": f"is a public test vector ({where}): anyone can spend what is paid to "
+                         "it; set your wallet's account key (test vectors are accepted on test networks only)"}
+    (tmp_path / "xpub").write_text(encoded("0488b21e") + "\n")
+    found = problems(write(tmp_path, base + chain.replace(f'xpub = "{ZPUB}"', 'xpub_file = "xpub"')))
+    assert list(found) == ["chains.btc.xpub_file"] and where in found["chains.btc.xpub_file"]
+    regtest = chain.replace('network = "mainnet"', 'network = "regtest"')
+    for version in ("043587cf", "045f1cf6"):  # tpub, vpub
+        config = load(write(tmp_path, base + regtest.replace(ZPUB, encoded(version))))
+        assert config.chains["btc"].network.name == "regtest"
+    assert load(write(tmp_path, MINIMAL)).chains["btc"].xpub == ZPUB  # the operator's own key is fine
+
+
+def test_a_public_test_vector_key_is_refused_on_an_evm_chain_with_value(tmp_path):
+    """The Ethereum key of "abandon ... about" (and Hardhat's "test ... junk") on chain 1 or Polygon is refused;
+    on anvil's chain id 31337 or Sepolia it is accepted."""
+    seed = Bip39SeedGenerator(MNEMONIC).Generate()
+    xpub = Bip44.FromSeed(seed, Bip44Coins.ETHEREUM).Purpose().Coin().Account(0).PublicKey().ToExtended()
+    hardhat = Bip44.FromSeed(Bip39SeedGenerator(" ".join(["test"] * 11 + ["junk"])).Generate(),
+                             Bip44Coins.ETHEREUM).Purpose().Coin().Account(0).PublicKey().ToExtended()
+
+    def eth(key: str, chain_id: int) -> Path:
+        return write(tmp_path, MINIMAL.split("[chains.btc]")[0] + '[chains.eth]\nkind = "ethereum"\n'
+                     f'ws_url = "ws://127.0.0.1:8546"\nchain_id = {chain_id}\nxpub = "{key}"\n')
+
+    for key, where in ((xpub, '"abandon ... about"'), (hardhat, '"test ... junk"')):
+        for chain_id in (1, 137):
+            assert where in problems(eth(key, chain_id))["chains.eth.xpub"]
+        for chain_id in (31337, 11155111):
+            assert load(eth(key, chain_id)).chains["eth"].address_deriver().derive(0)[0].startswith("0x")
+
+
+def test_the_example_webhook_host_is_refused(tmp_path):
+    """A webhook to an RFC 2606 documentation host (the example's billing.example) never arrives: refused as the
+    example's placeholder; a real host is fine."""
+    for url in ("https://billing.example/hooks", "https://shop.example.com/h", "http://EXAMPLE.org./h"):
+        text = MINIMAL.replace("[store]", f'[webhook]\nurl = "{url}"\nsecret = "{SECRET}"\n[store]')
+        assert problems(write(tmp_path, text))["webhook.url"].startswith("is the example's placeholder")
+    text = MINIMAL.replace("[store]", f'[webhook]\nurl = "https://examples.shop/h"\nsecret = "{SECRET}"\n[store]')
+    assert load(write(tmp_path, text)).webhook is not None
 
 
 @pytest.mark.parametrize("placeholder", ["CHANGE-ME-0123456789abcdef", "changeme-0123456789abcdef",
@@ -310,7 +389,7 @@ def test_every_kind_of_secret_file_is_judged(tmp_path):
         (tmp_path / name).chmod(0o644)
     text = (MINIMAL.replace('rpc_cookie_file = "bitcoind/.cookie"', 'rpc_user = "u"\nrpc_password_file = "rpc"')
             .replace(f'xpub = "{ZPUB}"', 'xpub_file = "xpub"')
-            .replace("[store]", '[webhook]\nurl = "https://h.example/x"\nsecret_file = "webhook"\n[store]'))
+            .replace("[store]", '[webhook]\nurl = "https://h.internal/x"\nsecret_file = "webhook"\n[store]'))
     config = load(write(tmp_path, text))
     assert {key for _, key, _ in config.warnings} == {"webhook.secret_file", "chains.btc.rpc_password_file",
                                                       "chains.btc.xpub_file"}
@@ -398,12 +477,13 @@ def test_zmq_both_or_neither(tmp_path):
 # --- keys ---------------------------------------------------------------------------------------------------
 
 
-def test_cross_network_xpub(tmp_path, private_material):
+def test_cross_network_xpub(tmp_path):
     """A mainnet key on regtest (or the reverse) is named, with the reason."""
+    vpub = Bip84.FromSeed(EXAMPLE_OPERATOR_SEED, Bip84Coins.BITCOIN_TESTNET).Purpose().Coin().Account(0)
     found = problems(write(tmp_path, MINIMAL.replace("mainnet", "regtest")))
     assert set(found) == {"chains.btc.xpub"}
     assert "zpub is a mainnet key but this chain is bitcoin regtest" in found["chains.btc.xpub"]
-    found = problems(write(tmp_path, MINIMAL.replace(ZPUB, private_material["vpub"])))
+    found = problems(write(tmp_path, MINIMAL.replace(ZPUB, vpub.PublicKey().ToExtended())))
     assert "testnet key" in found["chains.btc.xpub"]
     found = problems(write(tmp_path, MINIMAL + 'address_type = "p2pkh"\n'))
     assert "zpub is a p2wpkh key but address_type is p2pkh" in found["chains.btc.xpub"]
@@ -445,7 +525,7 @@ def test_private_values_are_refused_anywhere(tmp_path, private_material, materia
     """Watch-only: private keys and seeds are refused in any table, naming the key, never echoed."""
     value = private_material[material]
     text = (
-        MINIMAL.replace("[store]", '[log]\n[webhook]\nurl = "https://h.example/x"\n[store]')
+        MINIMAL.replace("[store]", '[log]\n[webhook]\nurl = "https://h.internal/x"\n[store]')
         .replace(f'xpub = "{ZPUB}"', "")
         .replace(f'token = "{TOKEN}"', "")
         .replace(f"[{table}]", f'[{table}]\n{key} = "{value}"')
@@ -516,7 +596,7 @@ def test_private_material_in_secret_files_is_refused(tmp_path, private_material)
     ],
 )
 def test_legitimate_values_are_not_refused(tmp_path, token):
-    text = MINIMAL.replace("[store]", f'[webhook]\nurl = "https://h.example/x"\nsecret = "{token}"\n[store]')
+    text = MINIMAL.replace("[store]", f'[webhook]\nurl = "https://h.internal/x"\nsecret = "{token}"\n[store]')
     config = load(write(tmp_path, text))
     assert config.webhook is not None and config.webhook.secret == token
 
@@ -581,3 +661,28 @@ def test_store_instance_and_lease(tmp_path):
     found = problems(write(tmp_path, MINIMAL.replace(
         'path = "watcherd.sqlite3"', 'path = "watcherd.sqlite3"\ninstance = "pay 1"\nlease_seconds = 0.5')))
     assert "letters, digits" in found["store.instance"] and "1 to 600" in found["store.lease_seconds"]
+
+
+def test_chains_get_display_names_for_the_payment_page(tmp_path):
+    """A chain's `display_name` names it to the customer; without one, a name from its coin or its EVM chain id,
+    never the operator's key for it; a test network is flagged for the page's badge."""
+    from harness import eth_account_xpub
+
+    base = MINIMAL.split("[chains.btc]")[0]
+    btc = "[chains.btc]" + MINIMAL.split("[chains.btc]")[1]
+    eth = f'[chains.{{name}}]\nkind = "ethereum"\nws_url = "ws://127.0.0.1:8546"\nxpub = "{eth_account_xpub()}"\n'
+    text = (base + btc.replace("[chains.btc]", "[chains.main-btc]")
+            + eth.format(name="l1") + "chain_id = 1\n" + eth.format(name="poly") + "chain_id = 137\n"
+            + eth.format(name="dev") + 'chain_id = 31337\ndisplay_name = "Ethereum (devnet)"\n'
+            + eth.format(name="odd") + "chain_id = 424242\n")
+    labels = load(write(tmp_path, text)).labels
+    assert {name: (label.display_name, label.test_network) for name, label in labels.items()} == {
+        "main-btc": ("Bitcoin", False), "l1": ("Ethereum", False), "poly": ("Polygon", False),
+        "dev": ("Ethereum (devnet)", True), "odd": ("EVM chain 424242", False)}
+    regtest = load(write(tmp_path, MINIMAL.replace('network = "mainnet"', 'network = "regtest"').replace(
+        ZPUB, Bip84.FromSeed(EXAMPLE_OPERATOR_SEED, Bip84Coins.BITCOIN_TESTNET).Purpose().Coin().Account(0)
+        .PublicKey().ToExtended())))
+    assert regtest.labels["btc"] == ChainLabel("Bitcoin", True)
+    for bad in ('" Bitcoin"', '"' + "x" * 41 + '"', '"Bit\\ncoin"', "7"):
+        found = problems(write(tmp_path, MINIMAL + f"display_name = {bad}\n"))
+        assert list(found) == ["chains.btc.display_name"], bad

@@ -542,6 +542,210 @@ def test_readme_try_it_runs_as_printed(tmp_path: Path) -> None:
     assert not Devnet(checkout / "devnet").running_nodes()
 
 
+# ---- every command block of the README ---------------------------------------------------------------------
+
+# Each indented block of the README by its first line: what it is, and where it runs. A block that is not here
+# fails test_every_readme_block_is_run_or_said_why, so a new one is either run or excused by name.
+README_BLOCKS = {  # a regular expression its first line starts with (up to a comment or a wide gap): why
+    r"scripts/demo$": "the whole install and demo, and the whole suite (scripts/test) itself",
+    r"scripts/devnet up$": "run: test_readme_try_it_runs_as_printed",
+    r"scripts/devnet pay btc \$id$": "run: test_readme_try_it_runs_as_printed",
+    r"POST /v1/invoices$": "run: test_readme_api_cli_and_page_examples_run_as_printed",
+    r"GET  /i/\{id\}$": "run: test_readme_api_cli_and_page_examples_run_as_printed",
+    r"watcherd run$": "run: test_readme_api_cli_and_page_examples_run_as_printed",
+    r"\[store\]$": "TOML, not a command (the config tests load every key)",
+    r"CREATE ROLE ": "SQL for the operator's PostgreSQL server",
+    r"watcherd store copy --from /var/lib/": "this host's paths: tests/test_postgres.py copies",
+    r"watcherd [0-9.]+: API on ": "log lines, not a command (tests/test_log_lines.py)",
+    r"apt install ": "the install as root on a host: tests/test_packaging.py installs the wheel",
+    r"export WATCHERD_CONFIG=/etc/": "this host's paths: "
+                                    "test_cli.py::test_status_and_invoice_commands_work_on_the_host_with_a_token_file",
+    r"watcherd/$": "the source tree, not a command",
+    r"scan_tx throughput ": "benchmark figures, not a command",
+}
+
+
+def readme_blocks() -> list[tuple[int, list[str]]]:
+    """Every block of 4-space-indented lines outside fenced code: (its first line's number, its lines)."""
+    blocks: list[tuple[int, list[str]]] = []
+    current: list[str] = []
+    fenced = False
+    for number, line in enumerate((REPO_ROOT / "README.md").read_text().splitlines() + [""], start=1):
+        fenced ^= line.startswith("```")
+        if not fenced and line.startswith("    "):
+            current.append(line[4:])
+        elif not fenced and not line.strip() and current:
+            current.append("")
+        elif current:
+            while current and not current[-1]:
+                current.pop()
+            blocks.append((number - len(current) - 1, current))
+            current = []
+    return blocks
+
+
+def _first(block: list[str]) -> str:
+    """A block's name: its first line up to a comment or the gap before its description."""
+    return re.split(r" {3,}|  #", block[0])[0].rstrip()
+
+
+def test_every_readme_block_is_run_or_said_why() -> None:
+    """Each command block of the README is run by a test, or named here with the reason it is not (a host's
+    paths, root, SQL, not a command): one added without either fails here."""
+    names = [(n, _first(b)) for n, b in readme_blocks()]
+    unknown = [(n, name) for n, name in names if not any(re.match(key, name) for key in README_BLOCKS)]
+    assert unknown == [], f"README blocks neither run nor excused (add them to README_BLOCKS): {unknown}"
+    gone = [key for key in README_BLOCKS if not any(re.match(key, name) for _, name in names)]
+    assert gone == [], gone  # nothing excused that is no longer there
+
+
+def _readme_block(key: str) -> list[str]:
+    return next(b for _, b in readme_blocks() if re.match(key, _first(b)))
+
+
+def cli_variants(synopsis: str) -> list[str]:
+    """A synopsis line as commands: without its `[...]` options and with them, the k-th alternative of each
+    `a|b|c` in the k-th pair (k up to the most alternatives any has)."""
+    line = synopsis.split("  #")[0].strip()
+    groups = re.findall(r"\[([^\]]*)\]", line)
+    most = max([len(word.split("|")) for word in line.replace("[", " ").replace("]", " ").split()] + [1])
+    variants: list[str] = []
+    for k in range(most):
+        for with_options in (False, True):
+            text = re.sub(r"\[([^\]]*)\]", (lambda m: m[1]) if with_options else "", line)
+            words = [w.split("|")[min(k, len(w.split("|")) - 1)] for w in text.split()]
+            command = " ".join(words)
+            if command not in variants and (with_options or not groups or k == 0 or "|" in re.sub(
+                    r"\[[^\]]*\]", "", line)):
+                variants.append(command)
+    return variants
+
+
+def test_cli_variants_cover_each_option_and_alternative() -> None:
+    """The reading of a synopsis line: bare, then with its options, each alternative once."""
+    assert cli_variants("watcherd invoice show|cancel <id> [--json]   # x") == [
+        "watcherd invoice show <id>", "watcherd invoice show <id> --json", "watcherd invoice cancel <id>",
+        "watcherd invoice cancel <id> --json"]
+    assert cli_variants("watcherd webhooks list [--state pending|delivered|failed] [--json]") == [
+        "watcherd webhooks list", "watcherd webhooks list --state pending --json",
+        "watcherd webhooks list --state delivered --json", "watcherd webhooks list --state failed --json"]
+    assert cli_variants("watcherd check-config") == ["watcherd check-config"]
+
+
+def api_requests(block: list[str]) -> list[tuple[str, str, object, int, bool]]:
+    """The HTTP block's requests: (method, path, JSON body or None, the status it promises, with the token).
+    An entry is a line starting with its method; its indented lines carry on its body and its description."""
+    entries: list[list[str]] = []
+    for line in block:
+        if re.match(r"(GET|POST|PUT|DELETE) ", line):
+            entries.append([line])
+        elif entries and line.strip():
+            entries[-1].append(line.strip())
+    requests = []
+    for entry in entries:
+        method, path, rest = (entry[0].split(None, 2) + [""])[:3]
+        text = " ".join([rest, *entry[1:]]).strip()
+        body = None
+        if text.startswith("{"):
+            body, end = json.JSONDecoder().raw_decode(text)
+            text = text[end:]
+        promised = re.search(r"->\s*(\d{3})\b", text)
+        requests.append((method, path, body, int(promised[1]) if promised else 200, "(no auth)" not in text))
+    return requests
+
+
+def test_readme_api_cli_and_page_examples_run_as_printed(tmp_path: Path) -> None:
+    """On the default devnet (btc, ltc; `scripts/devnet up`) every line of the README's command line synopsis runs
+    as printed (bare and with its options, `watcherd run` being the daemon) and exits 0; every request of its
+    HTTP API and payment page listings, sent as printed, answers the status it promises (201, 202; else 200),
+    `{id}` the last invoice a listed POST created. The first that fails names its line: the README cannot drift
+    from what the daemon and the CLI accept."""
+    import urllib.error
+    import urllib.request
+
+    from watcherd.http.checkout import ASSETS
+
+    root = tmp_path / "devnet"
+    run_devnet_cli(root, "up", "--chains", "btc,ltc", timeout=180)
+    config = root / "watcherd.toml"
+    settings = tomllib.loads(config.read_text())
+    base, token = f"http://{settings['api']['listen']}", settings["api"]["token"]
+    bin_dir = tmp_path / "bin"  # `watcherd` on PATH: this checkout's, as an installed one would be
+    bin_dir.mkdir()
+    (bin_dir / "watcherd").write_text(f'#!/bin/sh\nexec {sys.executable} -m watcherd "$@"\n')
+    (bin_dir / "watcherd").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO_ROOT),
+           "WATCHERD_CONFIG": str(config), "NO_COLOR": "1"}
+    env.pop("WATCHERD_TOKEN_FILE", None)
+
+    def call(method: str, path: str, body: object = None, auth: bool = True) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"{base}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": f"Bearer {token}"} if auth else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=scaled(30)) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except urllib.error.URLError as exc:  # not listening (yet)
+            return 0, str(exc).encode()
+
+    daemon: subprocess.Popen[str] | None = None
+    try:
+        ids: dict[str, str] = {}
+
+        def filled(text: str) -> str:
+            for name, value in {"<event id>": ids.get("event", ""), "<id>": ids.get("invoice", ""),
+                                "<method>": "btc", "SECONDS": "30"}.items():
+                text = text.replace(name, value)
+            return text
+
+        synopsis: list[str] = []
+        for line in _readme_block(r"watcherd run$"):
+            if line.startswith(" ") and synopsis:
+                synopsis[-1] += " " + line.strip()  # a continued line
+            elif line.strip():
+                synopsis.append(line)
+        for line in synopsis:
+            if line.startswith("watcherd store copy"):
+                continue  # needs a PostgreSQL server: tests/test_postgres.py copies to one
+            for command in cli_variants(line):
+                if command == "watcherd run":
+                    with (tmp_path / "watcherd.log").open("w") as log:  # the daemon keeps its own descriptor
+                        daemon = subprocess.Popen(["watcherd", "run"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                  text=True)
+                    wait_for(lambda: call("GET", "/readyz")[0] == 200, 60, "the devnet daemon to be ready")
+                    created = json.loads(call("POST", "/v1/invoices", {
+                        "currency": "USD", "amount": "5.00", "payment_methods": ["btc", "ltc"]})[1])
+                    ids["invoice"] = created["id"]
+                    events = json.loads(call("GET", f"/v1/invoices/{created['id']}/events")[1])["events"]
+                    ids["event"] = events[0]["id"]
+                    continue
+                done = subprocess.run(["bash", "-c", filled(command)], env=env, capture_output=True, text=True,
+                                      timeout=scaled(60), cwd=tmp_path)
+                assert done.returncode == 0, f"README: {line}\nran: {filled(command)}\n{done.stdout}{done.stderr}"
+        assert daemon is not None and daemon.poll() is None, "the synopsis starts the daemon: watcherd run"
+
+        for block in (r"POST /v1/invoices$", r"GET  /i/\{id\}$"):
+            for method, path, body, promised, auth in api_requests(_readme_block(block)):
+                sent = path.replace("{id}", ids["invoice"]).replace("{method}", "btc").replace(
+                    "{event_id}", ids["event"]).replace("{name}", ASSETS.css)
+                status, answer = call(method, sent, body, auth)
+                assert status == promised, f"README: {method} {path}\nsent {method} {sent}: {status} {answer[:300]!r}"
+                if method == "POST" and path == "/v1/invoices":
+                    ids["invoice"] = json.loads(answer)["id"]
+                    ids["event"] = json.loads(call("GET", f"/v1/invoices/{ids['invoice']}/events")[1])[
+                        "events"][0]["id"]
+        priced = json.loads(call("GET", f"/v1/invoices/{ids['invoice']}")[1])
+        assert (priced["currency"], priced["status"]) == ("USD", "cancelled")  # the listing's own steps ran
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(scaled(30))
+        run_devnet_cli(root, "down", timeout=120)
+
+
 # ---- helpers ----------------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ private VIEW key. A monero-wallet-rpc customer wallet pays (it is the customer, 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from harness import Daemon, critical_lines, monero_table, readiness, wait_delivered, wait_stopped
 
@@ -232,3 +233,10 @@ def test_a_mainnet_chain_pointed_at_a_regtest_monerod_is_refused(xmr_node, daemo
     assert refusal in line
     assert daemon.metric("watcherd_chain_stopped", chain="xmr", reason="network") == 1
     assert readiness(daemon)["chains"]["xmr"]["processed_height"] is None
+
+
+def test_the_monero_programs_run_in_their_node_directory(xmr_node):
+    """monerod and monero-wallet-rpc run in the node's own directory: a log they write where they run (as
+    monero-wallet-rpc.log, when no --log-file applies) lands there, never in the checkout the tests run from."""
+    for pid in (xmr_node.pid, xmr_node.wallet_pid):
+        assert Path(f"/proc/{pid}/cwd").resolve() == xmr_node.datadir.resolve()

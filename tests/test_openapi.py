@@ -21,23 +21,38 @@ ST = Path(sys.executable).parent / "st"
 
 
 def test_document_lists_exactly_the_routes() -> None:
-    """Every route the app serves is documented, and nothing documented is missing from the app."""
+    """Every route the app serves is documented (the API and the payment page's routes an integrator may embed),
+    and nothing documented is missing from the app."""
     unused = SimpleNamespace(invoice_jsons=None)  # routes only: nothing is served
     app = make_app(unused, "t" * 16, None)  # type: ignore[arg-type]
-    # /i/: the customer's payment page (README, "Payment page"), not the billing system's API
+    # the page's stylesheet and script under content-hashed names: the page's own, not an interface
     served = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
-              if r.method != "HEAD" and not r.resource.canonical.startswith("/i/")}
+              if r.method != "HEAD" and r.resource.canonical != "/i/assets/{name}"}
     documented = {(m, path) for path, item in openapi.document()["paths"].items() for m in item}
     assert served == documented
+    assert {("get", "/i/{invoice_id}/status"), ("get", "/i/{invoice_id}/qr/{method}.svg")} <= documented
 
 
 def test_live_daemon_never_answers_5xx_and_every_error_has_the_documented_shape(tmp_path, bsv_node) -> None:
     """schemathesis generates requests from the document (valid and invalid ones) against the real daemon: no
-    server error, every response (4xx included) conforms to its documented schema and status code."""
+    server error, every response (4xx included) conforms to its documented schema and status code. The payment
+    page's routes are fuzzed on an invoice that exists (cancelled, so that its live stream ends at once), so their
+    200 answers (HTML, the public JSON, the SSE stream, the QR code) are checked, not only their 404."""
     daemon = Daemon(tmp_path / "d", chain_table("btc", bsv_node, confirmations=1)).start()
     try:
+        invoice = daemon.api("POST", "/v1/invoices", {"chain": "btc", "amount": "0.001"})
+        daemon.api("POST", f"/v1/invoices/{invoice['id']}/cancel")
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/openapi.json", timeout=10) as response:
+            doc = json.loads(response.read())
+        for path, item in doc["paths"].items():
+            for operation in item.values():
+                for parameter in operation.get("parameters", []):
+                    if path.startswith("/i/") and parameter["name"] == "invoice_id":
+                        parameter["schema"] = {"type": "string", "enum": [invoice["id"]]}
+        spec = tmp_path / "native.json"
+        spec.write_text(json.dumps(doc))
         done = subprocess.run(
-            [str(ST), "run", f"http://127.0.0.1:{daemon.port}/openapi.json", "--header",
+            [str(ST), "run", str(spec), "--url", f"http://127.0.0.1:{daemon.port}", "--header",
              f"Authorization: Bearer {TOKEN}", "--checks",
              "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
              "--max-examples", "40", "--seed", "1", "--no-color", "--workers", "1"],

@@ -245,9 +245,9 @@ async def test_blocks_only_recheck_invoices_whose_payments_they_confirm(core, mo
     reassessed: list[str] = []
     original = processor._reassess
 
-    async def spy(invoice_id, force_type=None):
+    async def spy(invoice_id, force_type=None, **context):
         reassessed.append(invoice_id)
-        await original(invoice_id, force_type)
+        await original(invoice_id, force_type, **context)
 
     monkeypatch.setattr(processor, "_reassess", spy)
     await processor.block_connected("fake", block(104, []))  # confirms the payment of block 103 only
@@ -425,8 +425,10 @@ async def test_invoices_created_together_are_all_watched_and_all_logged(core, ca
     invoices = created[:8]
     keys = [chain.derive(n)[1] for n in range(8)]
     assert set(keys) <= chain.watchlist.keys
-    assert sorted(r.getMessage() for r in caplog.records if "unpaid -> unpaid" in r.getMessage()) == sorted(
-        f"invoice {i['id']} unpaid -> unpaid" for i in invoices)
+    created = [r for r in caplog.records if "created, " in r.getMessage()]
+    assert sorted(r.invoice_id for r in created) == sorted(i["id"] for i in invoices)
+    assert {r.getMessage() for r in created} == {f"invoice {i['id']}: created, {i['amount']} {i['currency']} in fake"
+                                                 for i in invoices}
     await processor.block_connected("fake", block(101, [tx(f"t{n}", key, 1_000 + n, spent=(f"o{n}".encode(),))
                                                         for n, key in enumerate(keys)]))
     assert {(await processor.invoice_json(i["id"]))["status"] for i in invoices} == {"processing"}

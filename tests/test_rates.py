@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import async_wait_for
+from conftest import async_wait_for, example_operator_zpubs
 from prometheus_client import REGISTRY
 
 from watcherd.config import load
@@ -563,7 +563,7 @@ async def test_run_refreshes_at_once_then_periodically_survives_errors_and_stops
 
 # ---- configuration ------------------------------------------------------------------------------------------
 
-ZPUB = "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs"  # noqa: E501
+ZPUB = example_operator_zpubs()["btc"]
 MINIMAL = f"""
 [store]
 path = "watcherd.sqlite3"

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import async_wait_for
+from harness import eth_account_xpub
 from monero.seed import Seed
 
 from watcherd.chains.ethereum.adapter import EthereumAdapter
@@ -20,8 +21,7 @@ from watcherd.exceptions import ConfigError, NodeUnavailable
 from watcherd.logs import redact_url, scrub
 
 KEY = "0123456789abcdef0123456789abcdef"  # a provider's API key, as Infura's look
-XPUB = ("xpub6DCoCpSuQZB2jawqnGMEPS63ePKWkwWPH4TU45Q7LPXWuNd8TMtVxRrgjtEshuqpK3mdhaWHPFsBngh5GFZaM6si3yZdUsT8ddYM3Pw"
-        "nATt")
+XPUB = eth_account_xpub()  # a fresh operator key
 HEAD = '[store]\npath = "w.sqlite3"\n[api]\ntoken = "tok-0123456789abcdef"\n'
 
 

@@ -127,7 +127,7 @@ class Daemon:
                                     max_retry_hours=self.config.webhook.max_retry_hours if self.config.webhook else 72,
                                     allow_networks=self.config.greenfield.hook_allow_networks)
         runner = limits.runner(make_app(self.processor, self.config.api.token, self.readiness, lambda: self.rates,
-                                        compat, self.config.api.embed_origins))
+                                        compat, self.config.api.embed_origins, lambda: self.config.labels))
         watched = (*transports, *((HookSender.transport,) if self.hooks is not None else ()))
         metrics_runner = limits.runner(metrics_http.make_app(store, watched))
         self.processor.live.max_seconds = self.config.api.live_stream_seconds
@@ -146,9 +146,10 @@ class Daemon:
             await web.TCPSite(runner, self.config.api.host, self.config.api.port).start()
             if self.config.metrics is not None:
                 await web.TCPSite(metrics_runner, self.config.metrics.host, self.config.metrics.port).start()
-            log.info("watcherd %s: API on http://%s, metrics %s, chains: %s", __version__, self.config.api.listen,
+            log.info("watcherd %s: API on http://%s, metrics %s, store %s", __version__, self.config.api.listen,
                      f"on http://{self.config.metrics.listen}/metrics" if self.config.metrics else "off",
-                     ", ".join(self.chains) or "none")
+                     self.config.store.shown)
+            log.info("chains: %s; events to %s", ", ".join(self.chains) or "none", self._targets())
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 # followers and senders start as their leases come (at the first tick when alone on the store)
@@ -209,6 +210,13 @@ class Daemon:
         if previous is not None:
             adapter.watchlist = previous.watchlist
         self.chains[name] = adapter
+
+    def _targets(self) -> str:
+        """Where events go, as the start line says it: hosts only (a webhook URL may carry a token)."""
+        targets = [f"webhook {logs.redact_url(self.config.webhook.url)}"] if self.config.webhook else []
+        targets += [f"MQTT {logs.redact_url(self.config.mqtt.url)}"] if self.config.mqtt else []
+        targets += ["the BTCPay/BitPay plugins' URLs"] if self.config.greenfield else []
+        return ", ".join(targets) or "no one (no [webhook] nor [mqtt]: the billing system polls the API)"
 
     def _wanted_leases(self) -> list[str]:
         return [*(f"chain:{name}" for name in self.chains), "outbox"]

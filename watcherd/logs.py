@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from urllib.parse import urlsplit
@@ -37,7 +38,11 @@ class PlainFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s%(context)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = [f"{f}={v}" for f in CONTEXT_FIELDS if (v := getattr(record, f, None)) is not None]
+        # a value the message already shows (a payment's txid, an invoice id) is not repeated: a line a reader
+        # takes in at once (JSON lines keep every field)
+        message = record.getMessage()
+        fields = [f"{f}={v}" for f in CONTEXT_FIELDS if (v := getattr(record, f, None)) is not None
+                  and not re.search(rf"(?<![\w-]){re.escape(str(v))}(?![\w-])", message)]
         record.context = (" [" + " ".join(fields) + "]") if fields else ""
         return super().format(record)
 

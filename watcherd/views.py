@@ -120,8 +120,8 @@ def _method_json(m: ShownMethod, due: Fraction, currency_decimals: int) -> dict[
     }
     owed = due_atomic(m.row, due)  # at the locked rate: what a coin not picked yet would have to pay now
     shown.update(due=to_decimal_string(owed, m.decimals), due_atomic=str(owed))
-    if m.row.activated_at is not None:
-        shown.update(address=m.row.address, payment_uri=m.uri)
+    picked = m.row.activated_at is not None  # a method not picked yet has no address: null, as on the page's JSON
+    shown.update(address=m.row.address if picked else None, payment_uri=m.uri if picked else None)
     return shown
 
 
@@ -147,4 +147,17 @@ def _payment_json(p: ShownPayment, method: ShownMethod | None, money: Callable[[
         "first_seen_at": iso(p.valued.first_seen_at),
         "confirmed_at": iso(p.row.confirmed_at),
         "status": p.valued.status(0, 0).value,
+    }
+
+
+def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
+    """One delivery row (an event for one transport) as GET /v1/webhooks shows it: ISO times like the invoices,
+    null for what does not apply (a delivered or failed row has no next attempt; an event of no chain)."""
+    done = row["delivered_at"] is not None or row["failed_at"] is not None
+    return {
+        "id": row["id"], "type": row["type"], "invoice_id": row["invoice_id"],
+        "chain": None if row["chain"] == "none" else row["chain"], "transport": row["transport"],
+        "created_at": iso(row["created_at"]), "attempts": row["attempts"],
+        "next_attempt_at": None if done else iso(row["next_attempt_at"]),
+        "delivered_at": iso(row["delivered_at"]), "failed_at": iso(row["failed_at"]), "last_error": row["last_error"],
     }

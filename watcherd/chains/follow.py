@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from watcherd import metrics
+from watcherd.chains.rpc import STALLED
 from watcherd.core.chain import ChainSink
 from watcherd.core.types import ChainBlock, ChainTx, Cursor, Watchlist
 from watcherd.exceptions import ChainRefused, NodeError, NodeProtocolError, ReorgTooDeep, StoreError
@@ -253,6 +254,21 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
     delays = backoff()
     failing_since: float | None = None
     details: BaseException | None  # logged with its traceback: what failed unexpectedly
+    stall_told = False
+
+    def stalled(exc: NodeError | None, left: float) -> None:
+        """A node call has been failing for a few seconds (exc), or answers again (None): said once, unless the
+        outage was logged already."""
+        nonlocal stall_told
+        if exc is None and stall_told:
+            stall_told = False
+            log.info("%s %s answers again", follower.node_label, follower.describe_node(),
+                     extra={"chain": follower.name})
+        elif exc is not None and failing_since is None and not stall_told:
+            stall_told = True
+            log.warning("%s; retrying: the chain counts as down in %.0f s", exc, left, extra={"chain": follower.name})
+
+    STALLED.set(stalled)  # in this task's context, which the session's calls (and its tasks) run in
     while True:
         started = time.monotonic()
         follower.progressed = False
@@ -279,6 +295,7 @@ async def follow_forever(follower: Follower, session: Callable[[], Awaitable[Non
         elif follower.progressed:  # a flaky node that still delivers: retry soon, but the outage goes on
             delays = backoff()
         delay = next(delays)
+        stall_told = False  # the outage is told now, or was already
         if failing_since is None:
             failing_since = time.monotonic()
             log.warning("%s; this chain retries in %.1f s (other chains go on)", problem, delay,

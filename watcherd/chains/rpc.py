@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -25,6 +26,11 @@ log = logging.getLogger("watcherd.chains.rpc")
 TRANSIENT_RPC_CODES = frozenset({-28, -9})
 BUSY_BODY_SNIPPET = 80
 LARGE_ANSWER_BYTES = 256 * 1024
+# A call failing this long is told to the chain's follower (chains/follow.py sets STALLED), so that a wrong port
+# or a stopped node is in the log within seconds, not only once the chain counts as down (node_down_after_seconds).
+NOTICE_AFTER_SECONDS = 3.0
+# (the error, the seconds left before the call gives up), or (None, 0) when the call then succeeds
+STALLED: ContextVar[Callable[[NodeError | None, float], None] | None] = ContextVar("watcherd_stalled", default=None)
 
 
 class RpcError(NodeProtocolError):
@@ -51,15 +57,25 @@ async def retrying(call: Callable[[], Awaitable[T]], what: str, give_up_after: f
     A single 503 or reset connection on a busy node must cost a fraction of a second, not a reconnect."""
     started = time.monotonic()
     delays = backoff(first=0.05, cap=2.0)
+    stalled = STALLED.get()
+    noticed = False
     while True:
         try:
-            return await call()
+            answer = await call()
         except NodeError as exc:
             delay = next(delays)
-            if not is_transient(exc) or time.monotonic() - started + delay > give_up_after:
+            failing = time.monotonic() - started
+            if not is_transient(exc) or failing + delay > give_up_after:
                 raise
+            if stalled is not None and not noticed and failing >= NOTICE_AFTER_SECONDS:
+                noticed = True
+                stalled(exc, give_up_after - failing)
             log.debug("%s: %s; retrying in %.2f s", what, exc, delay)
             await asyncio.sleep(delay)
+        else:
+            if noticed and stalled is not None:
+                stalled(None, 0)
+            return answer
 
 
 async def post_json(

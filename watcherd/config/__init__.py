@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Protocol
@@ -38,12 +38,14 @@ from watcherd.config.tables import (
     parse_store,
     parse_webhook,
 )
+from watcherd.config.testvectors import is_test_network
 from watcherd.exceptions import ConfigError
 from watcherd.rates.config import RatesConfig
 
 __all__ = [
     "ApiConfig",
     "ChainConfig",
+    "ChainLabel",
     "Config",
     "GreenfieldConfig",
     "LogConfig",
@@ -110,6 +112,15 @@ class Config:
     # (file, dotted key, message) of what works but should not stay so (a secret file others can read, TLS that
     # verifies nothing): `check-config` prints them, `run` logs them at start
     warnings: tuple[tuple[str, str, str], ...] = ()
+    labels: dict[str, ChainLabel] = field(default_factory=dict)  # chain name -> how the payment page shows it
+
+
+@dataclass(frozen=True)
+class ChainLabel:
+    """How the payment page names a chain to the customer (never by the operator's key for it)."""
+
+    display_name: str  # "Ethereum": the table's display_name, else a name from its coin or chain id
+    test_network: bool  # regtest, testnet, signet, stagenet, a test EVM chain: the page says so
 
 
 def load(path: str | Path) -> Config:
@@ -136,20 +147,46 @@ def load(path: str | Path) -> Config:
     mqtt = parse_mqtt(root.table("mqtt")) if root.present("mqtt") else None
     rates = parse_rates(root.table("rates")) if root.present("rates") else None
     greenfield = parse_greenfield(root.table("greenfield")) if root.present("greenfield") else None
-    chains = _chains(root.table("chains"))
+    labels: dict[str, ChainLabel] = {}
+    chains = _chains(root.table("chains"), labels)
     root.finish()
     if greenfield is not None and greenfield.api_key and greenfield.api_key == api.token:
         ctx.problem("greenfield.api_key", "must differ from [api] token: a plugin's key must not open the native API")
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return Config(path=path, store=store, api=api, webhook=webhook, log=log, chains=chains, metrics=metrics, mqtt=mqtt,
-                  rates=rates, greenfield=greenfield, warnings=tuple(ctx.warnings))
+                  rates=rates, greenfield=greenfield, warnings=tuple(ctx.warnings), labels=labels)
 
 
 _CHAIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
-def _chains(t: Table) -> dict[str, ChainConfig]:
+# The names a chain gets on the payment page when its table sets no display_name.
+_COIN_NAMES = {"bitcoin": "Bitcoin", "litecoin": "Litecoin", "monero": "Monero"}
+_EVM_NAMES = {1: "Ethereum", 10: "OP Mainnet", 56: "BNB Smart Chain", 100: "Gnosis", 137: "Polygon", 8453: "Base",
+              42161: "Arbitrum One", 43114: "Avalanche C-Chain", 11155111: "Sepolia", 17000: "Holesky",
+              560048: "Hoodi"}
+
+
+def _label(chain: ChainConfig, display_name: str | None) -> ChainLabel:
+    network = chain.network.name
+    if display_name is None:
+        chain_id = int(network.removeprefix("chain-id-")) if network.startswith("chain-id-") else None
+        display_name = _COIN_NAMES.get(chain.coin) if chain_id is None else \
+            _EVM_NAMES.get(chain_id, f"EVM chain {chain_id}")
+    return ChainLabel(display_name or chain.coin.capitalize(), is_test_network(network))
+
+
+def _display_name(t: Table) -> str | None:
+    name = t.optional_text("display_name")
+    if name is not None and (len(name) > 40 or not name.isprintable() or name != name.strip()):
+        t.problem("display_name", "must be at most 40 printable characters, without leading or trailing spaces "
+                                  "(the payment page shows it: \"USDC on Ethereum\")")
+        return None
+    return name
+
+
+def _chains(t: Table, labels: dict[str, ChainLabel]) -> dict[str, ChainConfig]:
     chains: dict[str, ChainConfig] = {}
     first_address: dict[tuple[str, str, str], str] = {}
     for name in list(t.data):
@@ -161,6 +198,7 @@ def _chains(t: Table) -> dict[str, ChainConfig]:
         kind = table.choice("kind", tuple(registry.KINDS))
         if not kind:
             continue  # without a kind the other keys cannot be judged
+        display_name = _display_name(table)  # every kind's key, read before the kind's parser finishes the table
         chain: ChainConfig | None = registry.kind(kind).parse_config(table, name)
         if chain is None:
             continue
@@ -175,5 +213,6 @@ def _chains(t: Table) -> dict[str, ChainConfig]:
             continue
         first_address[first] = name
         chains[name] = chain
+        labels[name] = _label(chain, display_name)
     t.finish()
     return chains

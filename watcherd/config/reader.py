@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from watcherd.config.private import WATCH_ONLY, private_material
+from watcherd.config.testvectors import is_test_network, public_test_vector
 
 
 class Context:
@@ -192,7 +193,18 @@ class Table:
         if len(value) < min_length:
             self.problem(source, f"must be at least {min_length} characters")
             return None
+        vector = public_test_vector(value)
+        if vector is not None and not self._on_test_network():
+            self.problem(source, f"is a public test vector ({vector}): anyone can spend what is paid to it; set your "
+                                 "wallet's account key (test vectors are accepted on test networks only)")
+            return None
         return value
+
+    def _on_test_network(self) -> bool:
+        """This (chain) table names a network without value: `network = "regtest"`, a test EVM `chain_id`."""
+        chain_id = self.data.get("chain_id")
+        name = f"chain-id-{chain_id}" if isinstance(chain_id, int) else self.data.get("network")
+        return isinstance(name, str) and is_test_network(name)
 
     def secret_key(self, name: str) -> str:
         """Which of `name` / `name_file` a secret came from, for problems found after reading it."""

@@ -260,6 +260,9 @@ def parse_webhook(t: Table) -> WebhookConfig:
     url = t.text("url")
     if url and not is_http_url(url):
         t.problem("url", "must be an http:// or https:// URL")
+    elif url and _is_example_host(urlsplit(url).hostname or ""):
+        t.problem("url", "is the example's placeholder (a reserved example host that never answers): set your "
+                         "billing system's webhook URL")
     webhook = WebhookConfig(
         url=url,
         secret=t.secret("secret", min_length=16) or "",
@@ -268,6 +271,13 @@ def parse_webhook(t: Table) -> WebhookConfig:
     )
     t.finish()
     return webhook
+
+
+def _is_example_host(host: str) -> bool:
+    """RFC 2606's names for documentation: example, example.com/.net/.org and their subdomains."""
+    host = host.lower().rstrip(".")
+    return any(host == name or host.endswith("." + name) for name in ("example", "example.com", "example.net",
+                                                                       "example.org"))
 
 
 def parse_greenfield(t: Table) -> GreenfieldConfig:

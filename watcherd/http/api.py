@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from watcherd import views
 from watcherd.core.currencies import minor_units
 from watcherd.core.invoices import Status
 from watcherd.core.money import (
@@ -86,9 +87,9 @@ def audit(api: str, action: str, **ids: str) -> None:
 def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable[dict[str, Any]]],
              rates: Callable[[], Quotes | None] = lambda: None,
              compat: Sequence[tuple[str, web.Application]] = (),
-             embed_origins: Sequence[str] = ("*",)) -> web.Application:
+             embed_origins: Sequence[str] = ("*",), labels: checkout.Labels = dict) -> web.Application:
     """The native API; `compat` mounts the compatible APIs (prefix, sub-application), each with its own
-    authentication and error shapes."""
+    authentication and error shapes; `labels`: how the payment page names the chains."""
     prefixes = tuple(prefix for prefix, _ in compat)
 
     def compatible(path: str) -> bool:
@@ -129,7 +130,7 @@ def make_app(processor: Processor, token: str, readiness: Callable[[], Awaitable
     app[READINESS] = readiness
     app[RATES] = rates
     app[TOKEN] = token
-    checkout.setup(app, processor, embed_origins)
+    checkout.setup(app, processor, embed_origins, labels)
     app.add_routes([
         web.post("/v1/invoices", create_invoice),
         web.get("/v1/invoices", list_invoices),
@@ -458,7 +459,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
     rows = await request.app[PROCESSOR].store.deliveries(
         transport=request.query.get("transport"), state=state, invoice_id=request.query.get("invoice_id"),
     )
-    return web.json_response({"deliveries": rows})
+    return web.json_response({"deliveries": [views.delivery_json(r) for r in rows]})
 
 
 async def redeliver_webhook(request: web.Request) -> web.Response:

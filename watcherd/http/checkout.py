@@ -19,13 +19,14 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
+from watcherd.config import ChainLabel
 from watcherd.exceptions import STORE_ERRORS, InvoiceError, MethodLimit
 from watcherd.http.page import public, qr
 from watcherd.http.page.render import Assets, qr_shown, render_message, render_page
@@ -50,6 +51,8 @@ PROCESSOR: web.AppKey[Processor] = web.AppKey("checkout_processor", Processor)
 CLOSING: web.AppKey[asyncio.Event] = web.AppKey("checkout_closing", asyncio.Event)
 MODAL_HEADERS: web.AppKey[dict[str, str]] = web.AppKey("checkout_modal_headers", dict)
 LIVE_READS: web.AppKey[Coalescer] = web.AppKey("checkout_live_reads", Coalescer)
+Labels = Callable[[], Mapping[str, ChainLabel]]  # the current config's (a reload replaces it)
+LABELS: web.AppKey[Labels] = web.AppKey("checkout_labels")
 
 
 def _static() -> tuple[Assets, dict[str, tuple[bytes, str]]]:
@@ -70,10 +73,13 @@ def _static() -> tuple[Assets, dict[str, tuple[bytes, str]]]:
 ASSETS, STATIC_FILES = _static()
 
 
-def setup(app: web.Application, processor: Processor, embed_origins: Sequence[str] = ("*",)) -> None:
+def setup(app: web.Application, processor: Processor, embed_origins: Sequence[str] = ("*",),
+          labels: Labels = dict) -> None:
     """Register the payment page on the API's application (its auth middleware lets /i/ through).
-    `embed_origins`: who may frame the page in modal mode (`?view=modal`); never anyone otherwise."""
+    `embed_origins`: who may frame the page in modal mode (`?view=modal`); never anyone otherwise. `labels`: how
+    the page names each chain (display name, test network)."""
     app[PROCESSOR] = processor
+    app[LABELS] = labels
     app[MODAL_HEADERS] = {"Content-Security-Policy": CSP.replace("frame-ancestors 'none'",
                                                                  f"frame-ancestors {' '.join(embed_origins)}")}
     app[CLOSING] = asyncio.Event()
@@ -141,7 +147,7 @@ async def page(request: web.Request) -> web.Response:
         await asyncio.to_thread(qr.build, *shown_qr)  # its 5-10 ms off the event loop
     modal = request.query.get("view") == "modal"
     response = _html(render_page(invoice, strings, ASSETS, asked_method=asked, now=request.app[PROCESSOR].clock(),
-                                 modal=modal))
+                                 modal=modal, labels=request.app[LABELS]()))
     if modal:  # a shop's page frames it: those origins may, no one else
         response.headers.update(request.app[MODAL_HEADERS])
         del response.headers["X-Frame-Options"]

@@ -1,5 +1,5 @@
-"""The native API described as OpenAPI 3.0, served at /openapi.json (a test keeps it in sync with the routes
-and fuzzes the live daemon against it)."""
+"""The native API and the payment page's routes described as OpenAPI 3.0, served at /openapi.json (a test keeps
+it in sync with the routes and fuzzes the live daemon against it)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 _COMMON = (400, 401, 405, 413, 503)
 
-_PAYMENT = {
+_PAYMENT: dict[str, Any] = {
     "type": "object",
     "required": ["txid", "vout", "chain", "method", "asset", "amount", "amount_atomic", "value", "rate",
                  "confirmations", "block_height", "block_hash", "first_seen_at", "confirmed_at", "status"],
@@ -49,14 +49,15 @@ _PAYMENT = {
     },
 }
 
-_PAYMENT_METHOD = {
+_PAYMENT_METHOD: dict[str, Any] = {
     "type": "object",
     "required": ["method", "chain", "asset", "activated", "rate", "amount", "amount_atomic",
-                 "due", "due_atomic", "confirmations_required"],
+                 "due", "due_atomic", "confirmations_required", "address", "payment_uri"],
     "properties": {
         "method": {**_STRING, "description": "the chain's name for its own asset, <chain>:<TOKEN> for a token"},
         "chain": _STRING, "asset": _STRING, "activated": {"type": "boolean"},
-        "address": _STRING, "rate": {**_DECIMAL, "description": "invoice currency per coin, locked at creation"},
+        "address": {**_NULLABLE_STRING, "description": "null until the method is picked"},
+        "rate": {**_DECIMAL, "description": "invoice currency per coin, locked at creation"},
         "amount": _DECIMAL, "amount_atomic": _ATOMIC, "due": _DECIMAL, "due_atomic": _ATOMIC,
         "payment_uri": _NULLABLE_STRING, "confirmations_required": {"type": "integer", "nullable": True},
     },
@@ -131,12 +132,41 @@ _EVENT = {
 
 _DELIVERY = {
     "type": "object",
+    "required": ["id", "type", "invoice_id", "chain", "transport", "created_at", "attempts", "next_attempt_at",
+                 "delivered_at", "failed_at", "last_error"],
     "properties": {
-        "id": _STRING, "type": _STRING, "invoice_id": _STRING, "chain": _STRING,
-        "transport": {"type": "string", "enum": ["webhook", "mqtt"]}, "created_at": {"type": "integer"},
-        "attempts": {"type": "integer"}, "next_attempt_at": {"type": "number"},
-        "delivered_at": {"type": "integer", "nullable": True}, "failed_at": {"type": "integer", "nullable": True},
-        "last_error": _NULLABLE_STRING,
+        "id": {**_STRING, "description": "the event's id"}, "type": _STRING, "invoice_id": _STRING,
+        "chain": {**_NULLABLE_STRING, "description": "the event's: its invoice's first picked method's (null: none)"},
+        "transport": {"type": "string", "enum": ["webhook", "mqtt"]}, "created_at": _TIME,
+        "attempts": {"type": "integer"},
+        "next_attempt_at": {**_TIME, "description": "null once delivered or given up on"},
+        "delivered_at": _TIME, "failed_at": _TIME, "last_error": _NULLABLE_STRING,
+    },
+}
+
+# The payment page's JSON (watcherd/http/page/public.py): what a customer may see of an invoice, no metadata.
+_PUBLIC_INVOICE = {
+    "type": "object",
+    "required": ["id", "status", "exception", "currency", "amount", "order_id", "expires_at", "paid_at",
+                 "redirect_url", "payment_methods", "payments"],
+    "properties": {
+        "id": _STRING, "status": {"type": "string", "enum": [s.value for s in Status]},
+        "exception": _NULLABLE_STRING, "currency": _STRING, "amount": _DECIMAL, "due": _DECIMAL,
+        "order_id": _NULLABLE_STRING, "expires_at": _TIME, "paid_at": _TIME, "redirect_url": _NULLABLE_STRING,
+        "payment_methods": {"type": "array", "items": {
+            "type": "object",
+            "required": ["method", "chain", "asset", "activated", "address", "amount", "due", "payment_uri",
+                         "confirmations_required", "rate"],
+            "properties": {key: _PAYMENT_METHOD["properties"][key] for key in (
+                "method", "chain", "asset", "activated", "address", "amount", "due", "payment_uri",
+                "confirmations_required", "rate")},
+        }},
+        "payments": {"type": "array", "items": {
+            "type": "object",
+            "required": ["txid", "method", "asset", "amount", "value", "confirmations", "status", "first_seen_at"],
+            "properties": {key: _PAYMENT["properties"][key] for key in (
+                "txid", "method", "asset", "amount", "value", "confirmations", "status", "first_seen_at")},
+        }},
     },
 }
 
@@ -252,6 +282,71 @@ _PATHS: dict[str, Any] = {
 }
 
 
+def _page_error(description: str, html: bool = False) -> dict[str, Any]:
+    """A payment page route's error: the API's error JSON, or (for a browser: no Accept: application/json on the
+    page and its form posts) a message page."""
+    content: dict[str, Any] = {"application/json": {"schema": _ref("Error")}}
+    if html:
+        content["text/html"] = {"schema": _STRING}
+    return {"description": description, "content": content}
+
+
+_HTML = {"text/html": {"schema": _STRING}}
+_ACCEPT = {"name": "Accept", "in": "header", "required": False,
+           "schema": {"type": "string", "enum": ["application/json", "text/html"]},
+           "description": "application/json: the public invoice JSON (and JSON errors) instead of a redirect"}
+
+# The customer's payment page (README, "Payment page"): no token, the unguessable invoice id is the key.
+_PAGE_PATHS: dict[str, Any] = {
+    "/i/{invoice_id}": {"get": {
+        "summary": "The payment page (HTML)", "security": [],
+        "parameters": [_path_id("invoice_id"), _query("method", _STRING),
+                       _query("view", {"type": "string", "enum": ["modal"]})],
+        "responses": {"200": {"description": "the page", "content": _HTML},
+                      "404": {"description": "no such invoice", "content": _HTML},
+                      "503": {"description": "the store is unavailable", "content": _HTML},
+                      "400": _page_error("invalid request")}}},
+    "/i/{invoice_id}/methods/{method}": {"post": {
+        "summary": "The customer picks a coin: it gets its address (once)", "security": [],
+        "parameters": [_path_id("invoice_id"), _path_id("method"), _ACCEPT,
+                       _query("view", {"type": "string", "enum": ["modal"]})],
+        "responses": {"200": _json(_ref("PublicInvoice"), "with Accept: application/json: the public invoice"),
+                      "303": {"description": "otherwise: back to the page showing that coin"},
+                      "400": _page_error("invalid request"),
+                      "404": _page_error("no such invoice", html=True),
+                      "409": _page_error("three methods picked and nothing paid yet", html=True),
+                      "422": _page_error("a method the invoice does not offer, or an invoice no longer open",
+                                         html=True),
+                      "503": _page_error("the store is unavailable", html=True)}}},
+    "/i/{invoice_id}/status": {"get": {
+        "summary": "The public invoice JSON, its version as the ETag", "security": [],
+        "parameters": [_path_id("invoice_id"), {"name": "If-None-Match", "in": "header", "required": False,
+                                                "schema": _STRING}],
+        "responses": {"200": _json(_ref("PublicInvoice"), "the public invoice"),
+                      "304": {"description": "If-None-Match is its version: unchanged"},
+                      "400": _page_error("invalid request"), "404": _page_error("no such invoice")}}},
+    "/i/{invoice_id}/live": {"get": {
+        "summary": "Server-Sent Events: the public invoice JSON at each change, until it is final", "security": [],
+        "parameters": [_path_id("invoice_id"), _query("v", _STRING),
+                       {"name": "Last-Event-ID", "in": "header", "required": False, "schema": _STRING}],
+        "responses": {"200": {"description": "`id: <version>` + `data: <public invoice JSON>` events",
+                              "content": {"text/event-stream": {"schema": {  # one event (OpenAPI 3.0's reading)
+                                  "type": "object", "properties": {
+                                      "id": _STRING, "retry": {"type": "integer"},
+                                      "data": {"type": "string", "contentMediaType": "application/json",
+                                               "contentSchema": _ref("PublicInvoice")}}}}}},
+                      "204": {"description": "final, and the client shows that version already: stop"},
+                      "400": _page_error("invalid request"), "404": _page_error("no such invoice"),
+                      "503": _page_error("too many live streams open: poll the status instead")}}},
+    "/i/{invoice_id}/qr/{method}.svg": {"get": {
+        "summary": "The picked method's payment URI as an SVG QR code", "security": [],
+        "parameters": [_path_id("invoice_id"), _path_id("method")],
+        "responses": {"200": {"description": "the QR code", "content": {"image/svg+xml": {"schema": _STRING}}},
+                      "400": _page_error("invalid request"),
+                      "404": _page_error("no such invoice, or no payment URI for that method")}}},
+}
+
+
 def document(chains: list[str] | None = None) -> dict[str, Any]:
     """The document; with the configured `chains` named, so that a client (or a fuzzer) knows the valid ones."""
     request = _INVOICE_REQUEST
@@ -263,12 +358,12 @@ def document(chains: list[str] | None = None) -> dict[str, Any]:
         "info": {"title": "watcherd", "version": __version__,
                  "description": "Watch-only payment watcher: invoices in, signed webhooks out."},
         "security": [{"bearer": []}],
-        "paths": _PATHS,
+        "paths": {**_PATHS, **_PAGE_PATHS},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Invoice": _INVOICE, "InvoiceRequest": request, "PricedInvoiceRequest": _PRICED_REQUEST,
                         "Payment": _PAYMENT,
                         "PaymentMethod": _PAYMENT_METHOD, "Event": _EVENT, "Delivery": _DELIVERY, "Error": _ERROR,
-                        "Readiness": _READINESS},
+                        "Readiness": _READINESS, "PublicInvoice": _PUBLIC_INVOICE},
         },
     }

@@ -24,6 +24,7 @@ from typing import Any
 from watcherd import metrics, views
 from watcherd.core.chain import ChainAdapter
 from watcherd.core.invoices import FINALITY, Status, assess, event_type
+from watcherd.core.money import to_decimal_string
 from watcherd.live import Live
 from watcherd.store import InvoiceRow, MethodRow, PaymentRow, Store
 
@@ -182,6 +183,10 @@ class LedgerBase:
         chain = self.chains.get(chain_name)
         return (chain.assets if chain else self.known_assets.get(chain_name, {})).get(asset, 0)
 
+    def _amount(self, chain_name: str, asset: str, atomic: int) -> str:
+        """An amount as the log shows it: decimal, with its unit ("0.00098 BTC")."""
+        return f"{to_decimal_string(atomic, self._decimals(chain_name, asset))} {asset}"
+
     def _shown_methods(self, methods: list[MethodRow]) -> list[views.ShownMethod]:
         shown = []
         for m in methods:
@@ -217,11 +222,12 @@ class LedgerBase:
 
     async def _reassess(
         self, invoice_id: str, force_type: str | None = None,
-        new: tuple[InvoiceRow, list[MethodRow]] | None = None,
+        new: tuple[InvoiceRow, list[MethodRow]] | None = None, *, why: str | None = None, chain: str | None = None,
     ) -> dict[str, Any] | None:
         """Recompute one invoice from its payments; on any visible change, store it and queue an event, and
         return the invoice as the event shows it. `new`: an invoice and its methods not stored yet (no payments):
-        it is inserted with its assessment.
+        it is inserted with its assessment. `why` and `chain`: what the log line says changed, and on which
+        chain (a payment's, a picked method's), when the status alone would not say it.
 
         Must run inside a store transaction."""
         invoice = new[0] if new else await self.store.invoice(invoice_id, for_update=True)
@@ -280,10 +286,16 @@ class LedgerBase:
         pending = _PENDING.get()
         pending.touched.add(invoice_id)
         pending.effects.append(partial(metrics.EVENTS.labels(label, type_).inc))
+        if new:
+            why = f"created, {body['amount']} {body['currency']} in " + ", ".join(
+                m["method"] for m in body["payment_methods"])
+        elif invoice.status is not assessment.status:
+            why = f"{invoice.status} -> {assessment.status}"
+        elif why is None:
+            why = f"updated, still {assessment.status}"
         pending.effects.append(partial(
-            log.info, "invoice %s %s -> %s%s", invoice_id, invoice.status, assessment.status,
-            f" ({exception})" if exception else "",
-            extra={"invoice_id": invoice_id, "chain": label, "event_id": event_id},
+            log.info, "invoice %s: %s%s", invoice_id, why, f" ({exception})" if exception else "",
+            extra={"invoice_id": invoice_id, "chain": chain or body["chain"], "event_id": event_id},
         ))
         return body
 

@@ -80,8 +80,10 @@ class ChainLedger(LedgerBase):
                 continue
             if held is not None and held[1] != output.amount:
                 _PENDING.get().effects.append(partial(
-                    log.info, "payment %s:%d is %d as mined, not %d as seen before", tx.txid, output.vout,
-                    output.amount, held[1], extra={"chain": chain.name, "txid": tx.txid},
+                    log.info, "payment %s:%d is %s as mined, not %s as seen before", tx.txid, output.vout,
+                    self._amount(chain.name, output.asset or chain.asset, output.amount),
+                    self._amount(chain.name, output.asset or chain.asset, held[1]),
+                    extra={"chain": chain.name, "txid": tx.txid},
                 ))
             paid.add(output.vout)
             await self.store.upsert_payment(
@@ -92,8 +94,9 @@ class ChainLedger(LedgerBase):
             touched.add(method.invoice_id)
             await self.store.mark_address_used(chain.name, method.derivation_index)
             _PENDING.get().effects.append(partial(
-                log.info, "payment %s:%d of %d to invoice %s%s", tx.txid, output.vout, output.amount,
-                method.invoice_id, f" in block {block.height}" if block else " (unconfirmed)",
+                log.info, "payment %s:%d of %s to %s%s", tx.txid, output.vout,
+                self._amount(chain.name, output.asset or chain.asset, output.amount), method.invoice_id,
+                f" in block {block.height}" if block else " (unconfirmed)",
                 extra={"chain": chain.name, "txid": tx.txid, "invoice_id": method.invoice_id},
             ))
         for vout in sorted(counting.keys() - paid):
@@ -145,7 +148,7 @@ class ChainLedger(LedgerBase):
         async with self._transaction(fence=f"chain:{chain_name}"):
             touched = await self._apply_tx(chain, tx, None)
             for invoice_id in touched:
-                await self._reassess(invoice_id)
+                await self._reassess(invoice_id, chain=chain_name)
         self._refresh_spends(chain, tx)
         self.wake_outbox()
 
@@ -161,7 +164,7 @@ class ChainLedger(LedgerBase):
             final = self.final_heights.get(chain_name, -1)
             touched.update(await self.store.invoices_gaining_confirmation(chain_name, block.height, final))
             for invoice_id in sorted(touched):
-                await self._reassess(invoice_id)
+                await self._reassess(invoice_id, chain=chain_name)
         for tx in block.txs:
             self._refresh_spends(chain, tx)
         self.wake_outbox()
@@ -176,7 +179,7 @@ class ChainLedger(LedgerBase):
             final = self.final_heights.get(chain_name, -1)
             touched.extend(await self.store.invoices_losing_confirmation(chain_name, parent.height, final))
             for invoice_id in sorted(set(touched)):
-                await self._reassess(invoice_id)
+                await self._reassess(invoice_id, chain=chain_name)
         log.warning(
             "block %d %s disconnected (reorg)", height, block_hash, extra={"chain": chain_name}
         )
@@ -202,7 +205,7 @@ class ChainLedger(LedgerBase):
                 log.warning("payment tx %s left the mempool unmined", txid, extra={"chain": chain_name, "txid": txid})
                 touched.update(await self.store.replace_tx(chain_name, txid))
             for invoice_id in sorted(touched):
-                await self._reassess(invoice_id)
+                await self._reassess(invoice_id, chain=chain_name)
         for outpoint in [o for o, t in chain.watchlist.spends.items() if t in dropped]:
             del chain.watchlist.spends[outpoint]
         self.wake_outbox()

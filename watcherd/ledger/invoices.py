@@ -205,7 +205,8 @@ class InvoiceLedger(LedgerBase):
                     raise MethodLimit("method", f"invoice {invoice_id} has {picked} payment methods picked and "
                                                 f"nothing paid yet: pay with one of them")
                 await self._activate(chosen, int(self.clock()))
-                await self._reassess(invoice_id, force_type="invoice.updated")
+                await self._reassess(invoice_id, force_type="invoice.updated", why=f"method {method} picked",
+                                     chain=chosen.chain)
                 activated = chosen.chain
             else:
                 activated = None

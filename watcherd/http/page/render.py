@@ -9,13 +9,16 @@ a reverse proxy that mounts watcherd under a path prefix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from html import escape
 from typing import Any
 from urllib.parse import quote
 
 from watcherd.compat.greenfield import STATUS as GREENFIELD_STATUS
+from watcherd.config import ChainLabel
 from watcherd.http.page import public, qr
 from watcherd.http.page.strings import Html, Strings
 
@@ -28,6 +31,7 @@ PAYMENT_STATES = frozenset({"pending", "confirmed", "replaced", "wrong_asset"})
 REFRESH_SECONDS = 15  # the <noscript> page's meta refresh
 MODAL_QUERY = "?view=modal"  # the page inside a shop's overlay (see render_page)
 AMOUNT_PARAMS = frozenset({"amount", "tx_amount", "value", "uint256"})  # where a payment URI asks for money
+SHOWN_DECIMALS = 8  # a coin's amount in the list of coins: XMR's 12 decimals (ETH's 18) rounded up to these
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,20 @@ def _money(amount: Any, unit: Any) -> str:
     return escape(f"{amount} {unit or ''}".strip())
 
 
+def shown_amount(amount: Any) -> Any:
+    """A coin amount as the list of coins shows it: at most SHOWN_DECIMALS decimals, rounded UP, so it never
+    reads less than what is due (0.326666666667 -> 0.32666667). What the customer copies and the payment URI
+    stay exact."""
+    try:
+        value = Decimal(str(amount))
+    except (InvalidOperation, ValueError):
+        return amount
+    if not value.is_finite() or value.as_tuple().exponent >= -SHOWN_DECIMALS:  # type: ignore[operator]
+        return amount
+    rounded = value.quantize(Decimal(1).scaleb(-SHOWN_DECIMALS), rounding=ROUND_CEILING)
+    return format(rounded.normalize(), "f")
+
+
 def _time(iso: Any) -> str:
     """2026-11-23T22:52:10Z -> 2026-11-23 22:52 UTC (anything else: as given, escaped)."""
     text = str(iso)
@@ -73,11 +91,19 @@ def countdown_text(seconds: int) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _method_name(method: dict[str, Any], strings: Strings) -> str:
+def _method_name(method: dict[str, Any], strings: Strings, labels: Mapping[str, ChainLabel]) -> str:
+    """"USDC on Ethereum" for a token or a coin on a chain of another name: the chain's display name, never the
+    operator's key for it (a chain without a label, removed from the config meanwhile: the asset alone)."""
     asset, chain = method.get("asset") or method["method"], method.get("chain")
-    if chain and str(chain).upper() != str(asset).upper():
-        return strings("on_chain", asset=asset, chain=chain)
+    label = labels.get(str(chain))
+    if chain and label is not None and str(chain).upper() != str(asset).upper():
+        return strings("on_chain", asset=asset, chain=label.display_name)
     return escape(str(asset))
+
+
+def _test_badge(method: dict[str, Any], strings: Strings, labels: Mapping[str, ChainLabel]) -> str:
+    label = labels.get(str(method.get("chain")))
+    return f'<p class="tag test-network">{strings("test_network")}</p>' if label and label.test_network else ""
 
 
 def _wallet_link(uri: Any) -> str | None:
@@ -149,7 +175,7 @@ def _activate_form(invoice_id: str, method: dict[str, Any], strings: Strings, pr
 
 
 def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: Strings, collapsed: bool,
-             modal: bool) -> str:
+             modal: bool, labels: Mapping[str, ChainLabel]) -> str:
     """The coins the invoice is offered in, with their amounts; folded away (a native <details>) under the
     chosen coin once it has an address, so a phone shows the QR first."""
     items, whole_amounts = [], False
@@ -158,7 +184,7 @@ def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: St
         is_chosen = chosen is not None and method["method"] == chosen["method"]
         shown = method.get("due") if method.get("due") is not None else method.get("amount")
         whole_amounts = whole_amounts or (part_paid and method.get("due") is None and shown is not None)
-        amount = _money(shown, method.get("asset")) if shown is not None else ""
+        amount = _money(shown_amount(shown), method.get("asset")) if shown is not None else ""
         if is_chosen:
             action = f'<span class="tag">{strings("chosen")}</span>'
         elif method.get("activated"):
@@ -171,7 +197,7 @@ def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: St
         current = ' class="method chosen" aria-current="true"' if is_chosen else ' class="method"'
         items.append(
             f'<li{current}>'
-            f'<span class="method-name">{_method_name(method, strings)}</span>'
+            f'<span class="method-name">{_method_name(method, strings, labels)}</span>'
             f'<span class="method-amount">{amount}</span>{action}</li>'
         )
     # part of the invoice is paid: a coin not picked yet has no due of its own until it is, only its price
@@ -183,12 +209,14 @@ def _methods(invoice: dict[str, Any], chosen: dict[str, Any] | None, strings: St
             f'{strings("choose_coin")}</h2><ul>{"".join(items)}</ul>{hint}</section>')
 
 
-def _pay_box(invoice: dict[str, Any], method: dict[str, Any], view: str, strings: Strings, modal: bool) -> str:
+def _pay_box(invoice: dict[str, Any], method: dict[str, Any], view: str, strings: Strings, modal: bool,
+             labels: Mapping[str, ChainLabel]) -> str:
     asset = method.get("asset") or method["method"]
-    title = f'<h2 id="pay-title">{strings("pay_with", asset=Html(_method_name(method, strings)))}</h2>'
+    title = (f'<h2 id="pay-title">{strings("pay_with", asset=Html(_method_name(method, strings, labels)))}</h2>'
+             + _test_badge(method, strings, labels))
     if not method.get("activated") or not method.get("address"):
         owed = method.get("due") if method.get("due") is not None else method.get("amount")
-        price = f'<p class="pay-amount">{_money(owed, asset)}</p>' if owed is not None else ""
+        price = f'<p class="pay-amount">{_money(shown_amount(owed), asset)}</p>' if owed is not None else ""
         return (f'<section class="pay" aria-labelledby="pay-title">{title}{price}'
                 f'{_activate_form(str(invoice.get("id")), method, strings, primary=True, modal=modal)}</section>')
     underpaid = view == "underpaid" and method.get("due") is not None
@@ -320,15 +348,20 @@ def _status(invoice: dict[str, Any], view: str, chosen: dict[str, Any] | None, s
 
 
 def render_page(invoice: dict[str, Any], strings: Strings, assets: Assets, *, asked_method: str | None,
-                now: float, modal: bool = False) -> str:
+                now: float, modal: bool = False, labels: Mapping[str, ChainLabel] | None = None) -> str:
     """The whole page for one invoice (the full invoice JSON: the page shows `metadata.description`, and only
     that, of the metadata). `modal`: inside a shop's overlay (BTCPay's modal script, `?view=modal`): a close
-    button, links that stay modal, and the invoice's Greenfield status for the script to post to the shop."""
+    button, links that stay modal, and the invoice's Greenfield status for the script to post to the shop.
+    `labels`: the chains' display names and test networks, from the config."""
+    labels = labels or {}
     view = public.state(invoice)
     chosen = public.chosen_method(invoice, asked_method)
     invoice_id = str(invoice.get("id", ""))
     order = invoice.get("order_id")
-    title = strings("page_title") + (f" · {escape(str(order))}" if order else "")
+    text = public.description(invoice)
+    # the heading: the order, else the description, else just "Payment" (never "PAYMENT" over "Payment")
+    named = escape(str(order)) if order else escape(text[:80]) if text else None
+    title = strings("page_title") + (f" · {named}" if named else "")
     final = public.is_final(invoice)
     parts = [_head(strings, title, assets, "", refresh=not final)]
     version = public.version(public.public_invoice(invoice))
@@ -342,14 +375,16 @@ def render_page(invoice: dict[str, Any], strings: Strings, assets: Assets, *, as
     if modal:
         parts.append(f'<p class="modal-close"><button type="button" class="button secondary" data-close hidden>'
                      f'{strings("close")}</button></p>')
-    parts.append(f'<header class="order"><p class="eyebrow">{strings("page_title")}</p>')
     if order:
-        parts.append(f'<h1><span class="label">{strings("order")}</span> {escape(str(order))}</h1>')
+        parts.append(f'<header class="order"><p class="eyebrow">{strings("page_title")}</p>'
+                     f'<h1><span class="label">{strings("order")}</span> {escape(str(order))}</h1>')
+        if text:
+            parts.append(f'<p class="description">{escape(text)}</p>')
+    elif text:
+        parts.append(f'<header class="order"><p class="eyebrow">{strings("page_title")}</p>'
+                     f'<h1 class="description">{escape(text)}</h1>')
     else:
-        parts.append(f'<h1>{strings("page_title")}</h1>')
-    text = public.description(invoice)
-    if text:
-        parts.append(f'<p class="description">{escape(text)}</p>')
+        parts.append(f'<header class="order"><h1>{strings("page_title")}</h1>')
     part_paid = invoice.get("due") not in (None, invoice.get("amount"))
     if invoice.get("amount") is not None:
         label = strings("amount_due" if view in OPEN_STATES and not part_paid else "ledger_amount")
@@ -364,11 +399,11 @@ def render_page(invoice: dict[str, Any], strings: Strings, assets: Assets, *, as
         several = len(public.methods(invoice)) > 1
         ready = chosen is not None and bool(chosen.get("activated")) and bool(chosen.get("address"))
         if several and not ready:
-            parts.append(_methods(invoice, chosen, strings, collapsed=False, modal=modal))
+            parts.append(_methods(invoice, chosen, strings, collapsed=False, modal=modal, labels=labels))
         if chosen is not None:
-            parts.append(_pay_box(invoice, chosen, view, strings, modal))
+            parts.append(_pay_box(invoice, chosen, view, strings, modal, labels))
         if several and ready:
-            parts.append(_methods(invoice, chosen, strings, collapsed=True, modal=modal))
+            parts.append(_methods(invoice, chosen, strings, collapsed=True, modal=modal, labels=labels))
     parts.append(_ledger(invoice, strings))
     back = public.redirect_url(invoice)
     if back and (view in PAID_STATES or final):
