@@ -174,6 +174,22 @@ class InvoiceLedger(LedgerBase):
                 extra={"chain": chain_name, "invoice_id": invoice_id},
             )
 
+    async def _check_pick(self, invoice: InvoiceRow, methods: list[MethodRow], chosen: MethodRow, method: str,
+                          capped: bool) -> None:
+        """Why `chosen` may not get an address now (InvoiceError / MethodLimit), else nothing."""
+        invoice_id = invoice.id
+        if invoice.status not in (Status.UNPAID, Status.PROCESSING) or invoice.cancelled_at is not None:
+            raise InvoiceError("method", f"invoice {invoice_id} is {invoice.status}: no new address")
+        if invoice.expires_at <= self.clock():  # expired, though its chains may not have said so yet
+            raise InvoiceError("method", f"invoice {invoice_id} is expired: no new address")
+        if chosen.chain not in self.chains:
+            raise InvoiceError("method", f"{method} is no longer configured")
+        picked = sum(m.activated_at is not None for m in methods)
+        if capped and picked >= MAX_UNPAID_METHODS and not any(
+                p.payment.counts for p in await self.store.payments_for(invoice_id)):
+            raise MethodLimit("method", f"invoice {invoice_id} has {picked} payment methods picked and "
+                                        f"nothing paid yet: pay with one of them")
+
     async def activate_method(self, invoice_id: str, method: str, *, capped: bool = True) -> dict[str, Any]:
         """The customer picked `method`: give it its address (once; again is a no-op, which reads but never
         writes). KeyError for an unknown invoice, InvoiceError("method") for a method the invoice does not
@@ -186,6 +202,8 @@ class InvoiceLedger(LedgerBase):
         chosen = self._offered(invoice_id, methods, method)
         if chosen.activated_at is not None:  # a second click, a reload, a retry: answered from what is committed
             return self._render(invoice, methods, await self.store.payments_for(invoice_id))
+        # judged first on what is committed: a refused pick (repeated by whoever holds the id) takes no writer
+        await self._check_pick(invoice, methods, chosen, method, capped)
         async with self._transaction():
             invoice = await self.store.invoice(invoice_id, for_update=True)
             if invoice is None:
@@ -193,17 +211,7 @@ class InvoiceLedger(LedgerBase):
             methods = await self.store.methods_for(invoice_id)
             chosen = self._offered(invoice_id, methods, method)
             if chosen.activated_at is None:
-                if invoice.status not in (Status.UNPAID, Status.PROCESSING) or invoice.cancelled_at is not None:
-                    raise InvoiceError("method", f"invoice {invoice_id} is {invoice.status}: no new address")
-                if invoice.expires_at <= self.clock():  # expired, though its chains may not have said so yet
-                    raise InvoiceError("method", f"invoice {invoice_id} is expired: no new address")
-                if chosen.chain not in self.chains:
-                    raise InvoiceError("method", f"{method} is no longer configured")
-                picked = sum(m.activated_at is not None for m in methods)
-                if capped and picked >= MAX_UNPAID_METHODS and not any(
-                        p.payment.counts for p in await self.store.payments_for(invoice_id)):
-                    raise MethodLimit("method", f"invoice {invoice_id} has {picked} payment methods picked and "
-                                                f"nothing paid yet: pay with one of them")
+                await self._check_pick(invoice, methods, chosen, method, capped)  # again, under the row's lock
                 await self._activate(chosen, int(self.clock()))
                 await self._reassess(invoice_id, force_type="invoice.updated", why=f"method {method} picked",
                                      chain=chosen.chain)
