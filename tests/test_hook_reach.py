@@ -435,6 +435,14 @@ async def test_a_store_has_at_most_max_hooks_webhooks(store_location):
         assert len(await env.store.hooks()) == MAX_HOOKS
         await _json(await env.client.delete(f"{BASE}/webhooks/{hooks[0]['id']}", headers=GF))
         await _json(await env.client.post(f"{BASE}/webhooks", json={"url": "https://b.example/x"}, headers=GF))
+        # five places free, thirty creates at once: the count is taken in the transaction that adds one, so a
+        # burst cannot pass the cap together
+        for hook in hooks[1:6]:
+            await _json(await env.client.delete(f"{BASE}/webhooks/{hook['id']}", headers=GF))
+        burst = await asyncio.gather(*(env.client.post(f"{BASE}/webhooks", json={"url": f"https://b.example/r{i}"},
+                                                       headers=GF) for i in range(30)))
+        assert sorted(r.status for r in burst) == [200] * 5 + [422] * 25
+        assert len(await env.store.hooks()) == MAX_HOOKS
 
 
 async def test_one_slow_hook_holds_up_no_other(store_location, monkeypatch):

@@ -72,11 +72,11 @@ async def list_hooks(request: web.Request) -> web.Response:
 async def create_hook(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     fields = _hook_fields(request, await read_body(request), None)
-    if await processor.store.hook_count() >= MAX_HOOKS:
-        raise invalid("", f"a store has at most {MAX_HOOKS} webhooks: delete one first")
     secret = fields["secret"] or secrets.token_urlsafe(24)  # generated when none is sent, returned once here
     hook_id = secrets.token_hex(11)
-    async with processor.store.transaction():
+    async with processor.store.transaction():  # counted in the transaction that adds one: concurrent creates queue
+        if await processor.store.hook_count() >= MAX_HOOKS:
+            raise invalid("", f"a store has at most {MAX_HOOKS} webhooks: delete one first")
         await processor.store.add_hook(hook_id, fields["url"], secret, enabled=fields["enabled"],
                                        automatic_redelivery=fields["automatic_redelivery"], events=fields["events"],
                                        now=int(processor.clock()))
