@@ -171,6 +171,19 @@ async def test_a_bitpay_read_of_a_native_invoice_is_refused_by_default(store_loc
             assert refused[0] == 200 and refused[1]["data"]["id"] == native["id"]
 
 
+async def test_a_bitpay_invoice_marked_settled_says_marked_not_paid_with_money(store_location):
+    """BitPay's view of an invoice marked Settled through Greenfield: `exceptionStatus` "marked" (as BTCPay shows a
+    manual mark), so a BitPay-era plugin can tell it from money; unmarked, no exception."""
+    async with env_for(store_location, "compat") as env:
+        invoice_id = (await create_bitpay(env))["id"]
+        status, body = await answer(await env.client.get(f"/invoices/{invoice_id}", headers=BASIC))
+        assert status == 200 and body["data"]["exceptionStatus"] is False
+        marked = await env.client.post(f"{BASE}/invoices/{invoice_id}/status", json={"status": "Settled"}, headers=GF)
+        assert marked.status == 200
+        status, body = await answer(await env.client.get(f"/invoices/{invoice_id}", headers=BASIC))
+        assert status == 200 and (body["data"]["status"], body["data"]["exceptionStatus"]) == ("complete", "marked")
+
+
 @pytest.mark.parametrize("scope", ["compat", "all"])
 async def test_greenfield_webhooks_get_only_the_events_of_invoices_in_scope(store_location, scope):
     """A webhook registered through the API gets no delivery for a native invoice's events (created, paid) by

@@ -129,7 +129,9 @@ def invoice(native: dict[str, Any], compat: dict[str, Any], now: float) -> dict[
         "invoiceTime": (unix(native["created_at"]) or 0) * 1000,
         "expirationTime": (unix(native["expires_at"]) or 0) * 1000,
         "currentTime": int(now * 1000),
-        "exceptionStatus": EXCEPTION.get(native["exception"] or "", False),
+        # BTCPay's "marked": a manual mark, never money (native JSON: manually_marked)
+        "exceptionStatus": "marked" if native.get("manually_marked") else EXCEPTION.get(native["exception"] or "",
+                                                                                          False),
         "amountPaid": native["amount_received"],
         "transactionSpeed": compat.get("transactionSpeed", "medium"),
         "redirectURL": native["redirect_url"],
