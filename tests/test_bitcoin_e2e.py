@@ -282,6 +282,7 @@ def test_a_reorg_deeper_than_max_reorg_depth_stops_the_chain_and_undoes_nothing(
     daemon = daemon_factory(chain_table("btc", bsv_node, confirmations=1, max_reorg_depth=2))
     invoice = daemon.create_invoice("btc", "0.01")
     bsv_node.pay(invoice["address"], "0.01")
+    daemon.wait_status(invoice["id"], "processing")  # seen in the pool first, as the events below expect
     paying_block = bsv_node.mine(1)[0]
     bsv_node.mine(2)
     tip, tip_hash = bsv_node.tip()
