@@ -221,12 +221,12 @@ def _parse_invoice_request(body: dict[str, Any], processor: Processor) -> dict[s
         raise error(400, "invalid_field", "required: the configured chain name, e.g. \"btc\"", "chain")
     chain = processor.chains.get(chain_name)
     if chain is None:
-        raise error(422, "unknown_chain", f"no chain {quoted(chain_name)}; configured: {sorted(processor.chains)}",
-                    "chain")
+        configured = ", ".join(sorted(processor.chains))
+        raise error(422, "unknown_chain", f"no chain {quoted(chain_name)}; configured: {configured}", "chain")
     asset = body.get("asset", chain.asset)
     if not isinstance(asset, str) or asset not in chain.assets:
         raise error(422, "unknown_asset", f"{chain_name} has no asset {quoted(str(asset))}; configured: "
-                                          f"{sorted(chain.assets)}",
+                                          f"{', '.join(sorted(chain.assets))}",
                     "asset")
     decimals = chain.assets[asset]
     if ("amount" in body) == ("amount_atomic" in body):
@@ -296,7 +296,8 @@ def parse_priced_request(body: dict[str, Any], processor: Processor) -> dict[str
         places = {chain.assets[currency] for chain in processor.chains.values() if currency in chain.assets}
         if len(places) > 1:
             raise error(422, "ambiguous_currency", f"{quoted(currency)} has different decimals on different chains "
-                                                   f"({sorted(places)}): price in a fiat currency", "currency")
+                                                   f"({', '.join(map(str, sorted(places)))}): price in a fiat "
+                                                   "currency", "currency")
         decimals = places.pop() if places else None
     if decimals is None:
         raise error(422, "unknown_currency", f"{quoted(currency)} is neither an ISO 4217 currency watcherd knows nor a "

@@ -103,7 +103,7 @@ async def _close_streams(app: web.Application) -> None:
 
 def _json_error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
     """The API's error shape ({"error": {code, message, field}}), for the page's JSON answers."""
-    body: dict[str, Any] = {"code": code, "message": message}
+    body: dict[str, Any] = {"code": code, "message": message[:500]}  # never what was sent echoed whole
     if field is not None:
         body["field"] = field
     return web.json_response({"error": body}, status=status, headers=SECURITY_HEADERS)

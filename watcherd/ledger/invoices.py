@@ -33,10 +33,11 @@ class InvoiceLedger(LedgerBase):
         address), or InvoiceError if the request differs."""
         chain = self.chains.get(chain_name)
         if chain is None:
-            raise InvoiceError("chain", f"unknown chain {chain_name!r}; configured: {sorted(self.chains)}")
+            raise InvoiceError("chain", f"unknown chain {chain_name!r}; configured: {', '.join(sorted(self.chains))}")
         asset = asset or chain.asset
         if asset not in chain.assets:
-            raise InvoiceError("asset", f"{chain_name} has no asset {asset!r}; configured: {sorted(chain.assets)}")
+            configured = ", ".join(sorted(chain.assets))
+            raise InvoiceError("asset", f"{chain_name} has no asset {asset!r}; configured: {configured}")
         if amount <= 0:
             raise InvoiceError("amount", "must be greater than zero")
         request = [chain_name, asset, amount, order_id, expires_in, metadata]
