@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import resource
@@ -148,16 +149,21 @@ class Daemon:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
-    def readiness(self) -> tuple[int, Any]:
-        """/readyz's HTTP status and whole report (with the token: without it only `ready`), 503 included."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/readyz",
-                                         headers={"Authorization": f"Bearer {TOKEN}"})
+    def request(self, method: str, path: str, body: Any = None, *, auth: str = f"Bearer {TOKEN}") -> tuple[int, Any]:
+        """Any route's HTTP status and JSON answer, errors included (`auth`: the Authorization header)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Authorization": auth, "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             with exc:
                 return exc.code, json.loads(exc.read())
+
+    def readiness(self) -> tuple[int, Any]:
+        """/readyz's HTTP status and whole report (with the token: without it only `ready`), 503 included."""
+        return self.request("GET", "/readyz")
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from the daemon's Prometheus endpoint (0 when absent)."""
@@ -219,3 +225,17 @@ def wait_stopped(daemon: Daemon, chain: str, timeout: float = 30) -> str:
 def critical_lines(daemon: Daemon) -> list[str]:
     """The CRITICAL lines of the daemon's (plain) log."""
     return [line for line in daemon.log_path.read_text(errors="replace").splitlines() if " CRITICAL " in line]
+
+
+async def read_event(stream: Any, within: float = 5) -> str:
+    """The data of the next SSE event (heartbeats and the retry line skipped)."""
+    async with asyncio.timeout(within):
+        data = []
+        while True:
+            line = (await stream.content.readline()).decode()
+            if not line:
+                raise EOFError("stream ended")
+            if line.startswith("data: "):
+                data.append(line[6:].rstrip("\n"))
+            elif line == "\n" and data:
+                return "\n".join(data)

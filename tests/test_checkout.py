@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import segno
 from aiohttp.test_utils import TestClient, TestServer
+from harness import read_event
 
 from testkit.fake import FakeChain
 from watcherd.config import ChainLabel
@@ -494,20 +495,6 @@ async def test_public_json_never_carries_metadata(ledger) -> None:
         assert set(shown) <= {*public.INVOICE_KEYS, "redirect_url", "payment_methods", "payments"}
         assert shown["payment_methods"][0]["address"] == invoice["address"]
         assert set(shown["payment_methods"][0]) == set(public.METHOD_KEYS)
-
-
-async def read_event(stream, within: float = 5) -> str:
-    """The data of the next SSE event (heartbeats and the retry line skipped)."""
-    async with asyncio.timeout(within):
-        data = []
-        while True:
-            line = (await stream.content.readline()).decode()
-            if not line:
-                raise EOFError("stream ended")
-            if line.startswith("data: "):
-                data.append(line[6:].rstrip("\n"))
-            elif line == "\n" and data:
-                return "\n".join(data)
 
 
 async def test_live_stream_delivers_each_change_then_ends_when_paid(ledger) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.error
-import urllib.request
 from decimal import Decimal
 from typing import Any
 
@@ -27,15 +25,7 @@ BTC_USD = "50000"
 
 
 def call(daemon: Any, method: str, path: str, body: Any = None, *, auth: str = f"token {KEY}") -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{daemon.port}{path}", method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": auth, "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
+    return daemon.request(method, path, body, auth=auth)
 
 
 def test_the_compat_key_cannot_reach_a_native_invoice_and_a_mark_is_told_apart_from_money(daemon_factory, bsv_node,

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import async_wait_for
+from harness import read_event
 
 from testkit.fake import FakeChain
 from watcherd.config import GreenfieldConfig
@@ -117,19 +118,6 @@ def test_a_crowded_invoice_and_a_full_daemon_refuse_one_more_watcher() -> None:
         assert live.watching == 2
     with pytest.raises(Crowded), Live(max_per_invoice=0).watch("a"):  # nobody watches it yet: still refused
         pass
-
-
-async def read_event(stream: Any, within: float = 5) -> str:
-    async with asyncio.timeout(within):
-        data = []
-        while True:
-            line = (await stream.content.readline()).decode()
-            if not line:
-                raise EOFError("stream ended")
-            if line.startswith("data: "):
-                data.append(line[6:].rstrip("\n"))
-            elif line == "\n" and data:
-                return "\n".join(data)
 
 
 async def test_one_stream_too_many_answers_503_closes_its_connection_and_the_others_go_on(shop) -> None:
